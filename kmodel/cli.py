@@ -1,0 +1,499 @@
+"""The command line: parse, call one library function, print. Errors become one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kmodel import __version__
+from kmodel.errors import KmodelError, UsageError
+from kmodel.registry import Model, Registry
+
+log = logging.getLogger("kmodel")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+class KmodelGroup(click.Group):
+    """Turns KmodelError into ``Error [CODE]: message`` and its exit code (traceback with -v)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KmodelError as e:
+            verbose = (ctx.obj or {}).get("verbose", 0)
+            if verbose:
+                if e.detail:
+                    click.echo(e.detail.rstrip(), err=True)
+                else:
+                    traceback.print_exc()
+            click.echo(f"Error [{e.code}]: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Error [KM800]: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _registry(ctx: click.Context) -> Registry:
+    reg: Registry = ctx.obj["registry"]
+    return reg
+
+
+@click.group(cls=KmodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kmodel")
+@click.option("-v", "--verbose", count=True, help="More output; full tracebacks on errors.")
+@click.option("--specs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Extra folder of model specs (before KMODEL_PATH and ./model_specs).")
+@click.option("--envs", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of env specs (default: $KMODEL_ENVS or ./envs).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: Path | None) -> None:
+    """kmodel: run many models, each in its own locked environment, and ensemble them.
+
+    Every model has a YAML spec (model_specs/NAME/model.yaml) naming an env
+    (envs/NAME.yaml). kmodel locks and builds the envs, streams predictions into HDF5,
+    and trains an ensembling model on the stored predictions.
+    """
+    logging.basicConfig(format="kmodel: %(message)s",
+                        level=logging.DEBUG if verbose > 1 else logging.INFO, force=True)
+    ctx.obj = {"verbose": verbose, "registry": Registry(list(specs), envs)}
+
+
+# --- specs ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Check model specs, env specs and composition configs (default: all known).
+
+    PATHS may be model.yaml files, model folders, envs/*.yaml or workflow configs.
+    """
+    from kmodel.spec import load_compose_config, load_env_spec, load_model_spec
+
+    reg = _registry(ctx)
+    targets = list(paths) or [*reg.model_paths().values(),
+                              *(reg.env_dir / f"{n}.yaml" for n in reg.env_names())]
+    results = []
+    for path in targets:
+        path = path / "model.yaml" if path.is_dir() else path
+        try:
+            if path.name == "model.yaml":
+                spec = load_model_spec(path)
+                if spec.name in reg.model_paths():
+                    reg.env(spec.env, referenced_by=str(path))
+            elif path.parent.name == "envs" or path.parent == reg.env_dir:
+                load_env_spec(path)
+            else:
+                load_compose_config(path)
+            results.append({"path": str(path), "ok": True})
+        except KmodelError as e:
+            results.append({"path": str(path), "ok": False, "code": e.code, "error": str(e)})
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            click.echo(f"ok    {r['path']}" if r["ok"] else f"Error [{r['code']}]: {r['error']}",
+                       err=not r["ok"])
+    if not all(r["ok"] for r in results):
+        ctx.exit(1)
+
+
+def _summary(model: Model) -> dict[str, Any]:
+    s = model.spec
+    return {"name": s.name, "version": s.version, "env": s.env, "path": str(model.path),
+            "description": s.description, "trainable": s.train is not None,
+            "weights": bool(s.weights)}
+
+
+@cli.command("ls")
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool) -> None:
+    """List the models kmodel can find."""
+    models = [_summary(m) for m in _registry(ctx).models()]
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+        return
+    for m in models:
+        click.echo(f"{m['name']:<16} {m['version']:<8} env={m['env']:<16} {m['description']}")
+
+
+@cli.command()
+@click.argument("model")
+@json_option
+@click.pass_context
+def info(ctx: click.Context, model: str, as_json: bool) -> None:
+    """Show a model's inputs, outputs, env, weights and hashes."""
+    from kmodel._fs import sha256_file
+
+    reg = _registry(ctx)
+    m = reg.model(model)
+    env = reg.env_of(m)
+    data = _summary(m) | {
+        "entrypoint": m.spec.entrypoint, "args": m.spec.args,
+        "train_args": m.spec.train.args if m.spec.train else None,
+        "inputs": [i.model_dump() for i in m.spec.inputs],
+        "outputs": [o.model_dump() for o in m.spec.outputs],
+        "env_spec": str(env.path), "env_kind": env.spec.kind,
+        "lockfile": str(env.lockfile) if env.lockfile.is_file() else None,
+        "lock_sha256": sha256_file(env.lockfile) if env.lockfile.is_file() else None,
+        "spec_sha256": sha256_file(m.path),
+        "weights": ({"path": str(m.weights_dir), "sha256": m.spec.weights.sha256}
+                    if m.spec.weights else None),
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{m.name} {m.spec.version}: {m.spec.description}")
+    click.echo(f"  spec        {m.path}  sha256 {data['spec_sha256'][:16]}")
+    click.echo(f"  entrypoint  {m.spec.entrypoint}  args {json.dumps(m.spec.args)}")
+    click.echo(f"  env         {m.spec.env} ({env.spec.kind}) {env.path}  lock "
+               f"{data['lockfile'] or 'missing'}")
+    for kind in ("inputs", "outputs"):
+        for a in getattr(m.spec, kind):
+            click.echo(f"  {kind[:-1]:<11} {a.name} {a.dtype}{list(a.shape)}  {a.doc}")
+    if m.spec.weights:
+        for name, digest in m.spec.weights.sha256.items():
+            click.echo(f"  weight      {name}  sha256 {digest[:16]}")
+    else:
+        click.echo("  weights     none (trained by kmodel compose)" if m.spec.train
+                   else "  weights     none")
+
+
+@cli.command("hash")
+@click.argument("model")
+@click.option("--write", is_flag=True, help="Write the current weight hashes into model.yaml.")
+@click.pass_context
+def hash_(ctx: click.Context, model: str, write: bool) -> None:
+    """Compare a model's weight files with the hashes in its spec (or update them).
+
+    Exits 1 when they differ, unless --write records the files as they are now.
+    """
+    from kmodel.hashes import weight_files, write_hashes
+
+    m = _registry(ctx).model(model)
+    if write:
+        for name, digest in write_hashes(m).items():
+            click.echo(f"{digest}  {name}")
+        click.echo(f"updated {m.path}")
+        return
+    if not m.spec.weights or m.weights_dir is None:
+        click.echo(f"{model} has no weights in its spec")
+        return
+    found = weight_files(m.weights_dir)
+    bad = 0
+    for name in sorted(set(found) | set(m.spec.weights.sha256)):
+        want, got = m.spec.weights.sha256.get(name), found.get(name)
+        state = "ok" if want == got else "missing" if got is None else \
+            "unlisted" if want is None else "CHANGED"
+        bad += state != "ok"
+        click.echo(f"{state:<9} {name}")
+    if bad:
+        click.echo(f"Error [KM301]: {bad} weight file(s) differ from {m.path}; run "
+                   f"`kmodel hash {model} --write` if the change is intended", err=True)
+        ctx.exit(1)
+
+
+# --- environments -----------------------------------------------------------------
+
+
+@cli.group()
+def env() -> None:
+    """Lock, build and inspect model environments."""
+
+
+def _env_refs(reg: Registry, names: tuple[str, ...], all_: bool) -> list[Any]:
+    if all_ == bool(names):
+        raise UsageError("give env or model names, or --all (not both)")
+    if all_:
+        return [reg.env(n) for n in reg.env_names()]
+    refs = []
+    for name in names:
+        if (reg.env_dir / f"{name}.yaml").is_file() or name not in reg.model_paths():
+            refs.append(reg.env(name))
+        else:
+            refs.append(reg.env_of(reg.model(name)))
+    return refs
+
+
+@env.command("lock")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Lock every env in envs/.")
+@click.pass_context
+def env_lock(ctx: click.Context, names: tuple[str, ...], all_: bool) -> None:
+    """Resolve env specs and write their lockfiles (envs/NAME.lock, NAME.conda-lock.yml)."""
+    from kmodel.envs import backend_for
+
+    for ref in _env_refs(_registry(ctx), names, all_):
+        t0 = time.perf_counter()
+        path = backend_for(ref).lock(ref)
+        click.echo(f"locked {ref.name} -> {path} ({time.perf_counter() - t0:.1f} s)")
+
+
+@env.command("create")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Build every env in envs/.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a JSON record of the env here (for workflows).")
+@click.pass_context
+def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
+               record: Path | None) -> None:
+    """Build envs (by env or model name) from their lockfiles; a no-op when built."""
+    from kmodel._fs import atomic_write_text
+    from kmodel.envs import backend_for
+
+    built = []
+    for ref in _env_refs(_registry(ctx), names, all_):
+        e = backend_for(ref).ensure(ref)
+        built.append({"env": e.name, "prefix": str(e.prefix), "key": e.key})
+        click.echo(f"{e.name}: {e.prefix}")
+    if record:
+        atomic_write_text(record, json.dumps(built[0] if len(built) == 1 else built, indent=2))
+
+
+@env.command("path")
+@click.argument("name")
+@click.pass_context
+def env_path(ctx: click.Context, name: str) -> None:
+    """Print the folder of a model's (or env's) built environment."""
+    from kmodel.envs import backend_for
+
+    (ref,) = _env_refs(_registry(ctx), (name,), False)
+    status = backend_for(ref).status(ref)
+    if not status.built:
+        raise KmodelError(f"env {ref.name!r} is not built; run `kmodel env create {name}`")
+    click.echo(str(status.prefix))
+
+
+@env.command("status")
+@json_option
+@click.pass_context
+def env_status(ctx: click.Context, as_json: bool) -> None:
+    """Say for every env whether it is locked, built, and whether its spec drifted.
+
+    Exits 1 when any env is not locked, drifted, or not built.
+    """
+    from kmodel.envs import backend_for
+
+    reg = _registry(ctx)
+    rows = [backend_for(ref).status(ref) for ref in (reg.env(n) for n in reg.env_names())]
+    if as_json:
+        click.echo(json.dumps([{"env": s.name, "backend": s.backend, "locked": s.locked,
+                                "drift": s.drift, "built": s.built, "stale": s.stale,
+                                "prefix": str(s.prefix) if s.prefix else None} for s in rows],
+                              indent=2))
+    else:
+        for s in rows:
+            state = ("not locked" if not s.locked else "spec changed since lock" if s.drift
+                     else "not built" if not s.built else "ok")
+            click.echo(f"{s.name:<20} {s.backend:<6} {state}")
+    if any(s.stale for s in rows):
+        ctx.exit(1)
+
+
+# --- predictions ------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+io_options = [
+    click.option("-i", "--input", "input_path", required=True,
+                 type=click.Path(dir_okay=False, path_type=Path),
+                 help="Input HDF5 (/inputs/<name>, /metadata/id)."),
+    click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                 help="Output HDF5; written under a temporary name, renamed when complete."),
+]
+
+
+@cli.command()
+@click.argument("model")
+@io_options[0]
+@io_options[1]
+@click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1),
+              help="Rows per batch: bounds memory, whatever the input size.")
+@click.option("--resume", is_flag=True, help="Continue a killed run from OUTPUT.partial.")
+@click.pass_context
+def predict(ctx: click.Context, model: str, input_path: Path, output: Path, batch_size: int,
+            resume: bool) -> None:
+    """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id)."""
+    from kmodel.predict import predict as run_predict
+
+    t0 = time.perf_counter()
+    with _progress(model) as progress:
+        run_predict(_registry(ctx), model, input_path, output, batch_size=batch_size,
+                    resume=resume, progress=progress)
+    click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+
+
+@cli.command()
+@click.argument("model")
+@io_options[0]
+@click.option("--target-name", default="y", show_default=True, help="Dataset in /targets.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Weights folder to write (params.json, *.npy, hashes.json).")
+@click.pass_context
+def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
+          output: Path) -> None:
+    """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
+    from kmodel.predict import train as run_train
+
+    w = run_train(_registry(ctx), model, input_path, target_name, output)
+    click.echo(f"wrote {len(w.sha256)} weight files to {output}")
+
+
+# --- composition ------------------------------------------------------------------
+
+
+@cli.group()
+def compose() -> None:
+    """Train an ensembling model on stored predictions, then apply it."""
+
+
+preds_argument = click.argument("preds", nargs=-1, required=True,
+                                type=click.Path(dir_okay=False, path_type=Path))
+
+
+@compose.command("train")
+@click.argument("ensembler")
+@preds_argument
+@click.option("--targets", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HDF5 with /targets/<name> and /metadata/id (e.g. the train input).")
+@click.option("--target-name", default="y", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the trained ensembler's weights.")
+@click.pass_context
+def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], targets: Path,
+                  target_name: str, output: Path) -> None:
+    """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets."""
+    from kmodel.compose import train as run_train
+
+    w = run_train(_registry(ctx), ensembler, preds, targets, output, target_name=target_name)
+    click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
+
+
+@compose.command("predict")
+@click.argument("ensembler")
+@preds_argument
+@click.option("--weights", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder written by `kmodel compose train`.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
+                    weights: Path, output: Path) -> None:
+    """Apply a trained ENSEMBLER to PREDS (same models, same order as in training)."""
+    from kmodel.compose import apply
+
+    apply(_registry(ctx), ensembler, preds, weights, output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("preds", nargs=-1, required=True)
+@click.option("--targets", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target-name", default="y", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the scores as JSON here.")
+@json_option
+def score(preds: tuple[str, ...], targets: Path, target_name: str, output: Path | None,
+          as_json: bool) -> None:
+    """ROC AUC and accuracy of LABEL=PRED.h5 files against the targets."""
+    from kmodel._fs import atomic_write_text
+    from kmodel.compose import score as run_score
+
+    labelled = {}
+    for item in preds:
+        label, sep, path = item.partition("=")
+        labelled[label if sep else Path(item).stem] = Path(path if sep else item)
+    scores = run_score(labelled, targets, target_name)
+    if output:
+        atomic_write_text(output, json.dumps(scores, indent=2) + "\n")
+    click.echo(json.dumps(scores, indent=2) if as_json else _score_table(scores))
+
+
+def _score_table(scores: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'model':<12} {'roc_auc':>8} {'accuracy':>9} {'rows':>6}"]
+    lines += [f"{k:<12} {v['auc']:>8.4f} {v['accuracy']:>9.4f} {int(v['rows']):>6}"
+              for k, v in scores.items()]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("dataset", type=click.Choice(["breast_cancer"]))
+@click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
+@click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--test-fraction", default=0.3, show_default=True)
+def data(dataset: str, train_path: Path, test_path: Path, seed: int, test_fraction: float) -> None:
+    """Write an example dataset as kmodel input files (train and test split)."""
+    from kmodel.datasets import breast_cancer
+
+    breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction)
+    click.echo(f"wrote {train_path} and {test_path}")
+
+
+# --- workflows --------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cores", default=1, show_default=True, type=click.IntRange(1))
+@click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str, ...]) -> None:
+    """Run a composition end to end with Snakemake (extra arguments go to Snakemake).
+
+    Builds every env, predicts with every base model on the train and test split, trains
+    the ensembler on the train predictions, applies it to the test split and prints the
+    scores. Only what changed since the last run is redone.
+    """
+    from kmodel import workflow
+
+    t0 = time.perf_counter()
+    plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args,
+                        echo=lambda line: click.echo(line, err=True))
+    click.echo(f"\n{plan.config.name}: finished in {time.perf_counter() - t0:.1f} s; "
+               f"results in {plan.root}/")
+    if plan.scores.is_file():
+        click.echo(f"  predictions  {plan.root / 'preds'}/<model>/<split>.h5")
+        click.echo(f"  ensemble     {plan.ensemble}")
+        click.echo(f"  scores       {plan.scores}\n")
+        click.echo(_score_table(workflow.read_scores(plan)))
+
+
+def main() -> None:
+    cli(prog_name="kmodel")
+
+
+if __name__ == "__main__":
+    main()

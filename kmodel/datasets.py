@@ -1,0 +1,34 @@
+"""Example data: scikit-learn's bundled breast_cancer table, split and written as kmodel inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kmodel._fs import atomic_path
+from kmodel.errors import ToolMissingError
+from kmodel.io import hdf5
+
+
+def breast_cancer(train: Path, test: Path, *, seed: int = 0, test_fraction: float = 0.3) -> None:
+    """Write a stratified train/test split of breast_cancer (569 x 30, y: 1 = benign)."""
+    try:
+        from sklearn.datasets import load_breast_cancer
+    except ImportError:
+        raise ToolMissingError("the breast_cancer example needs scikit-learn on the host; "
+                               "pip install 'kmodel[demo]'") from None
+    x, y = load_breast_cancer(return_X_y=True)
+    ids = np.array([f"bc-{i:04d}" for i in range(len(y))])
+    rng = np.random.default_rng(seed)
+    test_rows = np.concatenate([
+        rng.permutation(np.flatnonzero(y == c))[: round(test_fraction * np.sum(y == c))]
+        for c in np.unique(y)])
+    is_test = np.zeros(len(y), bool)
+    is_test[test_rows] = True
+    for path, rows in ((train, ~is_test), (test, is_test)):
+        with atomic_path(path) as tmp:
+            hdf5.write_table(tmp, {"inputs": {"x": x[rows].astype(np.float32)},
+                                   "targets": {"y": y[rows].astype(np.int64)}},
+                             ids[rows], attrs={"dataset": "sklearn breast_cancer",
+                                               "seed": seed})

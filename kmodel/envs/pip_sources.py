@@ -1,0 +1,50 @@
+"""Package sources for uv, taken from the user's own pip configuration.
+
+uv does not read pip's configuration files, so users behind a mirror would silently get
+different packages. We map pip's index-url / extra-index-url / find-links (from
+``pip config list`` and PIP_* variables) onto uv's variables.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+_MAP = {"index-url": "UV_INDEX_URL", "extra-index-url": "UV_EXTRA_INDEX_URL",
+        "find-links": "UV_FIND_LINKS"}
+
+
+@functools.cache
+def pip_config() -> dict[str, str]:
+    """pip's effective settings for the three source keys (env vars override files)."""
+    found: dict[str, str] = {}
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], text=True,
+                             capture_output=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if name in _MAP and not key.startswith(":env:"):
+            found[name] = value.strip().strip("'\"")
+    for name in _MAP:
+        if v := os.environ.get("PIP_" + name.upper().replace("-", "_")):
+            found[name] = v
+    return found
+
+
+def uv_environment() -> dict[str, str]:
+    """os.environ plus the UV_* settings that make uv use pip's sources, offline-safe."""
+    env = dict(os.environ)
+    for name, value in pip_config().items():
+        var = _MAP[name]
+        if var not in env:
+            # pip separates several values with whitespace; uv wants spaces too
+            env[var] = " ".join(value.split())
+    env.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.setdefault("UV_COMPILE_BYTECODE", "1")
+    return env

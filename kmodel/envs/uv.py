@@ -1,0 +1,137 @@
+"""pip-only envs: a hashed lock from ``uv pip compile``, a venv synced with ``uv pip sync``.
+
+``VenvBackend`` is the fallback when uv is absent: stdlib venv + pip, and a hashed lock made
+from ``pip install --dry-run --report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from kmodel import _subprocess
+from kmodel._fs import atomic_write_text, sha256_bytes, sha256_file
+from kmodel.envs.base import EnvBackend, header
+from kmodel.envs.pip_sources import uv_environment
+from kmodel.errors import EnvBuildError, LockResolveError, ToolMissingError
+from kmodel.registry import EnvRef
+from kmodel.spec import PipEnvSpec
+
+#: what the runner itself imports inside every model env
+RUNNER_NEEDS = ("numpy", "h5py")
+
+
+def requirements(spec: PipEnvSpec) -> list[str]:
+    """The spec's requirements plus the runner's own needs where the spec omits them."""
+    named = {re.split(r"[\s<>=!~\[;@]", r, maxsplit=1)[0].lower() for r in spec.pip}
+    return list(spec.pip) + [n for n in RUNNER_NEEDS if n not in named]
+
+
+def uv_binary() -> str | None:
+    if os.environ.get("KMODEL_NO_UV"):
+        return None
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def find_python(version: str) -> Path:
+    """An interpreter of ``version`` (e.g. "3.11"): this one, or pythonX.Y on PATH."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        base = getattr(sys, "_base_executable", sys.executable)
+        return Path(base).resolve()
+    if found := shutil.which(f"python{version}"):
+        return Path(found).resolve()
+    raise ToolMissingError(f"no python {version} found (looked for python{version} on PATH); "
+                           "install it or change `python:` in the env spec")
+
+
+def _python_identity(python: Path) -> bytes:
+    return f"{python}|{python.resolve()}".encode()
+
+
+class UvBackend(EnvBackend):
+    name = "uv"
+
+    def __init__(self, uv: str) -> None:
+        self.uv = uv
+
+    def key(self, ref: EnvRef) -> str:
+        assert isinstance(ref.spec, PipEnvSpec)
+        lock = self.checked_lockfile(ref).read_bytes()
+        return sha256_bytes(sha256_bytes(lock).encode() +
+                            _python_identity(find_python(ref.spec.python)))
+
+    def lock(self, ref: EnvRef) -> Path:
+        assert isinstance(ref.spec, PipEnvSpec)
+        python = find_python(ref.spec.python)
+        with tempfile.TemporaryDirectory(prefix="kmodel-lock-") as tmp:
+            req = Path(tmp) / "requirements.in"
+            req.write_text("\n".join(requirements(ref.spec)) + "\n")
+            out = Path(tmp) / "lock.txt"
+            _subprocess.run(
+                [self.uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+                 "--python", python, "--python-platform", "linux", req, "-o", out],
+                env=uv_environment(),
+                error=lambda tail: LockResolveError(f"cannot lock env {ref.name!r} "
+                                                    f"({ref.path}): {tail}"))
+            body = out.read_text()
+        atomic_write_text(ref.lockfile, header(ref, "uv pip compile") + body)
+        return ref.lockfile
+
+    def _build(self, ref: EnvRef, prefix: Path) -> None:
+        assert isinstance(ref.spec, PipEnvSpec)
+        env = uv_environment()
+        fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
+        _subprocess.run([self.uv, "venv", "--quiet", "--python",
+                         find_python(ref.spec.python), prefix], env=env, error=fail)
+        _subprocess.run([self.uv, "pip", "sync", "--quiet", "--require-hashes", "--python",
+                         prefix / "bin" / "python", ref.lockfile], env=env, error=fail)
+
+
+class VenvBackend(EnvBackend):
+    """stdlib venv + pip: slower, but needs nothing beyond the interpreter."""
+
+    name = "venv"
+
+    def key(self, ref: EnvRef) -> str:
+        assert isinstance(ref.spec, PipEnvSpec)
+        return sha256_bytes(sha256_file(self.checked_lockfile(ref)).encode()
+                            + _python_identity(find_python(ref.spec.python)))
+
+    def lock(self, ref: EnvRef) -> Path:
+        assert isinstance(ref.spec, PipEnvSpec)
+        python = find_python(ref.spec.python)
+        with tempfile.TemporaryDirectory(prefix="kmodel-lock-") as tmp:
+            req = Path(tmp) / "requirements.in"
+            req.write_text("\n".join(requirements(ref.spec)) + "\n")
+            report = Path(tmp) / "report.json"
+            _subprocess.run(
+                [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+                 "--report", report, "-r", req],
+                error=lambda tail: LockResolveError(f"cannot lock env {ref.name!r} "
+                                                    f"({ref.path}): {tail}"))
+            items = json.loads(report.read_text())["install"]
+        lines = []
+        for item in sorted(items, key=lambda i: i["metadata"]["name"].lower()):
+            meta, digest = item["metadata"], item["download_info"].get("archive_info", {})
+            sha = digest.get("hashes", {}).get("sha256") or digest.get("hash", "=").split("=")[1]
+            lines.append(f"{meta['name'].lower()}=={meta['version']} \\\n    --hash=sha256:{sha}")
+        atomic_write_text(ref.lockfile, header(ref, "pip --dry-run --report")
+                          + "\n".join(lines) + "\n")
+        return ref.lockfile
+
+    def _build(self, ref: EnvRef, prefix: Path) -> None:
+        assert isinstance(ref.spec, PipEnvSpec)
+        fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
+        _subprocess.run([find_python(ref.spec.python), "-m", "venv", prefix], error=fail)
+        _subprocess.run([prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
+                         "--no-deps", "--require-hashes", "-r", ref.lockfile], error=fail)

@@ -1,0 +1,147 @@
+"""The HDF5 layout: the only module that imports h5py.
+
+Input files:      /inputs/<name>  (N, *shape)   /metadata/id (N,)   [/targets/<name> (N, ...)]
+Prediction files: /preds/<name>   (N, *shape)   /metadata/id (N,)   root attributes: provenance
+
+Close to Kipoi's layout so its readers work. Datasets are chunked and resizable; ids are
+fixed-length byte strings. This module imports only numpy, h5py and the standard library,
+because the in-env runner loads it by file path (nothing of kmodel is installed in model envs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+ROWS_DONE = "kmodel_rows_done"  # rows fully written; lets a partial file be resumed
+COMPLETE = "kmodel_complete"
+
+
+def as_ids(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Ids as fixed-length bytes (fast to copy and compare)."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind == "S":
+        return arr
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(str)
+    return np.char.encode(arr.astype(str), "utf-8")
+
+
+def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
+                ids: Sequence[Any] | np.ndarray, attrs: Mapping[str, Any] | None = None,
+                chunk_rows: int = 8192) -> None:
+    """Write whole arrays, e.g. ``{"inputs": {"x": X}, "targets": {"y": y}}``, plus ids."""
+    ids = as_ids(ids)
+    with h5py.File(path, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for group, arrays in groups.items():
+            for name, arr in arrays.items():
+                if len(arr) != len(ids):
+                    raise ValueError(f"{group}/{name} has {len(arr)} rows, ids have {len(ids)}")
+                f.create_dataset(f"{group}/{name}", data=arr, maxshape=(None, *arr.shape[1:]),
+                                 chunks=(min(chunk_rows, max(len(arr), 1)), *arr.shape[1:]))
+        f.create_dataset("metadata/id", data=ids, maxshape=(None,),
+                         chunks=(min(chunk_rows, max(len(ids), 1)),))
+
+
+Schema = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def describe(path: Path, group: str = "inputs") -> tuple[Schema, int]:
+    """``({name: (dtype, per-row shape)}, rows)`` of one group, and the id count."""
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            return {}, len(f["metadata/id"]) if "metadata/id" in f else 0
+        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in f[group].items()
+               if isinstance(d, h5py.Dataset)}
+        rows = {n: d.shape[0] for n, d in f[group].items() if isinstance(d, h5py.Dataset)}
+        n_ids = len(f["metadata/id"]) if "metadata/id" in f else None
+    lengths = set(rows.values()) | ({n_ids} if n_ids is not None else set())
+    if len(lengths) > 1:
+        raise ValueError(f"{group} datasets and /metadata/id differ in length: "
+                         f"{dict(rows, **{'metadata/id': n_ids})}")
+    return out, lengths.pop() if lengths else 0
+
+
+def read_group(path: Path, group: str, names: Sequence[str] | None = None,
+               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Whole datasets of a group, and the ids."""
+    with h5py.File(path, "r") as f:
+        g = f[group]
+        arrays = {n: g[n][()] for n in (names or list(g))}
+        ids = f["metadata/id"][()]
+    return arrays, ids
+
+
+def read_attrs(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+
+def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
+    with h5py.File(path, "r+") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+
+def iter_batches(path: Path, names: Sequence[str], batch_size: int, start: int = 0,
+                 ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    """Yield ``(offset, ids, {name: rows})`` for consecutive batches of /inputs."""
+    with h5py.File(path, "r") as f:
+        ids = f["metadata/id"]
+        datasets = {n: f[f"inputs/{n}"] for n in names}
+        n = len(ids)
+        for lo in range(start, n, batch_size):
+            hi = min(lo + batch_size, n)
+            yield lo, ids[lo:hi], {k: d[lo:hi] for k, d in datasets.items()}
+
+
+class PredictionWriter:
+    """Streams prediction batches into /preds/<name> and /metadata/id.
+
+    Datasets are created at full length up front (resizable), and the root attribute
+    ``kmodel_rows_done`` is updated after each batch, so a killed run can resume.
+    """
+
+    def __init__(self, path: Path, outputs: Mapping[str, tuple[str, tuple[int, ...]]],
+                 rows: int, id_dtype: np.dtype, chunk_rows: int,
+                 attrs: Mapping[str, Any] | None = None, resume: bool = False) -> None:
+        self.path = path
+        if resume:
+            self.f = h5py.File(path, "r+")
+            self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
+        else:
+            self.f = h5py.File(path, "w")
+            self.rows_done = 0
+            self.f.attrs["schema_version"] = SCHEMA_VERSION
+            for k, v in (attrs or {}).items():
+                self.f.attrs[k] = v
+            self.f.attrs[ROWS_DONE] = 0
+            chunk = max(1, min(chunk_rows, rows))
+            for name, (dtype, shape) in outputs.items():
+                self.f.create_dataset(f"preds/{name}", shape=(rows, *shape), dtype=dtype,
+                                      maxshape=(None, *shape), chunks=(chunk, *shape))
+            self.f.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype,
+                                  maxshape=(None,), chunks=(chunk,))
+        self.preds = {name: self.f[f"preds/{name}"] for name in self.f["preds"]}
+        self.ids = self.f["metadata/id"]
+
+    def write(self, offset: int, ids: np.ndarray, preds: Mapping[str, np.ndarray]) -> None:
+        hi = offset + len(ids)
+        for name, ds in self.preds.items():
+            ds[offset:hi] = preds[name]
+        self.ids[offset:hi] = ids
+        self.rows_done = hi
+        self.f.attrs[ROWS_DONE] = hi
+
+    def close(self, complete: bool) -> None:
+        if complete:
+            self.f.attrs[COMPLETE] = True
+        self.f.close()

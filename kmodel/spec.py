@@ -1,0 +1,323 @@
+"""Spec formats (pydantic, strict, no unknown keys) and their safe YAML loaders.
+
+Three documents: a model spec (model_specs/NAME/model.yaml), an env spec
+(envs/NAME.yaml, pip or conda flavour) and a composition config (workflows/*.yaml).
+Loaders report ``file:line: field: problem; fix`` and do no I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kmodel.errors import SpecError, UnsafePathError, YamlSyntaxError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SHA256_RE = r"^[0-9a-f]{64}$"
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+          "uint8", "bool")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- model spec --------------------------------------------------------------------
+
+
+class ArraySpec(StrictModel):
+    """One named input or output array; shape is per row (``[]`` = one scalar per row)."""
+
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    shape: list[int | None] = []
+    doc: str = ""
+
+
+class WeightsSpec(StrictModel):
+    """A folder holding params.json and one .npy per named weight, each with its sha256."""
+
+    path: str = "weights"
+    sha256: dict[str, Annotated[str, Field(pattern=SHA256_RE)]]
+
+    @field_validator("sha256")
+    @classmethod
+    def _has_params(cls, v: dict[str, str]) -> dict[str, str]:
+        if "params.json" not in v:
+            raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
+        for name in v:
+            if name != "params.json" and not name.endswith(".npy"):
+                raise ValueError(f"{name!r} is neither params.json nor a .npy file "
+                                 "(weights are arrays in .npy, no pickles)")
+        return v
+
+
+class TrainSpec(StrictModel):
+    args: dict[str, Any] = {}
+
+
+class TestSpec(StrictModel):
+    inputs: str
+    expected: str
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+class ModelSpec(StrictModel):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    version: str
+    description: str = ""
+    env: Annotated[str, Field(pattern=NAME_RE)]
+    entrypoint: Annotated[str, Field(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")]
+    args: dict[str, Any] = {}
+    weights: WeightsSpec | None = None
+    train: TrainSpec | None = None
+    inputs: Annotated[list[ArraySpec], Field(min_length=1)]
+    outputs: Annotated[list[ArraySpec], Field(min_length=1)]
+    test: TestSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelSpec:
+        for kind in ("inputs", "outputs"):
+            names = [a.name for a in getattr(self, kind)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} names must be unique, got {names}")
+        return self
+
+    @property
+    def entry_file(self) -> str:
+        return self.entrypoint.split(":")[0]
+
+    @property
+    def entry_function(self) -> str:
+        return self.entrypoint.split(":")[1]
+
+
+# --- env specs ---------------------------------------------------------------------
+
+
+class PipEnvSpec(StrictModel):
+    """A uv (or stdlib venv) environment: a python version and pip requirements."""
+
+    description: str = ""
+    python: Annotated[str, Field(pattern=r"^3\.\d+$")]
+    pip: list[str] = []
+
+    @property
+    def kind(self) -> Literal["pip"]:
+        return "pip"
+
+
+class CondaEnvSpec(StrictModel):
+    """A conda environment file: channels, dependencies (with an optional pip: section)."""
+
+    name: str | None = None
+    description: str = ""
+    channels: list[str] = ["conda-forge"]
+    platforms: list[str] = []
+    dependencies: list[str | dict[Literal["pip"], list[str]]]
+
+    @property
+    def kind(self) -> Literal["conda"]:
+        return "conda"
+
+    @property
+    def conda_deps(self) -> list[str]:
+        return [d for d in self.dependencies if isinstance(d, str)]
+
+    @property
+    def pip_deps(self) -> list[str]:
+        return [p for d in self.dependencies if isinstance(d, dict) for p in d.get("pip", [])]
+
+
+def _env_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "conda" if "dependencies" in v or "channels" in v else "pip"
+    return "conda" if hasattr(v, "dependencies") else "pip"
+
+
+EnvSpec = Annotated[
+    Annotated[PipEnvSpec, Tag("pip")] | Annotated[CondaEnvSpec, Tag("conda")],
+    Discriminator(_env_kind),
+]
+
+
+class _EnvDoc(StrictModel):
+    env: EnvSpec
+
+
+# --- composition config ------------------------------------------------------------
+
+
+class DataConfig(StrictModel):
+    """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
+
+    builtin: Literal["breast_cancer"] | None = None
+    seed: int = 0
+    test_fraction: float = 0.3
+    train: str | None = None
+    test: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.builtin is None and not (self.train and self.test):
+            raise ValueError("give either builtin: breast_cancer or both train: and test: paths")
+        return self
+
+
+class ComposeConfig(StrictModel):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    results: str = "results"
+    data: DataConfig
+    targets: Annotated[str, Field(pattern=NAME_RE)] = "y"
+    models: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
+    ensembler: Annotated[str, Field(pattern=NAME_RE)]
+    batch_size: Annotated[int, Field(gt=0)] = 8192
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"models must be unique, got {v}")
+        return v
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(path, "file not found", fix="check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(path, f"cannot read: {e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise YamlSyntaxError(path, f"invalid YAML: {problem}", line=line,
+                              fix="fix the YAML syntax") from None
+    except yaml.YAMLError as e:
+        raise YamlSyntaxError(path, f"invalid YAML: {e}", fix="fix the YAML syntax") from None
+    return data, node
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the deepest YAML node found along a pydantic error location."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+_FIXES = {
+    "extra_forbidden": "remove it (allowed keys are listed in the README's spec format)",
+    "missing": "add it",
+    "string_type": "write a quoted string",
+    "int_type": "write an integer",
+    "float_type": "write a number",
+    "dict_type": "write a mapping (key: value)",
+    "list_type": "write a list",
+    "literal_error": None,
+    "string_pattern_mismatch": None,
+}
+
+
+def _spec_error(path: Path, node: yaml.Node | None, err: ValidationError,
+                drop: int = 0) -> SpecError:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if x not in ("pip", "conda"))[drop:]
+    if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = ()
+    field = ".".join(str(x) for x in loc) or None
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+        shown = repr(e["input"])
+        msg += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
+    fix = _FIXES.get(e["type"])
+    if e["type"] == "string_pattern_mismatch":
+        fix = "use letters, digits, '_', '.', '-' (entrypoint: file.py:function)"
+    return SpecError(path, msg, field=field, line=_line_of(node, loc), fix=fix)
+
+
+def _validate(cls: type[StrictModel], path: Path) -> Any:
+    data, node = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(path, "expected a mapping at the top level", line=1,
+                        fix="write key: value pairs")
+    try:
+        if cls is _EnvDoc:
+            return _EnvDoc.model_validate({"env": data}).env
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise _spec_error(path, node, err, drop=1 if cls is _EnvDoc else 0) from None
+
+
+def load_model_spec(path: Path) -> ModelSpec:
+    spec: ModelSpec = _validate(ModelSpec, path)
+    folder = path.parent
+    check_inside(folder, spec.entry_file, path, "entrypoint")
+    if spec.weights:
+        check_inside(folder, spec.weights.path, path, "weights.path")
+        for name in spec.weights.sha256:
+            check_inside(folder, f"{spec.weights.path}/{name}", path, f"weights.sha256.{name}")
+    if spec.test:
+        check_inside(folder, spec.test.inputs, path, "test.inputs")
+        check_inside(folder, spec.test.expected, path, "test.expected")
+    return spec
+
+
+def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:
+    spec: PipEnvSpec | CondaEnvSpec = _validate(_EnvDoc, path)
+    return spec
+
+
+def load_compose_config(path: Path) -> ComposeConfig:
+    cfg: ComposeConfig = _validate(ComposeConfig, path)
+    return cfg
+
+
+def check_inside(folder: Path, rel: str, spec_path: Path, field: str) -> Path:
+    """Resolve ``rel`` against ``folder``; refuse absolute paths, '..' and symlink escapes."""
+    p = PurePosixPath(rel)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", rel) or ".." in p.parts:
+        raise UnsafePathError(spec_path, f"path {rel!r} leaves the model folder", field=field,
+                              fix="use a relative path inside the model's folder")
+    full = folder / rel
+    root = folder.resolve()
+    if full.exists() and not full.resolve().is_relative_to(root):
+        raise UnsafePathError(spec_path, f"path {rel!r} is a symlink leading outside "
+                              f"{folder}", field=field, fix="copy the file into the folder")
+    return full
