@@ -1,0 +1,113 @@
+"""Shared fixtures: a throwaway project (copies of the repo's specs and locks) and one
+KMODEL_HOME per test session, so each real env is built once and reused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmodel.io import hdf5
+from kmodel.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kmodel_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One env cache for the whole session (env builds are the slow part)."""
+    home = Path(os.environ.get("KMODEL_TEST_HOME") or tmp_path_factory.mktemp("kmodel-home"))
+    old = os.environ.get("KMODEL_HOME")
+    os.environ["KMODEL_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("KMODEL_HOME", None)
+    else:
+        os.environ["KMODEL_HOME"] = old
+
+
+TOY_MODEL = """\
+import numpy as np
+
+
+class Scale:
+    def __init__(self, factor, fail_at):
+        self.factor, self.fail_at, self.w = factor, fail_at, None
+        self.seen = 0
+
+    def predict(self, x):
+        self.seen += len(x)
+        if self.fail_at is not None and self.seen > self.fail_at:
+            raise ValueError("toy failure at row %d" % self.seen)
+        return {"y": x @ self.w["scale-w-0"] * self.factor, "norm": np.linalg.norm(x, axis=1)}
+
+    def fit(self, x, y):
+        self.w = {"scale-w-0": np.linalg.lstsq(x, y, rcond=None)[0]}
+        return self
+
+    def get_weights(self):
+        return self.w
+
+    def set_weights(self, w):
+        self.w = w
+
+
+def build(factor=1.0, fail_at=None):
+    return Scale(factor, fail_at)
+"""
+
+TOY_SPEC = """\
+name: toy
+version: 0.1.0
+description: y = x @ w * factor, and the row norm
+env: numpy2
+entrypoint: model.py:build
+args:
+  factor: 2.0
+inputs:
+  - name: x
+    dtype: float32
+    shape: [3]
+outputs:
+  - name: y
+    dtype: float32
+    shape: []
+  - name: norm
+    dtype: float64
+    shape: []
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, kmodel_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project folder (cwd) with the repo's envs and models plus a toy model."""
+    shutil.copytree(REPO / "envs", tmp_path / "envs")
+    shutil.copytree(REPO / "model_specs", tmp_path / "model_specs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    toy = tmp_path / "model_specs" / "toy"
+    (toy / "weights").mkdir(parents=True)
+    (toy / "model.py").write_text(TOY_MODEL)
+    (toy / "model.yaml").write_text(TOY_SPEC)
+    np.save(toy / "weights" / "scale-w-0.npy", np.array([1.0, -2.0, 0.5]))
+    (toy / "weights" / "params.json").write_text('{"weights": ["scale-w-0"]}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KMODEL_PATH", raising=False)
+    monkeypatch.delenv("KMODEL_ENVS", raising=False)
+    from kmodel.hashes import write_hashes
+
+    write_hashes(Registry().model("toy"))
+    return tmp_path
+
+
+def make_input(path: Path, rows: int = 100, dim: int = 3, seed: int = 0,
+               ids: list[str] | None = None, targets: np.ndarray | None = None) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    groups = {"inputs": {"x": x}}
+    if targets is not None:
+        groups["targets"] = {"y": targets}
+    hdf5.write_table(path, groups, ids if ids is not None else [f"r{i}" for i in range(rows)])
+    return x

@@ -1,0 +1,90 @@
+"""The composer: id alignment, its errors, and training/applying the ensembler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmodel import compose
+from kmodel.errors import IdAlignmentError, TargetLengthError
+from kmodel.io import hdf5
+
+
+def preds_file(path: Path, ids: list[str], values: np.ndarray) -> Path:
+    hdf5.write_table(path, {"preds": {"proba": values.astype(np.float32)}}, ids)
+    return path
+
+
+def test_stack_aligns_by_id(tmp_path: Path) -> None:
+    a = preds_file(tmp_path / "a.h5", ["x", "y", "z"], np.array([0.1, 0.2, 0.3]))
+    b = preds_file(tmp_path / "b.h5", ["z", "x", "y"], np.array([0.93, 0.91, 0.92]))
+    x, ids = compose.stack([a, b])
+    assert list(ids) == [b"x", b"y", b"z"]
+    np.testing.assert_allclose(x, [[0.1, 0.91], [0.2, 0.92], [0.3, 0.93]], rtol=1e-6)
+
+
+def test_missing_id_is_an_error(tmp_path: Path) -> None:
+    a = preds_file(tmp_path / "a.h5", ["x", "y", "z"], np.zeros(3))
+    b = preds_file(tmp_path / "b.h5", ["x", "z", "w"], np.zeros(3))
+    with pytest.raises(IdAlignmentError, match=r"b\.h5: 1 id\(s\) of the reference file are "
+                       r"missing, e\.g\. 'y'"):
+        compose.stack([a, b])
+
+
+def test_duplicated_id_is_an_error(tmp_path: Path) -> None:
+    a = preds_file(tmp_path / "a.h5", ["x", "y"], np.zeros(2))
+    b = preds_file(tmp_path / "b.h5", ["x", "y", "y"], np.zeros(3))
+    with pytest.raises(IdAlignmentError, match=r"duplicated id\(s\).*'y'"):
+        compose.stack([a, b])
+
+
+def test_extra_ids_are_an_error(tmp_path: Path) -> None:
+    a = preds_file(tmp_path / "a.h5", ["x"], np.zeros(1))
+    b = preds_file(tmp_path / "b.h5", ["x", "q"], np.zeros(2))
+    with pytest.raises(IdAlignmentError, match="1 id"):
+        compose.stack([a, b])
+
+
+def test_targets_length_mismatch(tmp_path: Path) -> None:
+    import h5py
+
+    t = tmp_path / "t.h5"
+    with h5py.File(t, "w") as f:
+        f["targets/y"] = np.zeros(3)
+        f["metadata/id"] = np.array([b"a", b"b"])
+    with pytest.raises(TargetLengthError, match="has 3 rows but /metadata/id has 2"):
+        compose.score({"a": preds_file(tmp_path / "a.h5", ["a", "b"], np.zeros(2))}, t)
+
+
+def test_roc_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(size=200) + y, 1)  # rounded: plenty of ties
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert compose.roc_auc(y, s) == pytest.approx(pairwise)
+
+
+@pytest.mark.slow
+def test_train_and_apply_ensembler_in_its_env(project: Path) -> None:
+    from kmodel.registry import Registry
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    ids = [f"s{i}" for i in range(n)]
+    hdf5.write_table(project / "targets.h5", {"targets": {"y": y}}, ids)
+    good = np.clip(0.8 * y + 0.1 + rng.normal(0, 0.05, n), 0.01, 0.99)
+    noise = rng.uniform(0.01, 0.99, n)
+    order = rng.permutation(n)  # the second file stores its rows in another order
+    p1 = preds_file(project / "p1.h5", ids, good)
+    p2 = preds_file(project / "p2.h5", [ids[i] for i in order], noise[order])
+    reg = Registry()
+    w = compose.train(reg, "stacker", [p1, p2], project / "targets.h5", project / "w")
+    coef = np.load(w.folder / "stacker-coef-0.npy")
+    assert coef[0] > 5 * abs(coef[1])  # it learned which base model to trust
+    out = compose.apply(reg, "stacker", [p1, p2], project / "w", project / "ens.h5")
+    scores = compose.score({"ens": out}, project / "targets.h5")
+    assert scores["ens"]["auc"] > 0.99

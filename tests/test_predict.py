@@ -1,0 +1,127 @@
+"""Prediction through a real uv env and the in-env runner, into real HDF5 files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from kmodel.errors import (
+    HashMismatchError,
+    InputMissingError,
+    InputSchemaError,
+    ModelError,
+    WeightsMissingError,
+)
+from kmodel.io import hdf5
+from kmodel.predict import partial_path, predict
+from kmodel.registry import Registry
+
+from .conftest import make_input
+
+pytestmark = pytest.mark.slow  # the first test builds the numpy2 env
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return (x @ np.array([1.0, -2.0, 0.5]) * 2.0).astype(np.float32)
+
+
+def test_round_trip_and_provenance(project: Path) -> None:
+    x = make_input(project / "in.h5", rows=1000)
+    out = predict(Registry(), "toy", project / "in.h5", project / "out.h5", batch_size=64)
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["preds/y"][()], expected(x), rtol=1e-6)
+        np.testing.assert_allclose(f["preds/norm"][()], np.linalg.norm(x, axis=1), rtol=1e-6)
+        assert f["preds/y"].dtype == np.float32 and f["preds/norm"].dtype == np.float64
+        assert f["preds/y"].chunks == (64,)
+        assert list(f["metadata/id"][:3]) == [b"r0", b"r1", b"r2"]
+        attrs = dict(f.attrs)
+    assert attrs["model"] == "toy" and attrs["model_version"] == "0.1.0"
+    assert attrs["env_numpy_version"].startswith("2.")
+    assert attrs["env_python_version"].startswith("3.11")
+    for key in ("spec_sha256", "weights_sha256", "lock_sha256", "input_sha256"):
+        assert len(attrs[key]) == 64, key
+    assert attrs["schema_version"] == hdf5.SCHEMA_VERSION
+    assert not partial_path(out).exists()
+
+
+def test_batch_size_does_not_change_the_result(project: Path) -> None:
+    make_input(project / "in.h5", rows=257)
+    a = predict(Registry(), "toy", project / "in.h5", project / "a.h5", batch_size=1)
+    b = predict(Registry(), "toy", project / "in.h5", project / "b.h5", batch_size=10_000)
+    ra, _ = hdf5.read_group(a, "preds")
+    rb, _ = hdf5.read_group(b, "preds")
+    assert all(np.array_equal(ra[k], rb[k]) for k in ra)
+
+
+def test_real_demo_model_in_its_legacy_env(project: Path) -> None:
+    from kmodel.datasets import breast_cancer
+
+    breast_cancer(project / "train.h5", project / "test.h5")
+    out = predict(Registry(), "logreg", project / "test.h5", project / "p.h5")
+    attrs = hdf5.read_attrs(out)
+    assert attrs["env_numpy_version"].startswith("1.26")
+    preds, ids = hdf5.read_group(out, "preds")
+    targets, tids = hdf5.read_group(project / "test.h5", "targets")
+    assert np.array_equal(ids, tids)
+    accuracy = np.mean((preds["proba"] > 0.5) == targets["y"].astype(bool))
+    assert accuracy > 0.9
+
+
+def test_model_error_leaves_no_output(project: Path) -> None:
+    spec = project / "model_specs" / "toy" / "model.yaml"
+    spec.write_text(spec.read_text().replace("factor: 2.0", "factor: 2.0\n  fail_at: 50"))
+    make_input(project / "in.h5", rows=100)
+    with pytest.raises(ModelError) as err:
+        predict(Registry(), "toy", project / "in.h5", project / "out.h5", batch_size=10)
+    assert err.value.code == "KM500"
+    assert "ValueError: toy failure at row 60" in str(err.value)
+    assert "Traceback" in (err.value.detail or "")
+    assert not (project / "out.h5").exists() and not partial_path(project / "out.h5").exists()
+
+
+def test_input_checked_before_env_starts(project: Path) -> None:
+    reg = Registry()
+    with pytest.raises(InputMissingError):
+        predict(reg, "toy", project / "nope.h5", project / "o.h5")
+    make_input(project / "wide.h5", dim=4)
+    with pytest.raises(InputSchemaError, match=r"rows of shape \(4,\), model 'toy' expects \(3,\)"):
+        predict(reg, "toy", project / "wide.h5", project / "o.h5")
+    hdf5.write_table(project / "str.h5", {"inputs": {"x": np.array([[b"a", b"b", b"c"]])}}, ["i"])
+    with pytest.raises(InputSchemaError, match=r"dtype \|S1, model 'toy' expects float32"):
+        predict(reg, "toy", project / "str.h5", project / "o.h5")
+    hdf5.write_table(project / "named.h5", {"inputs": {"z": np.zeros((2, 3))}}, ["a", "b"])
+    with pytest.raises(InputSchemaError, match="no dataset /inputs/x"):
+        predict(reg, "toy", project / "named.h5", project / "o.h5")
+    assert not list(project.glob("o.h5*"))
+
+
+def test_weights_are_checked_before_loading(project: Path) -> None:
+    make_input(project / "in.h5")
+    w = project / "model_specs" / "toy" / "weights" / "scale-w-0.npy"
+    np.save(w, np.array([9.0, 9.0, 9.0]))
+    with pytest.raises(HashMismatchError) as err:
+        predict(Registry(), "toy", project / "in.h5", project / "o.h5")
+    assert str(w.relative_to(project)) in str(err.value)
+    assert "kmodel hash toy --write" in str(err.value)
+    w.unlink()
+    with pytest.raises(WeightsMissingError, match="scale-w-0.npy is missing"):
+        predict(Registry(), "toy", project / "in.h5", project / "o.h5")
+
+
+def test_train_writes_weights_with_manifest(project: Path) -> None:
+    from kmodel.predict import Weights, train
+
+    x = make_input(project / "t.h5", rows=50)
+    y = x @ np.array([0.5, 1.5, -1.0])
+    hdf5.write_table(project / "t.h5", {"inputs": {"x": x}, "targets": {"y": y}},
+                     [f"r{i}" for i in range(50)])
+    w = train(Registry(), "toy", project / "t.h5", "y", project / "w")
+    assert set(w.sha256) == {"params.json", "scale-w-0.npy"}
+    np.testing.assert_allclose(np.load(project / "w" / "scale-w-0.npy"), [0.5, 1.5, -1.0],
+                               rtol=1e-4)
+    assert Weights.from_folder(project / "w").sha256 == w.sha256
+    assert json.loads((project / "w" / "params.json").read_text())["model"] == "toy"
