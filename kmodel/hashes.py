@@ -29,6 +29,7 @@ def write_hashes(model: Model, folder: str = "weights") -> dict[str, str]:
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
     doc = yaml.load(model.path)
     if not isinstance(doc, dict):
         raise SpecError(model.path, "expected a mapping at the top level")

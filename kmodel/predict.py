@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kmodel import __version__, _subprocess
-from kmodel._fs import atomic_dir, ensure_parent, sha256_bytes, sha256_file
+from kmodel._fs import atomic_dir, cached_sha256, ensure_parent, sha256_bytes, sha256_file
 from kmodel.envs import Env, backend_for
 from kmodel.errors import (
     HashMismatchError,
@@ -149,7 +149,7 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
         "resume": resume,
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        input_hash = pool.submit(sha256_file, input_path)  # overlaps with the runner's work
+        input_hash = pool.submit(cached_sha256, input_path)  # overlaps with the runner
         try:
             run_job(env, job, name, progress)
         except BaseException as e:

@@ -108,7 +108,7 @@ def test_weights_are_checked_before_loading(project: Path) -> None:
     assert str(w.relative_to(project)) in str(err.value)
     assert "kmodel hash toy --write" in str(err.value)
     w.unlink()
-    with pytest.raises(WeightsMissingError, match="scale-w-0.npy is missing"):
+    with pytest.raises(WeightsMissingError, match=r"scale-w-0\.npy is missing"):
         predict(Registry(), "toy", project / "in.h5", project / "o.h5")
 
 

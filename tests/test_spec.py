@@ -128,7 +128,8 @@ yamlish = st.recursive(
     max_leaves=12)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=yamlish, raw=st.text(max_size=40))
 def test_loader_never_raises_anything_but_spec_errors(tmp_path: Path, doc: object,
                                                       raw: str) -> None:

@@ -1,0 +1,114 @@
+"""The CLI through click's CliRunner: exact exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kmodel.cli import cli
+
+from .conftest import make_input
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_validate_all_good(project: Path) -> None:
+    code, out, _ = invoke("validate")
+    assert code == 0
+    assert "ok    model_specs/toy/model.yaml" in out and "ok    envs/numpy2.yaml" in out
+
+
+def test_validate_reports_bad_spec_in_one_line(project: Path) -> None:
+    spec = project / "model_specs" / "toy" / "model.yaml"
+    spec.write_text(spec.read_text().replace("dtype: float32\n    shape: [3]",
+                                             "dtype: float33\n    shape: [3]"))
+    code, _, err = invoke("validate", str(spec))
+    assert code == 1
+    assert err.startswith(f"Error [KM101]: {spec}:10: inputs.0.dtype: Input should be ")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_validate_json(project: Path) -> None:
+    (project / "envs" / "bad.yaml").write_text("python: 3.11\n")
+    code, out, _ = invoke("validate", "--json")
+    assert code == 1
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert rows["envs/bad.yaml"]["code"] == "KM101" and rows["envs/numpy2.yaml"]["ok"]
+
+
+def test_ls_and_info_json(project: Path) -> None:
+    code, out, _ = invoke("ls", "--json")
+    assert code == 0
+    assert {m["name"] for m in json.loads(out)} == {"logreg", "gnb", "mlp", "stacker", "toy"}
+    code, out, _ = invoke("info", "toy", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["env"] == "numpy2" and info["lockfile"] == "envs/numpy2.lock"
+    assert [o["name"] for o in info["outputs"]] == ["y", "norm"]
+    assert set(info["weights"]["sha256"]) == {"params.json", "scale-w-0.npy"}
+
+
+def test_unknown_model(project: Path) -> None:
+    code, _, err = invoke("info", "nope")
+    assert code == 1
+    assert err.startswith("Error [KM110]: unknown model 'nope' (searched model_specs); "
+                          "known models: gnb, logreg, mlp, stacker, toy")
+
+
+def test_usage_error_exit_2(project: Path) -> None:
+    code, _, err = invoke("env", "lock")
+    assert code == 2 and "Error [KM002]: give env or model names, or --all" in err
+    code, _, _ = invoke("predict", "toy")
+    assert code == 2  # click's own usage errors: missing -i/-o
+
+
+def test_missing_input(project: Path) -> None:
+    code, _, err = invoke("predict", "toy", "-i", "missing.h5", "-o", "o.h5")
+    assert (code, err) == (1, "Error [KM400]: input file missing.h5 does not exist; "
+                              "check the path\n")
+    assert not Path("o.h5").exists()
+
+
+def test_hash_check_and_write(project: Path) -> None:
+    assert invoke("hash", "toy")[0] == 0
+    np.save(project / "model_specs/toy/weights/scale-w-0.npy", np.ones(3))
+    code, out, err = invoke("hash", "toy")
+    assert code == 1 and "CHANGED   scale-w-0.npy" in out and "kmodel hash toy --write" in err
+    assert invoke("hash", "toy", "--write")[0] == 0
+    assert invoke("hash", "toy")[0] == 0
+
+
+@pytest.mark.slow
+def test_predict_and_verbose_traceback(project: Path) -> None:
+    make_input(project / "in.h5", rows=10)
+    code, out, _ = invoke("predict", "toy", "-i", "in.h5", "-o", "o.h5")
+    assert code == 0 and out.startswith("wrote o.h5")
+    spec = project / "model_specs/toy/model.yaml"
+    spec.write_text(spec.read_text().replace("factor: 2.0", "factor: 2.0\n  fail_at: 0"))
+    code, _, err = invoke("predict", "toy", "-i", "in.h5", "-o", "o2.h5")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().endswith("model 'toy' raised ValueError: toy failure at row 10; run with "
+                                "-v for its traceback")
+    code, _, err = invoke("-v", "predict", "toy", "-i", "in.h5", "-o", "o2.h5")
+    assert code == 1 and "Traceback (most recent call last)" in err and "in predict" in err
+    assert not Path("o2.h5").exists()
+
+
+@pytest.mark.slow
+def test_env_commands(project: Path) -> None:
+    code, out, _ = invoke("env", "create", "toy")
+    assert code == 0 and out.startswith("numpy2: ")
+    code, out, _ = invoke("env", "path", "toy")
+    assert code == 0 and Path(out.strip(), "bin", "python").exists()
+    code, out, _ = invoke("env", "status", "--json")
+    rows = {r["env"]: r for r in json.loads(out)}
+    assert rows["numpy2"]["built"] and rows["numpy2"]["locked"] and not rows["numpy2"]["drift"]
+    (project / "envs/numpy2.yaml").write_text('python: "3.11"\npip: [numpy>=2.3]\n')
+    code, out, _ = invoke("env", "status")
+    assert code == 1 and "numpy2               uv     spec changed since lock" in out

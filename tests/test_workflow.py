@@ -1,0 +1,89 @@
+"""A real Snakemake run of a small composition: results, no-op rerun, targeted reruns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kmodel.cli import cli
+from kmodel.errors import WorkflowError
+from kmodel.registry import Registry
+from kmodel.workflow import run
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """\
+name: small
+results: out
+data:
+  builtin: breast_cancer
+models: [logreg, mlp]
+ensembler: stacker
+batch_size: 64
+"""
+
+
+def jobs(output: str) -> list[str]:
+    """Rule names Snakemake ran, from its log."""
+    return [line.split()[1].rstrip(":") for line in output.splitlines()
+            if line.startswith(("rule ", "localrule ")) and line.split()[1] != "all:"]
+
+
+def test_composition_end_to_end_then_incremental(project: Path) -> None:
+    (project / "c.yaml").write_text(CONFIG)
+    first = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
+    assert first.exit_code == 0, first.output
+    assert sorted(jobs(first.output)) == sorted(
+        ["data", "env", "env", "predict", "predict", "predict", "predict", "compose_train",
+         "compose_predict", "score"])
+    scores = json.loads((project / "out/small/scores.json").read_text())
+    assert set(scores) == {"logreg", "mlp", "ensemble"}
+    assert scores["ensemble"]["auc"] > 0.95
+    assert "ensemble" in first.output and "roc_auc" in first.output
+    assert "results in out/small/" in first.output
+
+    second = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
+    assert second.exit_code == 0 and jobs(second.output) == []
+    assert "Nothing to be done" in second.output
+
+    # new weights for one model: its predictions and the composer rerun, nothing else
+    from kmodel.hashes import write_hashes
+
+    w = project / "model_specs/mlp/weights/mlp-bias-1.npy"
+    np.save(w, np.load(w) + 0.5)
+    write_hashes(Registry().model("mlp"))
+    third = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
+    assert third.exit_code == 0, third.output
+    assert sorted(jobs(third.output)) == ["compose_predict", "compose_train", "predict",
+                                          "predict", "score"]
+    assert "wildcards: model=mlp" in third.output and "model=logreg" not in third.output
+
+
+def test_plain_snakemake_does_the_same_job(project: Path) -> None:
+    (project / "c.yaml").write_text(CONFIG.replace("[logreg, mlp]", "[mlp]"))
+    snakefile = Path(__file__).parents[1] / "workflows" / "Snakefile"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile),
+                           "--configfile", "c.yaml", "--cores", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(json.loads((project / "out/small/scores.json").read_text())) == {"mlp", "ensemble"}
+
+
+def test_failed_rule_is_named_with_its_log(project: Path) -> None:
+    code = project / "model_specs/mlp/model.py"
+    broken = "    def predict(self, x):\n        raise OSError('disk on fire')\n"
+    code.write_text(code.read_text().replace("    def predict(self, x):\n", broken))
+    (project / "c.yaml").write_text(CONFIG.replace("[logreg, mlp]", "[mlp]"))
+    with pytest.raises(WorkflowError) as err:
+        run(project / "c.yaml", Registry(), cores=1)
+    message = str(err.value)
+    assert err.value.code == "KM700"
+    assert "rule 'predict'" in message and "out/small/logs/predict_mlp_" in message
+    assert "Error [KM500]: model 'mlp' raised OSError: disk on fire" in message
+    assert not (project / "out/small/preds/mlp/train.h5").exists()
