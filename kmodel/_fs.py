@@ -39,6 +39,11 @@ def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
 
 
 def ensure_parent(path: Path) -> None:
+    for folder in path.parents:  # mkdir would only say "File exists" / "Not a directory"
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputNotWritableError(path, f"{folder} is a file, not a folder")
+            break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

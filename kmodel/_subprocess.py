@@ -7,12 +7,27 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kmodel.errors import Interrupted, KmodelError
 
 log = logging.getLogger("kmodel")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGKILL when kmodel dies (killed job, pre-empted node), so no
+    orphaned installer or runner keeps writing into a half-made env or output."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_PREEXEC = _die_with_parent if sys.platform == "linux" else None
 
 
 def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
@@ -27,7 +42,8 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
     log.debug("$ %s", shlex.join(argv))
     try:
         proc = subprocess.run(argv, env=dict(env) if env is not None else None, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=_PREEXEC)
     except KeyboardInterrupt:
         raise Interrupted() from None
     except FileNotFoundError as e:
@@ -46,7 +62,8 @@ def popen(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
     return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdout=stdout,
-                            stderr=stderr, text=True, bufsize=1, start_new_session=True)
+                            stderr=stderr, text=True, bufsize=1, start_new_session=True,
+                            preexec_fn=_PREEXEC)
 
 
 def stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -39,6 +40,7 @@ from kmodel.errors import (
 from kmodel.io import hdf5
 from kmodel.registry import Model, Registry
 
+log = logging.getLogger("kmodel")
 RUNNER = Path(__file__).with_name("runner.py")
 Progress = Callable[[int, int], None]
 
@@ -134,10 +136,9 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
         "weights_sha256": weights.digest if weights else "", "lock_sha256":
         sha256_file(lockfile), "env_key": env.key, "batch_size": batch_size,
     }
-    if resume and partial.exists():
-        _check_resumable(partial, attrs)
-    else:
-        resume = False
+    st = input_path.stat()
+    attrs["input_signature"] = f"{input_path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    resume = resume and partial.exists() and _resumable(partial, attrs)
     job = {
         "mode": "predict", "model_name": model.name, "model_dir": str(model.folder.resolve()),
         "entrypoint": model.spec.entrypoint, "args": model.spec.args,
@@ -146,7 +147,7 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
         "input": str(input_path.resolve()), "inputs": [i.name for i in model.spec.inputs],
         "outputs": {o.name: [o.dtype, o.shape] for o in model.spec.outputs},
         "output": str(partial.resolve()), "batch_size": batch_size, "attrs": attrs,
-        "resume": resume,
+        "resume": resume, "host_pid": os.getpid(),
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         input_hash = pool.submit(cached_sha256, input_path)  # overlaps with the runner
@@ -163,17 +164,22 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
     return output
 
 
-def _check_resumable(partial: Path, attrs: dict[str, Any]) -> None:
+def _resumable(partial: Path, attrs: dict[str, Any]) -> bool:
+    """True if ``partial`` can be continued; raise if it belongs to another run."""
     try:
         found = hdf5.read_attrs(partial)
     except OSError:
-        raise ResumeMismatchError(f"{partial} is unreadable (killed mid-write?); "
-                                  "delete it and run without --resume") from None
-    for key in ("model", "spec_sha256", "weights_sha256", "lock_sha256", "batch_size"):
+        log.warning("%s is unreadable (killed mid-write); starting over", partial)
+        return False
+    for key in ("model", "spec_sha256", "weights_sha256", "lock_sha256", "batch_size",
+                "input_signature"):
         if found.get(key) != attrs[key]:
+            what = "input" if key == "input_signature" else key
             raise ResumeMismatchError(
-                f"{partial} was written with a different {key} ({found.get(key)!r}, now "
-                f"{attrs[key]!r}); delete it or run without --resume")
+                f"{partial} was written by another run (different {what}); refusing to "
+                "append to it: delete it or run without --resume")
+    log.info("resuming %s from row %d", partial, found.get(hdf5.ROWS_DONE, 0))
+    return True
 
 
 def train(registry: Registry, name: str, input_path: Path, targets: str, weights_out: Path,

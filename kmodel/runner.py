@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -101,6 +102,8 @@ def predict(job: dict[str, Any], model: Any) -> None:
     last, complete = 0.0, False
     try:
         for lo, ids, batch in hdf5.iter_batches(path, names, job["batch_size"], start):
+            if os.getppid() != job["host_pid"]:
+                raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             writer.write(lo, ids, _as_outputs(result, outputs, len(ids)))
             now = time.monotonic()

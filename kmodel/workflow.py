@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmodel import _subprocess
 from kmodel.errors import Interrupted, WorkflowError
 from kmodel.registry import Registry
 from kmodel.spec import ComposeConfig, load_compose_config
@@ -94,8 +95,7 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
         env["KMODEL_PATH"] = os.pathsep.join([*map(str, registry.specs),
                                               env.get("KMODEL_PATH", "")])
     tail: collections.deque[str] = collections.deque(maxlen=400)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, bufsize=1)
+    proc = _subprocess.popen(cmd, env=env, stderr=subprocess.STDOUT)
     try:
         for line in proc.stdout or []:
             tail.append(line)
@@ -103,8 +103,7 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
                 echo(line.rstrip("\n"))
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        _subprocess.stop(proc, grace=30)  # Snakemake removes the outputs of running jobs
         raise Interrupted() from None
     if code != 0:
         raise _failure(list(tail), code)

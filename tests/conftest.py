@@ -31,15 +31,18 @@ def kmodel_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 TOY_MODEL = """\
+import time
+
 import numpy as np
 
 
 class Scale:
-    def __init__(self, factor, fail_at):
-        self.factor, self.fail_at, self.w = factor, fail_at, None
+    def __init__(self, factor, fail_at, sleep):
+        self.factor, self.fail_at, self.sleep, self.w = factor, fail_at, sleep, None
         self.seen = 0
 
     def predict(self, x):
+        time.sleep(self.sleep)
         self.seen += len(x)
         if self.fail_at is not None and self.seen > self.fail_at:
             raise ValueError("toy failure at row %d" % self.seen)
@@ -56,8 +59,8 @@ class Scale:
         self.w = w
 
 
-def build(factor=1.0, fail_at=None):
-    return Scale(factor, fail_at)
+def build(factor=1.0, fail_at=None, sleep=0.0):
+    return Scale(factor, fail_at, sleep)
 """
 
 TOY_SPEC = """\

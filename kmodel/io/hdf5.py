@@ -140,6 +140,7 @@ class PredictionWriter:
         self.ids[offset:hi] = ids
         self.rows_done = hi
         self.f.attrs[ROWS_DONE] = hi
+        self.f.flush()  # what a killed run leaves is readable up to the last batch
 
     def close(self, complete: bool) -> None:
         if complete:
