@@ -102,7 +102,7 @@ def predict(job: dict[str, Any], model: Any) -> None:
     last, complete = 0.0, False
     try:
         for lo, ids, batch in hdf5.iter_batches(path, names, job["batch_size"], start):
-            if os.getppid() != job["host_pid"]:
+            if job.get("host_pid") and os.getppid() != job["host_pid"]:
                 raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             writer.write(lo, ids, _as_outputs(result, outputs, len(ids)))

@@ -125,3 +125,19 @@ def test_train_writes_weights_with_manifest(project: Path) -> None:
                                rtol=1e-4)
     assert Weights.from_folder(project / "w").sha256 == w.sha256
     assert json.loads((project / "w" / "params.json").read_text())["model"] == "toy"
+
+
+def test_seeded_script_reproduces_the_shipped_weights(project: Path) -> None:
+    import subprocess
+    import sys
+
+    specs = project / "model_specs"
+    before = {m: Registry().model(m).spec.weights for m in ("logreg", "gnb", "mlp")}
+    for m in before:
+        for f in (specs / m / "weights").iterdir():
+            f.unlink()
+    proc = subprocess.run([sys.executable, str(specs / "train_base_models.py")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    after = {m: Registry().model(m).spec.weights for m in before}
+    assert after == before

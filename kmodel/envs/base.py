@@ -16,8 +16,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes, sha256_file
 from kmodel.errors import LockMissingError, LockStaleError
 from kmodel.registry import EnvRef
@@ -114,6 +112,8 @@ class EnvBackend(ABC):
         env = Env(ref.name, key, prefix)
         if self.is_built(prefix, key):
             return env
+        from filelock import FileLock  # only when building: keeps `kmodel predict` start-up short
+
         prefix.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(prefix) + ".lock"):
             if self.is_built(prefix, key):  # another process built it while we waited
