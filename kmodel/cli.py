@@ -316,7 +316,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
             bar.__enter__()
         bar.update(done - bar.pos)
 
