@@ -54,21 +54,21 @@ def find_python(version: str) -> Path:
                            "install it or change `python:` in the env spec")
 
 
-def _python_identity(python: Path) -> bytes:
-    return f"{python}|{python.resolve()}".encode()
+class _PipBackend(EnvBackend):
+    """A venv's identity: its lock plus the base interpreter it links to."""
+
+    def key(self, ref: EnvRef) -> str:
+        assert isinstance(ref.spec, PipEnvSpec)
+        python = find_python(ref.spec.python)
+        return sha256_bytes(sha256_file(self.checked_lockfile(ref)).encode()
+                            + f"{python}|{python.resolve()}".encode())
 
 
-class UvBackend(EnvBackend):
+class UvBackend(_PipBackend):
     name = "uv"
 
     def __init__(self, uv: str) -> None:
         self.uv = uv
-
-    def key(self, ref: EnvRef) -> str:
-        assert isinstance(ref.spec, PipEnvSpec)
-        lock = self.checked_lockfile(ref).read_bytes()
-        return sha256_bytes(sha256_bytes(lock).encode() +
-                            _python_identity(find_python(ref.spec.python)))
 
     def lock(self, ref: EnvRef) -> Path:
         assert isinstance(ref.spec, PipEnvSpec)
@@ -97,15 +97,10 @@ class UvBackend(EnvBackend):
                          prefix / "bin" / "python", ref.lockfile], env=env, error=fail)
 
 
-class VenvBackend(EnvBackend):
+class VenvBackend(_PipBackend):
     """stdlib venv + pip: slower, but needs nothing beyond the interpreter."""
 
     name = "venv"
-
-    def key(self, ref: EnvRef) -> str:
-        assert isinstance(ref.spec, PipEnvSpec)
-        return sha256_bytes(sha256_file(self.checked_lockfile(ref)).encode()
-                            + _python_identity(find_python(ref.spec.python)))
 
     def lock(self, ref: EnvRef) -> Path:
         assert isinstance(ref.spec, PipEnvSpec)
