@@ -56,14 +56,14 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
 
 
 def popen(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
-          stdout: int | None = subprocess.PIPE, stderr: int | None = subprocess.PIPE,
-          ) -> subprocess.Popen[str]:
+          stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.PIPE,
+          stderr: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
     """Start ``cmd`` in its own process group (so Ctrl-C handling stays with kmodel)."""
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
-    return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdout=stdout,
-                            stderr=stderr, text=True, bufsize=1, start_new_session=True,
-                            preexec_fn=_PREEXEC)
+    return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=stdin,
+                            stdout=stdout, stderr=stderr, text=True, bufsize=1,
+                            start_new_session=True, preexec_fn=_PREEXEC)
 
 
 def stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -50,6 +51,16 @@ class EnvStatus:
     @property
     def stale(self) -> bool:
         return not self.locked or self.drift or not self.built
+
+
+def _discard(prefix: Path) -> None:
+    """Move a broken env aside, then delete it: a straggler of a killed build (an installer's
+    bytecode compiler, say) may still be writing into it."""
+    if not prefix.exists():
+        return
+    aside = prefix.with_name(f".{prefix.name}.discard-{os.getpid()}")
+    os.replace(prefix, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def spec_hash(ref: EnvRef) -> str:
@@ -105,6 +116,11 @@ class EnvBackend(ABC):
             return False
         return ok and (prefix / "bin" / "python").exists()
 
+    def is_ready(self, ref: EnvRef) -> bool:
+        """Built and complete: ensure() would return at once."""
+        key = self.key(ref)
+        return self.is_built(self.prefix(ref, key), key)
+
     def ensure(self, ref: EnvRef) -> Env:
         """Return the built env, building it first if needed (idempotent, concurrency-safe)."""
         key = self.key(ref)
@@ -122,13 +138,13 @@ class EnvBackend(ABC):
                 why = "damaged (python missing)" if (prefix / MARKER).exists() else \
                     "left incomplete by an interrupted build"
                 log.warning("env %s at %s is %s; rebuilding", ref.name, prefix, why)
-                shutil.rmtree(prefix)
+                _discard(prefix)
             log.info("creating env %s (%s) at %s", ref.name, self.name, prefix)
             t0 = time.perf_counter()
             try:
                 self._build(ref, prefix)
             except BaseException:
-                shutil.rmtree(prefix, ignore_errors=True)
+                _discard(prefix)
                 raise
             atomic_write_text(prefix / MARKER, json.dumps(
                 {"name": ref.name, "key": key, "backend": self.name,
