@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kmodel.errors import Interrupted, KmodelError
+from kmodel.errors import Interrupted, KmodelError, ToolMissingError
 
 log = logging.getLogger("kmodel")
 
@@ -47,7 +47,7 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
     except KeyboardInterrupt:
         raise Interrupted() from None
     except FileNotFoundError as e:
-        raise KmodelError(f"cannot run {argv[0]}: {e.strerror}") from None
+        raise ToolMissingError(f"cannot run {argv[0]}: {e.strerror}; is it installed?") from None
     if proc.returncode != 0 and error is not None:
         out = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         tail = " | ".join(line.strip() for line in out[-3:]) or f"exit code {proc.returncode}"

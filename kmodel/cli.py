@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from kmodel import __version__
-from kmodel.errors import KmodelError, UsageError
+from kmodel.errors import EnvNotBuiltError, KmodelError, UsageError, WeightsChangedError
 from kmodel.registry import Model, Registry
 
 log = logging.getLogger("kmodel")
@@ -89,9 +89,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
         path = path / "model.yaml" if path.is_dir() else path
         try:
             if path.name == "model.yaml":
-                spec = load_model_spec(path)
-                if spec.name in reg.model_paths():
-                    reg.env(spec.env, referenced_by=str(path))
+                reg.env(load_model_spec(path).env, referenced_by=str(path))
             elif path.parent.name == "envs" or path.parent == reg.env_dir:
                 load_env_spec(path)
             else:
@@ -200,9 +198,7 @@ def hash_(ctx: click.Context, model: str, write: bool) -> None:
         bad += state != "ok"
         click.echo(f"{state:<9} {name}")
     if bad:
-        click.echo(f"Error [KM301]: {bad} weight file(s) differ from {m.path}; run "
-                   f"`kmodel hash {model} --write` if the change is intended", err=True)
-        ctx.exit(1)
+        raise WeightsChangedError(model, m.path, bad)
 
 
 # --- environments -----------------------------------------------------------------
@@ -272,7 +268,7 @@ def env_path(ctx: click.Context, name: str) -> None:
     (ref,) = _env_refs(_registry(ctx), (name,), False)
     status = backend_for(ref).status(ref)
     if not status.built:
-        raise KmodelError(f"env {ref.name!r} is not built; run `kmodel env create {name}`")
+        raise EnvNotBuiltError(ref.name, name)
     click.echo(str(status.prefix))
 
 

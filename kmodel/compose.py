@@ -7,6 +7,7 @@ targets file when training, the first prediction file when applying).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from kmodel import predict as predict_mod
-from kmodel.errors import IdAlignmentError, InputMissingError, TargetLengthError
+from kmodel.errors import (
+    IdAlignmentError,
+    InputMissingError,
+    InputSchemaError,
+    TargetLengthError,
+)
 from kmodel.io import hdf5
 from kmodel.predict import Progress, Weights
 from kmodel.registry import Registry
+
+#: in the ensembler's weights folder: the models (and outputs) it was trained on, in order
+SOURCES = "sources.json"
 
 
 def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -25,6 +34,9 @@ def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         raise InputMissingError(path)
     try:
         return hdf5.read_group(path, group)
+    except OSError as e:
+        raise InputSchemaError(f"{path}: not an HDF5 file ({e}); give kmodel "
+                               "prediction or input files") from None
     except KeyError:
         raise IdAlignmentError(f"{path}: no /{group} or /metadata/id; is it a kmodel "
                                f"{'prediction' if group == 'preds' else 'input'} file?") from None
@@ -53,9 +65,10 @@ def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
 
 
 def stack(preds: Sequence[Path], reference: np.ndarray | None = None,
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Columns of all prediction files, aligned to ``reference`` ids (default: the first's)."""
-    columns = []
+          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Columns of all prediction files, aligned to ``reference`` ids (default: the first's),
+    and what each file holds (``model:output,...``), in order."""
+    columns, sources = [], []
     for path in preds:
         arrays, ids = _read(path, "preds")
         if reference is None:
@@ -63,8 +76,10 @@ def stack(preds: Sequence[Path], reference: np.ndarray | None = None,
         rows = align(reference, ids, path)
         for name in sorted(arrays):
             columns.append(arrays[name][rows].reshape(len(rows), -1).astype(np.float32))
+        model = hdf5.read_attrs(path).get("model", path.stem)
+        sources.append(f"{model}:{','.join(sorted(arrays))}")
     assert reference is not None
-    return np.concatenate(columns, axis=1), reference
+    return np.concatenate(columns, axis=1), reference, sources
 
 
 def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +99,12 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
           progress: Progress | None = None) -> Weights:
     """Fit the ensembler on stored predictions aligned to the targets' ids."""
     y, ids = _targets(targets, target_name)
-    x, _ = stack(preds, ids)
+    x, _, sources = stack(preds, ids)
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         table = Path(tmp) / "train.h5"
         hdf5.write_table(table, {"inputs": {"x": x}, "targets": {target_name: y}}, ids)
         return predict_mod.train(registry, ensembler, table, target_name, weights_out,
+                                 extra={SOURCES: json.dumps(sources, indent=2) + "\n"},
                                  progress=progress)
 
 
@@ -96,7 +112,12 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
           output: Path, *, progress: Progress | None = None) -> Path:
     """Run the trained ensembler on stored predictions; write ``output`` atomically."""
     w = Weights.from_folder(weights)
-    x, ids = stack(preds)
+    x, ids, sources = stack(preds)
+    trained_on = json.loads((weights / SOURCES).read_text()) if SOURCES in w.sha256 else sources
+    if sources != trained_on:
+        raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
+                               f"order), got {', '.join(sources)}; pass the same models' "
+                               "predictions in the training order")
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         table = Path(tmp) / "apply.h5"
         hdf5.write_table(table, {"inputs": {"x": x}}, ids)
@@ -119,7 +140,7 @@ def score(preds: dict[str, Path], targets: Path, target_name: str = "y",
     y, ids = _targets(targets, target_name)
     out = {}
     for label, path in preds.items():
-        x, _ = stack([path], ids)
+        x, _, _ = stack([path], ids)
         p = x[:, 0]
         out[label] = {"auc": round(roc_auc(y, p), 4),
                       "accuracy": round(float(np.mean((p > 0.5) == y.astype(bool))), 4),

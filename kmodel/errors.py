@@ -113,6 +113,13 @@ class ToolMissingError(KmodelError):
     code = "KM205"
 
 
+class EnvNotBuiltError(KmodelError):
+    code = "KM206"
+
+    def __init__(self, env: str, name: str) -> None:
+        super().__init__(f"env {env!r} is not built; run `kmodel env create {name}`")
+
+
 # --- weights and integrity ---------------------------------------------------------
 
 
@@ -123,6 +130,14 @@ class WeightsMissingError(KmodelError):
         super().__init__(f"model {model!r}: weights file {path} is missing; "
                          + (fix or "restore it or run `kmodel hash "
                             f"{model} --write` after retraining"))
+
+
+class WeightsChangedError(KmodelError):
+    code = "KM302"
+
+    def __init__(self, model: str, spec: Path, count: int) -> None:
+        super().__init__(f"{count} weight file(s) of model {model!r} differ from {spec}; run "
+                         f"`kmodel hash {model} --write` if the change is intended")
 
 
 class HashMismatchError(KmodelError):
@@ -170,6 +185,12 @@ class ModelError(KmodelError):
 
 class RunnerKilledError(KmodelError):
     code = "KM501"
+
+
+class RunnerError(KmodelError):
+    """The runner failed before it could report why (a broken env, a crash in C code)."""
+
+    code = "KM502"
 
 
 # --- composition -------------------------------------------------------------------

@@ -31,9 +31,10 @@ from kmodel.errors import (
     InputMissingError,
     InputSchemaError,
     Interrupted,
-    KmodelError,
     ModelError,
+    OutputNotWritableError,
     ResumeMismatchError,
+    RunnerError,
     RunnerKilledError,
     SpecError,
     WeightsMissingError,
@@ -88,9 +89,13 @@ def check_input(model: Model, path: Path) -> int:
         raise InputMissingError(path)
     try:
         found, rows = hdf5.describe(path, "inputs")
+        has_ids = hdf5.has_ids(path)
     except (OSError, KeyError, ValueError) as e:
         raise InputSchemaError(f"{path}: not a kmodel input file ({e}); write /inputs/<name> "
                                "and /metadata/id") from None
+    if not has_ids:
+        raise InputSchemaError(f"{path}: no /metadata/id; write one id per row (predictions "
+                               "are aligned by id)")
     for spec in model.spec.inputs:
         if spec.name not in found:
             raise InputSchemaError(f"{path}: no dataset /inputs/{spec.name} required by model "
@@ -142,6 +147,9 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
         gate = None
     env, lockfile = backend.ensure(ref), ref.lockfile
     partial = partial_path(output)
+    if _in_use(partial):
+        raise OutputNotWritableError(output, f"another process is writing it ({partial.name} "
+                                     "is locked); wait for it or choose another output")
     attrs = {
         "kmodel_version": __version__, "model": model.name,
         "model_version": model.spec.version, "spec_sha256": sha256_file(model.path),
@@ -176,6 +184,22 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
     return output
 
 
+def _in_use(partial: Path) -> bool:
+    """True if a running writer holds the partial file (HDF5 locks files it writes)."""
+    import fcntl
+
+    try:
+        with open(partial, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def _resumable(partial: Path, attrs: dict[str, Any]) -> bool:
     """True if ``partial`` can be continued; raise if it belongs to another run."""
     try:
@@ -195,13 +219,17 @@ def _resumable(partial: Path, attrs: dict[str, Any]) -> bool:
 
 
 def train(registry: Registry, name: str, input_path: Path, targets: str, weights_out: Path,
-          *, manifest: bool = True, progress: Progress | None = None) -> Weights:
+          *, manifest: bool = True, extra: dict[str, str] | None = None,
+          progress: Progress | None = None) -> Weights:
     """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
 
     The weights folder appears whole when training succeeded; with ``manifest`` it also
     holds hashes.json (the sha256 of every file), which ``Weights.from_folder`` checks.
     """
     model = registry.model(name)
+    if model.spec.train is None:
+        raise SpecError(model.path, "the model has no train: entry, so kmodel will not fit it",
+                        field="train", fix="add `train: {args: {}}` if it can be fitted")
     check_input(model, input_path)
     env, _ = ensure_env(registry, model)
     with atomic_dir(weights_out) as tmp:
@@ -214,6 +242,8 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
             "weights_out": str(tmp.resolve()),
         }
         run_job(env, job, name, progress)
+        for file, text in (extra or {}).items():
+            (tmp / file).write_text(text)
         hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         if manifest:
             (tmp / "hashes.json").write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
@@ -278,8 +308,8 @@ def run_job(env: Env, job: dict[str, Any], model: str, progress: Progress | None
     report = next((ln for ln in reversed(stderr) if ln.startswith("KMODEL-ERROR ")), None)
     if report is None:
         last = text.strip().splitlines()[-1] if text.strip() else f"exit code {code}"
-        raise KmodelError(f"model {model!r}: the runner failed in env {env.prefix}: {last}",
-                          detail=text)
+        raise RunnerError(f"model {model!r}: the runner failed in env {env.prefix}: {last}; "
+                          "rebuild the env (delete it, then `kmodel env create`)", detail=text)
     info = json.loads(report[len("KMODEL-ERROR "):])
     if info["kind"] == "model":
         raise ModelError(f"model {model!r} raised {info['message']}; run with -v for its "

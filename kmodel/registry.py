@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from kmodel.errors import SpecError, UnknownEnvError, UnknownModelError
+from kmodel.errors import UnknownEnvError, UnknownModelError
 from kmodel.spec import NAME_RE, CondaEnvSpec, ModelSpec, PipEnvSpec, load_env_spec, load_model_spec
 
 SPEC_FILE = "model.yaml"
@@ -85,13 +85,7 @@ class Registry:
         paths = self.model_paths()
         if name not in paths:
             raise UnknownModelError(name, self.spec_dirs or [Path("model_specs")], sorted(paths))
-        path = paths[name]
-        spec = load_model_spec(path)
-        if spec.name != path.parent.name:
-            raise SpecError(path, f"name {spec.name!r} differs from its folder "
-                            f"{path.parent.name!r}", field="name",
-                            fix=f"write name: {path.parent.name}")
-        return Model(spec, path)
+        return Model(load_model_spec(paths[name]), paths[name])
 
     def models(self) -> list[Model]:
         return [self.model(n) for n in self.model_paths()]
@@ -99,8 +93,7 @@ class Registry:
     def env_names(self) -> list[str]:
         if not self.env_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.env_dir.glob("*.yaml")
-                      if not p.name.endswith(".conda-lock.yml") and re.match(NAME_RE, p.stem))
+        return sorted(p.stem for p in self.env_dir.glob("*.yaml") if re.match(NAME_RE, p.stem))
 
     def env(self, name: str, referenced_by: str | None = None) -> EnvRef:
         if not re.match(NAME_RE, name) or "/" in name:

@@ -97,7 +97,7 @@ def predict(job: dict[str, Any], model: Any) -> None:
     outputs = {k: (v[0], tuple(v[1])) for k, v in job["outputs"].items()}
     path = Path(job["input"])
     _, total = hdf5.describe(path)
-    id_dtype = _id_dtype(path)
+    id_dtype = hdf5.id_dtype(path)
     attrs = {**job.get("attrs", {}), "env_python_version": platform.python_version(),
              "env_numpy_version": np.__version__}
     writer = hdf5.PredictionWriter(Path(job["output"]), outputs, total, id_dtype,
@@ -120,13 +120,6 @@ def predict(job: dict[str, Any], model: Any) -> None:
     finally:
         writer.close(complete)
     _progress(total, total)
-
-
-def _id_dtype(path: Path) -> Any:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return f["metadata/id"].dtype
 
 
 def train(job: dict[str, Any], model: Any) -> None:

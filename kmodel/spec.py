@@ -288,7 +288,12 @@ def _validate(cls: type[StrictModel], path: Path) -> Any:
 def load_model_spec(path: Path) -> ModelSpec:
     spec: ModelSpec = _validate(ModelSpec, path)
     folder = path.parent
-    check_inside(folder, spec.entry_file, path, "entrypoint")
+    if path.name == "model.yaml" and spec.name != folder.name:
+        raise SpecError(path, f"name {spec.name!r} differs from its folder {folder.name!r}",
+                        field="name", fix=f"write name: {folder.name}")
+    if not check_inside(folder, spec.entry_file, path, "entrypoint").is_file():
+        raise SpecError(path, f"{spec.entry_file} does not exist in {folder}", field="entrypoint",
+                        fix="write file.py:function naming a file in the model's folder")
     if spec.weights:
         check_inside(folder, spec.weights.path, path, "weights.path")
         for name in spec.weights.sha256:

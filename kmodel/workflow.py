@@ -91,9 +91,10 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile()), "--configfile",
            str(config), "--cores", str(cores), *extra]
     env = dict(os.environ)
-    if registry.specs:
-        env["KMODEL_PATH"] = os.pathsep.join([*map(str, registry.specs),
+    if registry.specs:  # the Snakefile's own Registry() must see what ours sees
+        env["KMODEL_PATH"] = os.pathsep.join([*(str(p.absolute()) for p in registry.specs),
                                               env.get("KMODEL_PATH", "")])
+    env["KMODEL_ENVS"] = str(registry.env_dir.absolute())
     tail: collections.deque[str] = collections.deque(maxlen=400)
     proc = _subprocess.popen(cmd, env=env, stderr=subprocess.STDOUT)
     try:

@@ -82,6 +82,8 @@ outputs:
   - name: norm
     dtype: float64
     shape: []
+train:
+  args: {}
 """
 
 

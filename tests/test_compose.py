@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kmodel import compose
-from kmodel.errors import IdAlignmentError, TargetLengthError
+from kmodel.errors import IdAlignmentError, InputSchemaError, TargetLengthError
 from kmodel.io import hdf5
 
 
@@ -20,8 +20,8 @@ def preds_file(path: Path, ids: list[str], values: np.ndarray) -> Path:
 def test_stack_aligns_by_id(tmp_path: Path) -> None:
     a = preds_file(tmp_path / "a.h5", ["x", "y", "z"], np.array([0.1, 0.2, 0.3]))
     b = preds_file(tmp_path / "b.h5", ["z", "x", "y"], np.array([0.93, 0.91, 0.92]))
-    x, ids = compose.stack([a, b])
-    assert list(ids) == [b"x", b"y", b"z"]
+    x, ids, sources = compose.stack([a, b])
+    assert list(ids) == [b"x", b"y", b"z"] and sources == ["a:proba", "b:proba"]
     np.testing.assert_allclose(x, [[0.1, 0.91], [0.2, 0.92], [0.3, 0.93]], rtol=1e-6)
 
 
@@ -88,3 +88,8 @@ def test_train_and_apply_ensembler_in_its_env(project: Path) -> None:
     out = compose.apply(reg, "stacker", [p1, p2], project / "w", project / "ens.h5")
     scores = compose.score({"ens": out}, project / "targets.h5")
     assert scores["ens"]["auc"] > 0.99
+    for wrong in ([p2, p1], [p1]):  # another order, a missing model: refused, not guessed
+        with pytest.raises(InputSchemaError, match=r"was trained on p1:proba, p2:proba \(in "
+                           r"this order\)"):
+            compose.apply(reg, "stacker", wrong, project / "w", project / "bad.h5")
+    assert not (project / "bad.h5").exists()

@@ -1,9 +1,10 @@
 """The env backend interface and the build protocol every backend shares.
 
 An env's identity is a key derived from its lockfile (see ``EnvBackend.key``). Built envs
-live in ``KMODEL_HOME/envs/<name>-<key[:16]>``; a completion marker is written last and
-creation happens under a file lock, so parallel jobs build an env once, and a build killed
-half-way (no marker) or damaged later (no python) is rebuilt.
+are reached as ``KMODEL_HOME/envs/<name>-<key[:16]>``, a symlink to the folder the env was
+built in (``envs/.builds/...``), made only after the build and its completion marker.
+Creation happens under a file lock, so parallel jobs build an env once, and a build killed
+half-way (no link) or damaged later (no python) is rebuilt.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes, sha256_file
+from kmodel._fs import atomic_write_text, ensure_parent, kmodel_home, sha256_file, tmp_sibling
 from kmodel.errors import LockMissingError, LockStaleError
 from kmodel.registry import EnvRef
 
@@ -53,13 +54,12 @@ class EnvStatus:
         return not self.locked or self.drift or not self.built
 
 
-def _discard(prefix: Path) -> None:
-    """Move a broken env aside, then delete it: a straggler of a killed build (an installer's
-    bytecode compiler, say) may still be writing into it."""
-    if not prefix.exists():
+def _discard(path: Path) -> None:
+    """Move a broken env aside, then delete it (a straggler may still be writing into it)."""
+    if not path.exists() or path.is_symlink():
         return
-    aside = prefix.with_name(f".{prefix.name}.discard-{os.getpid()}")
-    os.replace(prefix, aside)
+    aside = path.with_name(f".{path.name}.discard-{os.getpid()}")
+    os.replace(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -70,12 +70,15 @@ def spec_hash(ref: EnvRef) -> str:
 
 def recorded_spec_hash(lockfile: Path) -> str | None:
     """The spec hash a lockfile was written for (a ``# kmodel-spec-sha256: ...`` comment)."""
-    with open(lockfile, encoding="utf-8") as f:
-        for line in f:
-            if not line.startswith("#"):
-                break
-            if SPEC_HASH_TAG in line:
-                return line.split(SPEC_HASH_TAG, 1)[1].strip()
+    try:
+        with open(lockfile, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                if SPEC_HASH_TAG in line:
+                    return line.split(SPEC_HASH_TAG, 1)[1].strip()
+    except UnicodeDecodeError:
+        return "unreadable"  # never equal to a spec hash: reported as stale, relock fixes it
     return None
 
 
@@ -130,25 +133,38 @@ class EnvBackend(ABC):
             return env
         from filelock import FileLock  # only when building: keeps `kmodel predict` start-up short
 
-        prefix.parent.mkdir(parents=True, exist_ok=True)
+        ensure_parent(prefix)
+        builds = prefix.parent / ".builds"
         with FileLock(str(prefix) + ".lock"):
             if self.is_built(prefix, key):  # another process built it while we waited
                 return env
-            if prefix.exists():
+            leftovers = sorted(builds.glob(f"{prefix.name}-*"))
+            if prefix.is_symlink() or prefix.exists() or leftovers:
                 why = "damaged (python missing)" if (prefix / MARKER).exists() else \
                     "left incomplete by an interrupted build"
                 log.warning("env %s at %s is %s; rebuilding", ref.name, prefix, why)
-                _discard(prefix)
+                if prefix.is_symlink():
+                    prefix.unlink()
+                for old in [*leftovers, prefix]:
+                    _discard(old)
+            # Build in a folder of its own, then point the env's name at it (last step):
+            # stragglers of a killed build (uv's bytecode compilers outlive uv) can only
+            # ever write into their own, abandoned folder.
+            target = builds / f"{prefix.name}-{os.getpid()}-{os.urandom(3).hex()}"
+            builds.mkdir(exist_ok=True)
             log.info("creating env %s (%s) at %s", ref.name, self.name, prefix)
             t0 = time.perf_counter()
             try:
-                self._build(ref, prefix)
+                self._build(ref, target)
+                atomic_write_text(target / MARKER, json.dumps(
+                    {"name": ref.name, "key": key, "backend": self.name,
+                     "lockfile": str(ref.lockfile.absolute()), "created": time.time()}))
+                link = tmp_sibling(prefix, "link")
+                link.symlink_to(Path(".builds") / target.name)
+                os.replace(link, prefix)
             except BaseException:
-                _discard(prefix)
+                _discard(target)
                 raise
-            atomic_write_text(prefix / MARKER, json.dumps(
-                {"name": ref.name, "key": key, "backend": self.name,
-                 "lockfile": str(ref.lockfile.absolute()), "created": time.time()}))
             log.info("created env %s in %.1f s", ref.name, time.perf_counter() - t0)
         return env
 
@@ -164,7 +180,21 @@ class EnvBackend(ABC):
                          prefix if built else None)
 
     def remove(self, env: Env) -> None:
-        shutil.rmtree(env.prefix, ignore_errors=True)
+        target = env.prefix.resolve()
+        env.prefix.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def write_lock(ref: EnvRef, text: str) -> Path:
+    """Write a lockfile atomically, leaving it untouched (mtime too) when nothing changed,
+    so re-locking an unchanged spec rebuilds no env and reruns no workflow job."""
+    try:
+        if ref.lockfile.read_text(encoding="utf-8") == text:
+            return ref.lockfile
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(ref.lockfile, text)
+    return ref.lockfile
 
 
 def header(ref: EnvRef, tool: str) -> str:
@@ -173,4 +203,4 @@ def header(ref: EnvRef, tool: str) -> str:
             f"# {SPEC_HASH_TAG} {spec_hash(ref)}\n")
 
 
-__all__ = ["Env", "EnvBackend", "EnvStatus", "header", "sha256_bytes"]
+__all__ = ["Env", "EnvBackend", "EnvStatus", "header", "write_lock"]

@@ -56,8 +56,8 @@ from rattler.networking.middleware import (
 )
 
 from kmodel import _subprocess
-from kmodel._fs import atomic_write_text, kmodel_home
-from kmodel.envs.base import EnvBackend, header, spec_hash
+from kmodel._fs import kmodel_home
+from kmodel.envs.base import EnvBackend, header, spec_hash, write_lock
 from kmodel.envs.pip_sources import uv_environment
 from kmodel.envs.uv import uv_binary
 from kmodel.errors import (
@@ -262,7 +262,7 @@ def _write_lockfile(ref: EnvRef, channels: list[str], platforms: list[str],
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         from conda_lock.lockfile import write_conda_lock_file
-        from conda_lock.lockfile.v1.models import HashModel, TimeMeta
+        from conda_lock.lockfile.v1.models import HashModel
         from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta
 
     packages = []
@@ -282,15 +282,13 @@ def _write_lockfile(ref: EnvRef, channels: list[str], platforms: list[str],
     meta = LockMeta(
         content_hash={p: spec_hash(ref) for p in platforms},
         channels=channels,  # the model's validator turns URLs into Channel objects
-        platforms=platforms, sources=[ref.path.name],
-        time_metadata=TimeMeta(created_at=datetime.datetime.now(datetime.UTC)
-                               .isoformat()))
+        platforms=platforms, sources=[ref.path.name])  # no timestamp: same solve, same file
     lock = Lockfile(package=packages, metadata=meta)
     with tempfile.TemporaryDirectory(prefix="kmodel-conda-lock-") as tmp:
         out = Path(tmp) / ref.lockfile.name
         write_conda_lock_file(lock, out, metadata_choices=None, include_help_text=True)
         body = out.read_text(encoding="utf-8")
-    atomic_write_text(ref.lockfile, header(ref, "py-rattler") + body)
+    write_lock(ref, header(ref, "py-rattler") + body)
 
 
 # --- the backend -------------------------------------------------------------------

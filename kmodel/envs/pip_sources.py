@@ -12,6 +12,9 @@ import os
 import subprocess
 import sys
 
+from kmodel import _subprocess
+from kmodel.errors import KmodelError
+
 _MAP = {"index-url": "UV_INDEX_URL", "extra-index-url": "UV_EXTRA_INDEX_URL",
         "find-links": "UV_FIND_LINKS"}
 
@@ -21,10 +24,9 @@ def pip_config() -> dict[str, str]:
     """pip's effective settings for the three source keys (env vars override files)."""
     found: dict[str, str] = {}
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], text=True,
-                             capture_output=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
+        out = _subprocess.run([sys.executable, "-m", "pip", "config", "list"], timeout=30).stdout
+    except (KmodelError, subprocess.SubprocessError):
+        out = ""  # no pip in this interpreter: PIP_* variables still count
     for line in out.splitlines():
         key, _, value = line.partition("=")
         name = key.rsplit(".", 1)[-1]

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from kmodel import _subprocess
-from kmodel._fs import atomic_write_text, sha256_bytes, sha256_file
-from kmodel.envs.base import EnvBackend, header
+from kmodel._fs import sha256_bytes, sha256_file
+from kmodel.envs.base import EnvBackend, header, write_lock
 from kmodel.envs.pip_sources import uv_environment
 from kmodel.errors import EnvBuildError, LockResolveError, ToolMissingError
 from kmodel.registry import EnvRef
@@ -77,21 +77,22 @@ class UvBackend(_PipBackend):
             req = Path(tmp) / "requirements.in"
             req.write_text("\n".join(requirements(ref.spec)) + "\n")
             out = Path(tmp) / "lock.txt"
-            _subprocess.run(
+            _subprocess.run(  # relative paths: the lock's "via" notes name no temp folder
                 [self.uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-                 "--python", python, "--python-platform", "linux", req, "-o", out],
-                env=uv_environment(),
+                 "--python", python, "--python-platform", "linux", req.name, "-o", out.name],
+                env=uv_environment(), cwd=Path(tmp),
                 error=lambda tail: LockResolveError(f"cannot lock env {ref.name!r} "
                                                     f"({ref.path}): {tail}"))
             body = out.read_text()
-        atomic_write_text(ref.lockfile, header(ref, "uv pip compile") + body)
-        return ref.lockfile
+        return write_lock(ref, header(ref, "uv pip compile") + body)
 
     def _build(self, ref: EnvRef, prefix: Path) -> None:
         assert isinstance(ref.spec, PipEnvSpec)
         env = uv_environment()
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
-        _subprocess.run([self.uv, "venv", "--quiet", "--python",
+        # --clear: a killed build's stragglers (uv's bytecode compilers survive uv) may
+        # recreate folders after we discard them; they write the same files, so start clean
+        _subprocess.run([self.uv, "venv", "--quiet", "--clear", "--python",
                          find_python(ref.spec.python), prefix], env=env, error=fail)
         _subprocess.run([self.uv, "pip", "sync", "--quiet", "--require-hashes", "--python",
                          prefix / "bin" / "python", ref.lockfile], env=env, error=fail)
@@ -120,13 +121,12 @@ class VenvBackend(_PipBackend):
             meta, digest = item["metadata"], item["download_info"].get("archive_info", {})
             sha = digest.get("hashes", {}).get("sha256") or digest.get("hash", "=").split("=")[1]
             lines.append(f"{meta['name'].lower()}=={meta['version']} \\\n    --hash=sha256:{sha}")
-        atomic_write_text(ref.lockfile, header(ref, "pip --dry-run --report")
-                          + "\n".join(lines) + "\n")
-        return ref.lockfile
+        return write_lock(ref, header(ref, "pip --dry-run --report") + "\n".join(lines) + "\n")
 
     def _build(self, ref: EnvRef, prefix: Path) -> None:
         assert isinstance(ref.spec, PipEnvSpec)
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
-        _subprocess.run([find_python(ref.spec.python), "-m", "venv", prefix], error=fail)
+        _subprocess.run([find_python(ref.spec.python), "-m", "venv", "--clear", prefix],
+                        error=fail)
         _subprocess.run([prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
                          "--no-deps", "--require-hashes", "-r", ref.lockfile], error=fail)

@@ -71,6 +71,17 @@ def describe(path: Path, group: str = "inputs") -> tuple[Schema, int]:
     return out, lengths.pop() if lengths else 0
 
 
+def has_ids(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        return isinstance(f.get("metadata/id"), h5py.Dataset)
+
+
+def id_dtype(path: Path) -> np.dtype:
+    with h5py.File(path, "r") as f:
+        dtype: np.dtype = f["metadata/id"].dtype
+        return dtype
+
+
 def read_group(path: Path, group: str, names: Sequence[str] | None = None,
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Whole datasets of a group, and the ids."""
