@@ -8,7 +8,9 @@ file (nor a ``.partial`` or ``.<name>.tmp-*`` sibling) was left behind.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -364,3 +366,62 @@ def test_km700_snakemake_failure_names_rule_and_log(project: Path) -> None:
     for split in ("train", "test"):
         assert leftovers(project / f"out/small/preds/mlp/{split}.h5") == []
     assert not (project / "out/small/scores.json").exists()
+
+
+# --- environment errors through the CLI ---------------------------------------------
+
+
+def test_km205_python_version_not_found(project: Path) -> None:
+    (project / "envs" / "future.yaml").write_text('python: "3.99"\npip: [six]\n')
+    r = invoke("env", "lock", "future")
+    line = error_line(r, "KM205")
+    assert "no python 3.99 found" in line and "change `python:` in the env spec" in line
+    assert not (project / "envs" / "future.lock").exists()
+
+
+def test_km206_env_path_of_an_unbuilt_env(project: Path) -> None:
+    (project / "envs" / "cold.yaml").write_text('python: "3.11"\npip: [six]\n')
+    lock = "six==1.16.0 \\\n    --hash=sha256:" + "0" * 64 + "\n"
+    (project / "envs" / "cold.lock").write_text(lock)
+    r = invoke("env", "path", "cold")
+    assert "run `kmodel env create cold`" in error_line(r, "KM206")
+
+
+@pytest.mark.slow
+def test_km203_unsatisfiable_requirements(project: Path) -> None:
+    (project / "envs" / "clash.yaml").write_text(
+        'python: "3.11"\npip:\n  - numpy==1.26.*\n  - numpy>=2.2\n')
+    r = invoke("env", "lock", "clash")
+    line = error_line(r, "KM203")
+    assert "cannot lock env 'clash' (envs/clash.yaml)" in line
+    assert not (project / "envs" / "clash.lock").exists()
+
+
+@pytest.mark.slow
+def test_km202_build_fails_on_a_bad_hash(project: Path) -> None:
+    (project / "envs" / "tampered.yaml").write_text('python: "3.11"\npip: [six]\n')
+    r = invoke("env", "lock", "tampered")
+    assert r.exit_code == 0, r.stderr
+    lock = project / "envs" / "tampered.lock"
+    text = lock.read_text()
+    start = text.index("six==")
+    digest = text.index("sha256:", start) + len("sha256:")
+    lock.write_text(text[:digest] + "0" * 64 + text[digest + 64:])
+    r = invoke("env", "create", "tampered")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    last = r.stderr.splitlines()[-1]  # after the "creating env" progress line
+    assert last.startswith("Error [KM202]: cannot build env 'tampered'"), r.stderr
+    home = Path(os.environ["KMODEL_HOME"]) / "envs"
+    assert all(p.suffix == ".lock" for p in home.glob("tampered-*"))  # only the file lock
+    assert not list(home.glob(".builds/tampered-*"))  # nothing half-built left
+
+
+def test_km204_unreachable_channel_fails_fast(project: Path) -> None:
+    (project / "envs" / "far.yaml").write_text(
+        "channels: [http://127.0.0.1:9/nothing]\ndependencies: [python=3.11]\n")
+    t0 = time.perf_counter()
+    r = invoke("env", "lock", "far")
+    assert time.perf_counter() - t0 < 10
+    line = error_line(r, "KM204")
+    assert "http://127.0.0.1:9/nothing" in line
+    assert not (project / "envs" / "far.conda-lock.yml").exists()

@@ -64,6 +64,15 @@ def test_composition_end_to_end_then_incremental(project: Path) -> None:
                                           "predict", "score"]
     assert "wildcards: model=mlp" in third.output and "model=logreg" not in third.output
 
+    # a spec change (here its hyperparameters' documentation) of the other model: same
+    spec = project / "model_specs/logreg/model.yaml"
+    spec.write_text(spec.read_text().replace("description: ", "description: Tuned. "))
+    fourth = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
+    assert fourth.exit_code == 0, fourth.output
+    assert sorted(jobs(fourth.output)) == ["compose_predict", "compose_train", "predict",
+                                           "predict", "score"]
+    assert "wildcards: model=logreg" in fourth.output and "model=mlp" not in fourth.output
+
 
 def test_plain_snakemake_does_the_same_job(project: Path) -> None:
     (project / "c.yaml").write_text(CONFIG.replace("[logreg, mlp]", "[mlp]"))

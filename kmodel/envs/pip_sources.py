@@ -1,8 +1,8 @@
 """Package sources for uv, taken from the user's own pip configuration.
 
 uv does not read pip's configuration files, so users behind a mirror would silently get
-different packages. We map pip's index-url / extra-index-url / find-links (from
-``pip config list`` and PIP_* variables) onto uv's variables.
+different packages. We map pip's index-url / extra-index-url / find-links / cert (from
+``pip config list`` and PIP_* variables) onto uv's variables (and SSL_CERT_FILE).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kmodel import _subprocess
 from kmodel.errors import KmodelError
 
 _MAP = {"index-url": "UV_INDEX_URL", "extra-index-url": "UV_EXTRA_INDEX_URL",
-        "find-links": "UV_FIND_LINKS"}
+        "find-links": "UV_FIND_LINKS", "cert": "SSL_CERT_FILE"}
 
 
 @functools.cache
