@@ -30,6 +30,14 @@ def kmodel_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["KMODEL_HOME"] = old
 
 
+@pytest.fixture(scope="session")
+def conda_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local conda channel: the host python repackaged, pip, and tiny test packages."""
+    from .conda_channel import build_channel
+
+    return build_channel(tmp_path_factory.mktemp("conda-channel"))
+
+
 TOY_MODEL = """\
 import time
 

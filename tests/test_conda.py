@@ -24,10 +24,7 @@ from kmodel.errors import (
 )
 from kmodel.registry import EnvRef, Registry
 
-try:
-    from tests.conda_channel import PY_VER, build_channel
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conda_channel import PY_VER, build_channel  # type: ignore[no-redef]
+from .conda_channel import PY_VER
 
 with warnings.catch_warnings():  # conda_lock's vendored conda warns on import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -38,9 +35,9 @@ pytestmark = pytest.mark.skipif(current_platform() != "linux-64",
                                 reason="the test channel repackages a linux-64 python")
 
 
-@pytest.fixture(scope="session")
-def channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_channel(tmp_path_factory.mktemp("conda-channel"))
+@pytest.fixture
+def channel(conda_channel: Path) -> Path:
+    return conda_channel
 
 
 @pytest.fixture

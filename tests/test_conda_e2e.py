@@ -28,7 +28,7 @@ from kmodel.io import hdf5
 from kmodel.predict import predict
 from kmodel.registry import Registry
 
-from .conda_channel import PY_MM, build_channel
+from .conda_channel import PY_MM
 from .conftest import make_input
 
 pytestmark = [
@@ -52,9 +52,10 @@ def conda_spec(channel: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def conda_lock(tmp_path_factory: pytest.TempPathFactory, kmodel_home: Path) -> Path:
+def conda_lock(tmp_path_factory: pytest.TempPathFactory, kmodel_home: Path,
+               conda_channel: Path) -> Path:
     """envs/condanp.yaml and its lockfile, written once (the env builds in kmodel_home)."""
-    channel = build_channel(tmp_path_factory.mktemp("conda-channel"))
+    channel = conda_channel
     envs = tmp_path_factory.mktemp("conda-envs") / "envs"
     envs.mkdir()
     (envs / f"{ENV}.yaml").write_text(conda_spec(channel))
