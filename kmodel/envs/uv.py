@@ -12,13 +12,14 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kmodel import _subprocess
 from kmodel._fs import sha256_bytes, sha256_file
 from kmodel.envs.base import EnvBackend, header, write_lock
 from kmodel.envs.pip_sources import uv_environment
-from kmodel.errors import EnvBuildError, LockResolveError, ToolMissingError
+from kmodel.errors import EnvBuildError, KmodelError, LockResolveError, ToolMissingError
 from kmodel.registry import EnvRef
 from kmodel.spec import PipEnvSpec
 
@@ -55,7 +56,10 @@ def find_python(version: str) -> Path:
 
 
 class _PipBackend(EnvBackend):
-    """A venv's identity: its lock plus the base interpreter it links to."""
+    """Shared by uv and venv: lock = resolve the requirements into ``name==version`` lines
+    with hashes; identity = the lock plus the base interpreter the venv links to."""
+
+    tool: str
 
     def key(self, ref: EnvRef) -> str:
         assert isinstance(ref.spec, PipEnvSpec)
@@ -63,36 +67,39 @@ class _PipBackend(EnvBackend):
         return sha256_bytes(sha256_file(self.checked_lockfile(ref)).encode()
                             + f"{python}|{python.resolve()}".encode())
 
-
-class UvBackend(_PipBackend):
-    name = "uv"
-
-    def __init__(self, uv: str) -> None:
-        self.uv = uv
-
     def lock(self, ref: EnvRef) -> Path:
         assert isinstance(ref.spec, PipEnvSpec)
         python = find_python(ref.spec.python)
         with tempfile.TemporaryDirectory(prefix="kmodel-lock-") as tmp:
             req = Path(tmp) / "requirements.in"
             req.write_text("\n".join(requirements(ref.spec)) + "\n")
-            out = Path(tmp) / "lock.txt"
-            _subprocess.run(  # relative paths: the lock's "via" notes name no temp folder
-                [self.uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-                 "--python", python, "--python-platform", "linux", req.name, "-o", out.name],
-                env=uv_environment(), cwd=Path(tmp),
-                error=lambda tail: LockResolveError(f"cannot lock env {ref.name!r} "
-                                                    f"({ref.path}): {tail}"))
-            body = out.read_text()
-        return write_lock(ref, header(ref, "uv pip compile") + body)
+            body = self._resolve(python, req, lambda tail: LockResolveError(
+                f"cannot lock env {ref.name!r} ({ref.path}): {tail}"))
+        return write_lock(ref, header(ref, self.tool) + body)
+
+    def _resolve(self, python: Path, req: Path, fail: Callable[[str], KmodelError]) -> str:
+        """The hashed lock's body for the requirements file ``req``."""
+        raise NotImplementedError
+
+
+class UvBackend(_PipBackend):
+    name, tool = "uv", "uv pip compile"
+
+    def __init__(self, uv: str) -> None:
+        self.uv = uv
+
+    def _resolve(self, python: Path, req: Path, fail: Callable[[str], KmodelError]) -> str:
+        _subprocess.run(  # relative paths: the lock's "via" notes name no temp folder
+            [self.uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+             "--python", python, "--python-platform", "linux", req.name, "-o", "lock.txt"],
+            env=uv_environment(), cwd=req.parent, error=fail)
+        return (req.parent / "lock.txt").read_text()
 
     def _build(self, ref: EnvRef, prefix: Path) -> None:
         assert isinstance(ref.spec, PipEnvSpec)
         env = uv_environment()
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
-        # --clear: a killed build's stragglers (uv's bytecode compilers survive uv) may
-        # recreate folders after we discard them; they write the same files, so start clean
-        _subprocess.run([self.uv, "venv", "--quiet", "--clear", "--python",
+        _subprocess.run([self.uv, "venv", "--quiet", "--python",
                          find_python(ref.spec.python), prefix], env=env, error=fail)
         _subprocess.run([self.uv, "pip", "sync", "--quiet", "--require-hashes", "--python",
                          prefix / "bin" / "python", ref.lockfile], env=env, error=fail)
@@ -101,32 +108,23 @@ class UvBackend(_PipBackend):
 class VenvBackend(_PipBackend):
     """stdlib venv + pip: slower, but needs nothing beyond the interpreter."""
 
-    name = "venv"
+    name, tool = "venv", "pip --dry-run --report"
 
-    def lock(self, ref: EnvRef) -> Path:
-        assert isinstance(ref.spec, PipEnvSpec)
-        python = find_python(ref.spec.python)
-        with tempfile.TemporaryDirectory(prefix="kmodel-lock-") as tmp:
-            req = Path(tmp) / "requirements.in"
-            req.write_text("\n".join(requirements(ref.spec)) + "\n")
-            report = Path(tmp) / "report.json"
-            _subprocess.run(
-                [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-                 "--report", report, "-r", req],
-                error=lambda tail: LockResolveError(f"cannot lock env {ref.name!r} "
-                                                    f"({ref.path}): {tail}"))
-            items = json.loads(report.read_text())["install"]
+    def _resolve(self, python: Path, req: Path, fail: Callable[[str], KmodelError]) -> str:
+        report = req.parent / "report.json"
+        _subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run",
+                         "--ignore-installed", "--report", report, "-r", req], error=fail)
         lines = []
+        items = json.loads(report.read_text())["install"]
         for item in sorted(items, key=lambda i: i["metadata"]["name"].lower()):
             meta, digest = item["metadata"], item["download_info"].get("archive_info", {})
             sha = digest.get("hashes", {}).get("sha256") or digest.get("hash", "=").split("=")[1]
             lines.append(f"{meta['name'].lower()}=={meta['version']} \\\n    --hash=sha256:{sha}")
-        return write_lock(ref, header(ref, "pip --dry-run --report") + "\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
 
     def _build(self, ref: EnvRef, prefix: Path) -> None:
         assert isinstance(ref.spec, PipEnvSpec)
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
-        _subprocess.run([find_python(ref.spec.python), "-m", "venv", "--clear", prefix],
-                        error=fail)
+        _subprocess.run([find_python(ref.spec.python), "-m", "venv", prefix], error=fail)
         _subprocess.run([prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
                          "--no-deps", "--require-hashes", "-r", ref.lockfile], error=fail)
