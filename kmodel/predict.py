@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -129,23 +128,12 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
             progress: Progress | None = None) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
     model = registry.model(name)
+    check_input(model, input_path)  # before any env is built or started
     weights = weights or Weights.of(model)
-
-    def checks() -> None:  # the input's schema and the weights' hashes
-        check_input(model, input_path)
-        if weights:
-            weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
-
-    if not input_path.is_file():
-        raise InputMissingError(input_path)
+    if weights:
+        weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
     ensure_parent(output)
-    ref = registry.env_of(model)
-    backend = backend_for(ref)
-    gate: Callable[[], None] | None = checks
-    if not backend.is_ready(ref):  # check before a long build; else overlap with start-up
-        checks()
-        gate = None
-    env, lockfile = backend.ensure(ref), ref.lockfile
+    env, lockfile = ensure_env(registry, model)
     partial = partial_path(output)
     if _in_use(partial):
         raise OutputNotWritableError(output, f"another process is writing it ({partial.name} "
@@ -172,7 +160,7 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         input_hash = pool.submit(cached_sha256, input_path)  # overlaps with the runner
         try:
-            run_job(env, job, name, progress, gate)
+            run_job(env, job, name, progress)
         except BaseException as e:
             if not isinstance(e, RunnerKilledError):  # a kill leaves the partial for --resume
                 with contextlib.suppress(FileNotFoundError):
@@ -261,30 +249,16 @@ def _job_file(job: dict[str, Any]) -> Iterator[Path]:
         os.unlink(name)
 
 
-def run_job(env: Env, job: dict[str, Any], model: str, progress: Progress | None,
-            gate: Callable[[], None] | None = None) -> None:
-    """Start the runner in ``env`` on ``job``; relay progress; map failures to errors.
-
-    With ``gate``, the runner starts at once (python, numpy, h5py, the model's imports) but
-    loads no weights and reads no data until ``gate()`` (the host's checks) has passed: the
-    checks overlap with the runner's start-up instead of adding to it.
-    """
+def run_job(env: Env, job: dict[str, Any], model: str, progress: Progress | None) -> None:
+    """Start the runner in ``env`` on ``job``; relay progress; map failures to errors."""
     run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     run_env["PYTHONNOUSERSITE"] = "1"
-    with _job_file({**job, "gated": gate is not None}) as job_path:
-        proc = _subprocess.popen([env.python, RUNNER, job_path], env=run_env,
-                                 stdin=subprocess.PIPE if gate else subprocess.DEVNULL)
+    with _job_file(job) as job_path:
+        proc = _subprocess.popen([env.python, RUNNER, job_path], env=run_env)
         stderr: list[str] = []
         drain = threading.Thread(target=lambda: stderr.extend(proc.stderr or []), daemon=True)
         drain.start()
         try:
-            if gate is not None and proc.stdin is not None:
-                try:
-                    gate()
-                    proc.stdin.write("go\n")  # EOF without "go" makes the runner exit
-                finally:
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.close()
             for line in proc.stdout or []:
                 if line.startswith("KMODEL-PROGRESS ") and progress:
                     done, total = line.split()[1:3]

