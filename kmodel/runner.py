@@ -87,7 +87,8 @@ def _as_outputs(result: Any, outputs: dict[str, Any], rows: int) -> dict[str, np
 
 
 def predict(job: dict[str, Any], model: Any) -> None:
-    names = job["inputs"]
+    dtypes = job["inputs"]  # name -> the dtype the spec promises the model
+    names = list(dtypes)
     outputs = {k: (v[0], tuple(v[1])) for k, v in job["outputs"].items()}
     path = Path(job["input"])
     _, total = hdf5.describe(path)
@@ -104,6 +105,7 @@ def predict(job: dict[str, Any], model: Any) -> None:
         for lo, ids, batch in hdf5.iter_batches(path, names, job["batch_size"], start):
             if job.get("host_pid") and os.getppid() != job["host_pid"]:
                 raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
+            batch = {k: v.astype(dtypes[k], copy=False) for k, v in batch.items()}
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             writer.write(lo, ids, _as_outputs(result, outputs, len(ids)))
             now = time.monotonic()
@@ -117,7 +119,7 @@ def predict(job: dict[str, Any], model: Any) -> None:
 
 
 def train(job: dict[str, Any], model: Any) -> None:
-    names = job["inputs"]
+    names = list(job["inputs"])
     arrays, _ = hdf5.read_group(Path(job["input"]), "inputs", names)
     targets, _ = hdf5.read_group(Path(job["input"]), "targets", [job["targets"]])
     x = arrays[names[0]] if len(names) == 1 else arrays

@@ -141,3 +141,15 @@ def test_seeded_script_reproduces_the_shipped_weights(project: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     after = {m: Registry().model(m).spec.weights for m in before}
     assert after == before
+
+
+def test_inputs_reach_the_model_in_the_spec_dtype(project: Path) -> None:
+    code = project / "model_specs" / "toy" / "model.py"
+    code.write_text(code.read_text().replace(
+        "        time.sleep(self.sleep)\n",
+        "        time.sleep(self.sleep)\n        assert x.dtype == np.float32, x.dtype\n"))
+    x = np.random.default_rng(0).normal(size=(20, 3))  # float64 on disk
+    hdf5.write_table(project / "in64.h5", {"inputs": {"x": x}}, [f"r{i}" for i in range(20)])
+    out = predict(Registry(), "toy", project / "in64.h5", project / "o.h5")
+    preds, _ = hdf5.read_group(out, "preds")
+    np.testing.assert_allclose(preds["y"], expected(x.astype(np.float32)), rtol=1e-6)
