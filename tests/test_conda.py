@@ -175,9 +175,14 @@ def test_pip_section_needs_python(tmp_path: Path, home: Path, channel: Path) -> 
         CondaBackend().lock(ref)
 
 
-def test_channel_url(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_channel_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KMODEL_CONDA_CHANNEL_ALIAS", raising=False)
-    assert channel_url("conda-forge") == "https://conda.anaconda.org/conda-forge"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CONDARC", raising=False)
+    default = str(rattler.Channel("conda-forge").base_url).rstrip("/")
+    assert channel_url("conda-forge") == default
+    (tmp_path / ".condarc").write_text("channel_alias: https://conda-mirror.example/\n")
+    assert channel_url("conda-forge") == "https://conda-mirror.example/conda-forge"
     monkeypatch.setenv("KMODEL_CONDA_CHANNEL_ALIAS", "https://mirror.example/conda/")
     assert channel_url("bioconda") == "https://mirror.example/conda/bioconda"
     assert channel_url("file:///srv/chan/") == "file:///srv/chan"

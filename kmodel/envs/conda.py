@@ -8,8 +8,8 @@ and writer), so ``conda-lock install`` reads it as well as ``rattler.LockFile.fr
 the pinned pip packages (by URL, with hashes, no dependency resolution) with the env's own
 python.
 
-Channels: names resolve against ``KMODEL_CONDA_CHANNEL_ALIAS`` (default
-https://conda.anaconda.org); URLs (https://, file://) and absolute paths are used as
+Channels: names resolve against ``KMODEL_CONDA_CHANNEL_ALIAS``, else the user's conda
+``channel_alias``, else rattler's default; URLs (https://, file://) and absolute paths are used as
 given. ``KMODEL_CONDA_MIRRORS`` maps channel URLs onto mirrors
 ("URL=MIRROR[,MIRROR...];URL=..."). Remote channels are probed first with a short timeout
 (``KMODEL_CONDA_TIMEOUT``, seconds, default 5) so that an unreachable channel fails within
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import rattler
+import yaml
 from rattler import (
     BuildString,
     Channel,
-    ChannelConfig,
     Client,
     Gateway,
     GenericVirtualPackage,
@@ -71,7 +71,6 @@ from kmodel.spec import CondaEnvSpec
 
 T = TypeVar("T")
 
-DEFAULT_ALIAS = "https://conda.anaconda.org"
 #: seconds for the reachability probe of a remote channel
 DEFAULT_PROBE_TIMEOUT = 5.0
 #: seconds for any one repodata or package download (large repodata needs a while)
@@ -109,8 +108,22 @@ def current_platform() -> str:
 # --- channels ----------------------------------------------------------------------
 
 
-def channel_alias() -> str:
-    return os.environ.get("KMODEL_CONDA_CHANNEL_ALIAS", DEFAULT_ALIAS).rstrip("/")
+def channel_alias() -> str | None:
+    """Base URL for channel names: $KMODEL_CONDA_CHANNEL_ALIAS, else the user's own conda
+    configuration (``channel_alias`` in $CONDARC or ~/.condarc), else None (rattler's
+    default, conda's usual host)."""
+    if alias := os.environ.get("KMODEL_CONDA_CHANNEL_ALIAS"):
+        return alias.rstrip("/")
+    for rc in (os.environ.get("CONDARC"), "~/.condarc", "~/.config/conda/.condarc"):
+        path = Path(rc).expanduser() if rc else None
+        if path and path.is_file():
+            try:
+                found = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(found, dict) and isinstance(found.get("channel_alias"), str):
+                return str(found["channel_alias"]).rstrip("/")
+    return None
 
 
 def channel_url(channel: str) -> str:
@@ -119,7 +132,9 @@ def channel_url(channel: str) -> str:
         return channel.rstrip("/")
     if channel.startswith(("/", "~", "./", "../")):
         return Path(channel).expanduser().absolute().as_uri()
-    return f"{channel_alias()}/{channel.strip('/')}"
+    if alias := channel_alias():
+        return f"{alias}/{channel.strip('/')}"
+    return str(rattler.Channel(channel.strip("/")).base_url).rstrip("/")
 
 
 def mirrors() -> dict[str, list[str]]:
@@ -323,8 +338,7 @@ class CondaBackend(EnvBackend):
         except Exception as e:  # rattler's InvalidMatchSpecError
             raise LockResolveError(f"env {ref.name!r} ({ref.path}): {e}") from None
         gateway = Gateway(cache_dir=self.cache_dir / "repodata", client=_client())
-        channels = [Channel(u, ChannelConfig(channel_alias=channel_alias() + "/"))
-                    for u in urls]
+        channels = [Channel(u) for u in urls]  # full URLs: no alias needed
         solved: dict[str, list[RepoDataRecord]] = {}
         pins: dict[str, list[dict[str, Any]]] = {}
         for platform in platforms:
