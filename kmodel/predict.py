@@ -88,13 +88,12 @@ def check_input(model: Model, path: Path) -> int:
         raise InputMissingError(path)
     try:
         found, rows = hdf5.describe(path, "inputs")
-        has_ids = hdf5.has_ids(path)
+    except hdf5.MissingIds:
+        raise InputSchemaError(f"{path}: no /metadata/id; write one id per row (predictions "
+                               "are aligned by id)") from None
     except (OSError, KeyError, ValueError) as e:
         raise InputSchemaError(f"{path}: not a kmodel input file ({e}); write /inputs/<name> "
                                "and /metadata/id") from None
-    if not has_ids:
-        raise InputSchemaError(f"{path}: no /metadata/id; write one id per row (predictions "
-                               "are aligned by id)")
     for spec in model.spec.inputs:
         if spec.name not in found:
             raise InputSchemaError(f"{path}: no dataset /inputs/{spec.name} required by model "
@@ -226,7 +225,7 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
             "model_dir": str(model.folder.resolve()), "entrypoint": model.spec.entrypoint,
             "args": model.spec.args, "input": str(input_path.resolve()),
             "inputs": {i.name: i.dtype for i in model.spec.inputs}, "targets": targets,
-            "train_args": model.spec.train.args if model.spec.train else {},
+            "train_args": model.spec.train.args,
             "weights_out": str(tmp.resolve()),
         }
         run_job(env, job, name, progress)

@@ -55,25 +55,24 @@ def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
+class MissingIds(KeyError):
+    """The file has no /metadata/id (every kmodel file needs one id per row)."""
+
+
 def describe(path: Path, group: str = "inputs") -> tuple[Schema, int]:
-    """``({name: (dtype, per-row shape)}, rows)`` of one group, and the id count."""
+    """``({name: (dtype, per-row shape)}, rows)`` of one group; raises MissingIds."""
     with h5py.File(path, "r") as f:
-        if group not in f:
-            return {}, len(f["metadata/id"]) if "metadata/id" in f else 0
-        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in f[group].items()
-               if isinstance(d, h5py.Dataset)}
-        rows = {n: d.shape[0] for n, d in f[group].items() if isinstance(d, h5py.Dataset)}
-        n_ids = len(f["metadata/id"]) if "metadata/id" in f else None
-    lengths = set(rows.values()) | ({n_ids} if n_ids is not None else set())
-    if len(lengths) > 1:
+        if not isinstance(f.get("metadata/id"), h5py.Dataset):
+            raise MissingIds("metadata/id")
+        n_ids = len(f["metadata/id"])
+        datasets = [(n, d) for n, d in f[group].items() if isinstance(d, h5py.Dataset)] \
+            if group in f else []
+        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in datasets}
+        rows = {n: d.shape[0] for n, d in datasets}
+    if set(rows.values()) - {n_ids}:
         raise ValueError(f"{group} datasets and /metadata/id differ in length: "
                          f"{dict(rows, **{'metadata/id': n_ids})}")
-    return out, lengths.pop() if lengths else 0
-
-
-def has_ids(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        return isinstance(f.get("metadata/id"), h5py.Dataset)
+    return out, n_ids
 
 
 def id_dtype(path: Path) -> np.dtype:
