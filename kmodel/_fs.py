@@ -1,16 +1,33 @@
-"""Small filesystem helpers: hashing, atomic writes, the kmodel home folder."""
+"""Small filesystem helpers: hashing, output guards, exclusive and atomic writes, KMODEL_HOME.
+
+Every file kmodel writes appears under its final name only when complete: it is written
+under a name unique to the run, created exclusively (``O_EXCL``: never through a symlink
+or over a file that is already there), then renamed. Outputs are checked before anything
+runs: an output that is one of the command's inputs, or a folder kmodel did not write, is
+refused.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
+import logging
 import os
+import re
 import shutil
-import tempfile
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kmodel.errors import OutputNotWritableError
+from kmodel.errors import HomeNotWritableError, InputMissingError, OutputNotWritableError
+
+log = logging.getLogger("kmodel")
+
+#: the longest suffix kmodel appends to an output's name for its temporary files
+#: (``.partial-<8 hex>``, ``.lock``, ``.<name>.tmp-<pid>-<6 hex>`` with a 7-digit pid)
+TEMP_SUFFIX_LEN = 24
 
 
 def kmodel_home() -> Path:
@@ -19,6 +36,18 @@ def kmodel_home() -> Path:
         return Path(home).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "kmodel"
+
+
+def home_folder(*parts: str) -> Path:
+    """A folder under KMODEL_HOME, created if needed; a clear error names KMODEL_HOME."""
+    folder = kmodel_home().joinpath(*parts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HomeNotWritableError(kmodel_home(), e.strerror or str(e)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise HomeNotWritableError(kmodel_home(), f"{folder} is not writable")
+    return folder
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
@@ -38,6 +67,94 @@ def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{os.urandom(3).hex()}")
 
 
+# --- inputs ------------------------------------------------------------------------
+
+
+def check_input_file(path: Path) -> None:
+    """A regular, readable file, or KM400 saying what it is instead (never blocks on a FIFO)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputMissingError(path) from None
+    except OSError as e:
+        raise InputMissingError(path, e.strerror or str(e)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputMissingError(path, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputMissingError(path, "is not a regular file (a FIFO, socket or device?)")
+    if not os.access(path, os.R_OK):
+        raise InputMissingError(path, "is not readable (permission denied)")
+
+
+def file_signature(path: Path) -> str:
+    """Size, mtime, ctime and inode: any rewrite of the file changes it (ctime cannot be set
+    back by a user), so provenance checks do not depend on a file's mtime alone."""
+    st = os.stat(path)
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_dev}|{st.st_ino}"
+
+
+# --- outputs -----------------------------------------------------------------------
+
+
+def _name_max(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _same(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file (also through symlinks, '..' or hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(child: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(child)).is_relative_to(os.path.realpath(folder))
+
+
+def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = False,
+                 siblings: Iterable[str] = ()) -> None:
+    """Refuse an output that would destroy one of the command's inputs, or cannot be written.
+
+    For a file output: it may not be (or link to) an input, nor be a folder; nor may the
+    ``siblings`` kmodel writes next to it (``OUT.partial``...). For a folder output: it may
+    not be, or contain, an input or the working directory. The name must leave room for
+    kmodel's temporary suffixes. The parent folder is created.
+    """
+    inputs = list(inputs)
+    if output.name in ("", ".", ".."):
+        raise OutputNotWritableError(output, "it names a folder that holds other files",
+                                     "give a new folder's name")
+    name_max = _name_max(output.parent)
+    if len(os.fsencode(output.name)) + TEMP_SUFFIX_LEN > name_max:
+        raise OutputNotWritableError(
+            output, f"the file name is {len(os.fsencode(output.name))} bytes; with kmodel's "
+            f"temporary suffix it must fit in {name_max}", "choose a shorter name")
+    for inp in inputs:
+        if _same(output, inp) or (folder and _inside(inp, output)):
+            what = "is" if _same(output, inp) else "contains"
+            raise OutputNotWritableError(output, f"it {what} the input {inp} of this command, "
+                                         "which would be destroyed", "choose another output")
+        for suffix in siblings:
+            if _same(output.with_name(output.name + suffix), inp):
+                raise OutputNotWritableError(output, f"kmodel would write {inp}, an input of "
+                                             "this command, next to it",
+                                             "choose another output")
+    if folder and _inside(Path.cwd(), output):
+        raise OutputNotWritableError(output, "it is (or contains) the working directory",
+                                     "give a new folder's name")
+    if not folder and output.is_dir():
+        raise OutputNotWritableError(output, "it is a folder", "give a file name")
+    ensure_parent(output)
+
+
 def ensure_parent(path: Path) -> None:
     for folder in path.parents:  # mkdir would only say "File exists" / "Not a directory"
         if folder.exists():
@@ -52,20 +169,59 @@ def ensure_parent(path: Path) -> None:
         raise OutputNotWritableError(path, f"folder {path.parent} is not writable")
 
 
+def create_exclusive(path: Path) -> None:
+    """Create an empty file; fail if anything (a symlink too) already has that name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    os.close(os.open(path, flags, 0o666))
+
+
+def write_error(path: Path, e: OSError) -> OutputNotWritableError:
+    """The cause of a failed write, said plainly (a full disk, a file size limit, ...)."""
+    reasons = {errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "the file size limit was reached (ulimit -f)",
+               errno.EROFS: "the filesystem is read-only",
+               errno.ENAMETOOLONG: "the file name is too long"}
+    reason = reasons.get(e.errno or 0, e.strerror or str(e))
+    fix = {errno.ENOSPC: "free some space or choose another location",
+           errno.EDQUOT: "free some space or choose another location",
+           errno.EFBIG: "raise the limit or choose a smaller output"}.get(
+        e.errno or 0, "choose a writable location")
+    return OutputNotWritableError(path, reason, fix)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary siblings of ``path`` that killed runs left (``.NAME.tmp-*``,
+    ``.NAME.old-*``). Call it only while holding ``path``'s lock: then no live run owns them."""
+    for tag in ("tmp", "old"):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
+            if re.fullmatch(rf"\.{re.escape(path.name)}\.{tag}-\d+-[0-9a-f]{{6}}", p.name):
+                log.info("removing %s, left by a killed run", p)
+                _remove(p)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it to ``path``, on failure remove it."""
+    """Yield a new, empty temporary file; on success rename it to ``path``, else remove it."""
     ensure_parent(path)
     tmp = tmp_sibling(path)
     try:
+        create_exclusive(tmp)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise write_error(path, e) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+        _remove(tmp)
         raise
 
 
@@ -75,10 +231,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder that replaces ``path`` (whole) when the block succeeds."""
+def atomic_dir(path: Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a fresh temporary folder that replaces ``path`` (whole) when the block succeeds.
+
+    An existing ``path`` is replaced only if it is empty or ``replaceable(path)`` says kmodel
+    wrote it; a user's folder is refused before anything runs. The new folder gets the
+    usual permissions (as mkdir makes them under the umask).
+    """
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputNotWritableError(path, "it exists and is not a folder",
+                                     "remove it or choose another name")
+    if path.is_dir() and any(path.iterdir()) and not replaceable(path):
+        raise OutputNotWritableError(
+            path, "the folder exists and holds files kmodel did not write",
+            "choose a new folder (kmodel replaces only folders it wrote)")
     ensure_parent(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = tmp_sibling(path)
+    try:
+        os.mkdir(tmp, 0o777)  # exclusive; mode as the umask allows, like any new folder
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         yield tmp
         old = None
@@ -88,20 +260,22 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(path, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def cached_sha256(path: Path) -> str:
-    """sha256 of a (large) file, cached in KMODEL_HOME by the file's identity and mtime.
+    """sha256 of a (large) file, cached in KMODEL_HOME by the file's identity.
 
     Many models predict on the same input; hashing it once (1.1 GB/s here) instead of once
-    per model keeps provenance cheap. The cache key changes whenever the file is rewritten.
+    per model keeps provenance cheap. The cache key (size, mtime, ctime, inode) changes
+    whenever the file is rewritten.
     """
-    st = path.stat()
-    ident = "|".join(map(str, (path.resolve(), st.st_dev, st.st_ino, st.st_size,
-                               st.st_mtime_ns, st.st_ctime_ns)))
+    ident = f"{os.path.realpath(path)}|{file_signature(path)}"
     entry = kmodel_home() / "hash-cache" / sha256_bytes(ident.encode())
     try:
         cached = entry.read_text().strip()

@@ -18,8 +18,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmodel._fs import atomic_write_text, ensure_parent, kmodel_home, sha256_file, tmp_sibling
-from kmodel.errors import LockMissingError, LockStaleError
+from kmodel import _lock
+from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_file, tmp_sibling
+from kmodel.errors import EnvBuildError, HomeNotWritableError, LockMissingError, LockStaleError
 from kmodel.registry import EnvRef
 
 log = logging.getLogger("kmodel")
@@ -126,41 +127,49 @@ class EnvBackend(ABC):
         env = Env(ref.name, key, prefix)
         if self.is_built(prefix, key):
             return env
-        from filelock import FileLock  # only when building: keeps `kmodel predict` start-up short
+        builds = home_folder("envs", ".builds")
+        busy = lambda who: EnvBuildError(  # noqa: E731
+            f"env {ref.name!r} is being built by {who} for over an hour; wait, or if that "
+            f"process is gone, delete {prefix}.lock")
+        try:
+            with _lock.held(Path(f"{prefix}.lock"), busy, wait=3600, waiting=lambda who: log.info(
+                    "waiting for %s, which is building env %s", who, ref.name)):
+                return self._build_locked(ref, key, prefix, builds)
+        except PermissionError as e:
+            raise HomeNotWritableError(kmodel_home(), e.strerror or str(e)) from None
 
-        ensure_parent(prefix)
-        builds = prefix.parent / ".builds"
-        with FileLock(str(prefix) + ".lock"):
-            if self.is_built(prefix, key):  # another process built it while we waited
-                return env
-            leftovers = sorted(builds.glob(f"{prefix.name}-*"))
-            if prefix.is_symlink() or prefix.exists() or leftovers:
-                why = "damaged (python missing)" if (prefix / MARKER).exists() else \
-                    "left incomplete by an interrupted build"
-                log.warning("env %s at %s is %s; rebuilding", ref.name, prefix, why)
-                if prefix.is_symlink():
-                    prefix.unlink()
-                for old in [*leftovers, prefix]:
-                    _discard(old)
-            # Build in a folder of its own, then point the env's name at it (last step):
-            # stragglers of a killed build (uv's bytecode compilers outlive uv) can only
-            # ever write into their own, abandoned folder.
-            target = builds / f"{prefix.name}-{os.getpid()}-{os.urandom(3).hex()}"
-            builds.mkdir(exist_ok=True)
-            log.info("creating env %s (%s) at %s", ref.name, self.name, prefix)
-            t0 = time.perf_counter()
-            try:
-                self._build(ref, target)
-                atomic_write_text(target / MARKER, json.dumps(
-                    {"name": ref.name, "key": key, "backend": self.name,
-                     "lockfile": str(ref.lockfile.absolute()), "created": time.time()}))
-                link = tmp_sibling(prefix, "link")
-                link.symlink_to(Path(".builds") / target.name)
-                os.replace(link, prefix)
-            except BaseException:
-                _discard(target)
-                raise
-            log.info("created env %s in %.1f s", ref.name, time.perf_counter() - t0)
+    def _build_locked(self, ref: EnvRef, key: str, prefix: Path, builds: Path) -> Env:
+        """Build the env (called holding its lock); a no-op if another process just did."""
+        env = Env(ref.name, key, prefix)
+        if self.is_built(prefix, key):  # another process built it while we waited
+            return env
+        leftovers = sorted(builds.glob(f"{prefix.name}-*"))
+        if prefix.is_symlink() or prefix.exists() or leftovers:
+            why = "damaged (python missing)" if (prefix / MARKER).exists() else \
+                "left incomplete by an interrupted build"
+            log.warning("env %s at %s is %s; rebuilding", ref.name, prefix, why)
+            if prefix.is_symlink():
+                prefix.unlink()
+            for old in [*leftovers, prefix]:
+                _discard(old)
+        # Build in a folder of its own, then point the env's name at it (last step):
+        # stragglers of a killed build (uv's bytecode compilers outlive uv) can only
+        # ever write into their own, abandoned folder.
+        target = builds / f"{prefix.name}-{os.getpid()}-{os.urandom(3).hex()}"
+        log.info("creating env %s (%s) at %s", ref.name, self.name, prefix)
+        t0 = time.perf_counter()
+        try:
+            self._build(ref, target)
+            atomic_write_text(target / MARKER, json.dumps(
+                {"name": ref.name, "key": key, "backend": self.name,
+                 "lockfile": str(ref.lockfile.absolute()), "created": time.time()}))
+            link = tmp_sibling(prefix, "link")
+            link.symlink_to(Path(".builds") / target.name)
+            os.replace(link, prefix)
+        except BaseException:
+            _discard(target)
+            raise
+        log.info("created env %s in %.1f s", ref.name, time.perf_counter() - t0)
         return env
 
     def status(self, ref: EnvRef) -> EnvStatus:
