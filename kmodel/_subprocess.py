@@ -8,10 +8,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
-from kmodel.errors import Interrupted, KmodelError, ToolMissingError
+from kmodel.errors import Interrupted, KmodelError, ToolMissingError, signum_of
 
 log = logging.getLogger("kmodel")
 
@@ -36,7 +38,7 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
     """Run ``cmd`` to completion, capturing output.
 
     On a non-zero exit raise ``error(last lines of stderr)`` (a KmodelError);
-    on Ctrl-C the child is stopped and Interrupted is raised.
+    on Ctrl-C or SIGTERM the child is stopped and Interrupted is raised.
     """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
@@ -44,8 +46,8 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
         proc = subprocess.run(argv, env=dict(env) if env is not None else None, cwd=cwd,
                               capture_output=True, text=True, timeout=timeout,
                               preexec_fn=_PREEXEC)
-    except KeyboardInterrupt:
-        raise Interrupted() from None
+    except KeyboardInterrupt as e:
+        raise Interrupted(signum_of(e)) from None
     except FileNotFoundError as e:
         raise ToolMissingError(f"cannot run {argv[0]}: {e.strerror}; is it installed?") from None
     if proc.returncode != 0 and error is not None:
@@ -57,16 +59,48 @@ def run(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
 
 def popen(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
           stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.PIPE,
-          stderr: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
-    """Start ``cmd`` in its own process group (so Ctrl-C handling stays with kmodel)."""
+          stderr: int | None = subprocess.PIPE, pass_fds: Sequence[int] = (),
+          die_with_parent: bool = True) -> subprocess.Popen[Any]:
+    """Start ``cmd`` in its own process group (so Ctrl-C handling stays with kmodel).
+
+    Output pipes are binary: read them with :func:`drain`, which keeps a bounded tail.
+    """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
     return subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=stdin,
-                            stdout=stdout, stderr=stderr, text=True, bufsize=1,
-                            start_new_session=True, preexec_fn=_PREEXEC)
+                            stdout=stdout, stderr=stderr, pass_fds=tuple(pass_fds),
+                            start_new_session=True,
+                            preexec_fn=_PREEXEC if die_with_parent else None)
 
 
-def stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
+class Tail:
+    """The last ``limit`` bytes of a child's output, read in a thread: a model that writes
+    300 MB of logs costs 64 KB of memory here, and never blocks on a full pipe."""
+
+    def __init__(self, stream: IO[bytes], limit: int = 64 * 1024,
+                 echo: Callable[[bytes], None] | None = None) -> None:
+        self.data = bytearray()
+        self.limit, self.echo = limit, echo
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        fd = stream.fileno()
+        while chunk := os.read(fd, 1 << 16):
+            if self.echo:
+                self.echo(chunk)
+            self.data += chunk
+            if len(self.data) > 2 * self.limit:
+                del self.data[: len(self.data) - self.limit]
+
+    def text(self, timeout: float = 2.0) -> str:
+        """What was read (the last ``limit`` bytes), once the writer closed the pipe or after
+        ``timeout`` (a grandchild may keep it open)."""
+        self.thread.join(timeout)
+        return bytes(self.data[-self.limit:]).decode("utf-8", "replace")
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """Terminate a child started with popen(), then kill it if it does not exit."""
     if proc.poll() is not None:
         return

@@ -1,27 +1,33 @@
-"""The in-env runner: executed by a model env's own python, by file path.
+"""The in-env runner: executed by a model env's own python, by file path, isolated.
 
-    <env>/bin/python runner.py JOB.json
+    <env>/bin/python -I runner.py JOB.json FD
 
-It imports nothing from kmodel's core (only kmodel/io/hdf5.py, loaded by file path), so
+``-I`` keeps kmodel's own folder (and PYTHONPATH, the user's site-packages) off the model's
+``sys.path``: nothing of kmodel can shadow a model's imports. The runner imports nothing
+from kmodel's core (only kmodel/io/hdf5.py, loaded by file path under a private name), so
 nothing of kmodel is installed into model envs. It builds the model from its entrypoint and
-hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains
-(fit on the whole input, then writes params.json + one .npy per weight).
+hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
+on the whole input, then writes params.json + one .npy per weight).
 
-Protocol: progress lines ``KMODEL-PROGRESS <done> <total>`` on stdout; on failure the
-traceback on stderr, then one line ``KMODEL-ERROR <json>`` on stderr and exit code 3.
+Protocol: JSON lines on file descriptor FD, a pipe of its own, so nothing the model prints
+on stdout or stderr can be mistaken for it: ``ready`` (numpy and h5py imported),
+``progress`` (rows done, total), then ``done`` or ``error`` (kind, message, traceback).
+The host checks the output file itself; ``done`` is a claim, not a proof.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
@@ -39,6 +45,7 @@ def _load_module(name: str, path: Path) -> Any:
 
 
 hdf5 = _load_module("_kmodel_hdf5", HERE / "io" / "hdf5.py")
+_channel: TextIO | None = None
 
 
 class JobError(Exception):
@@ -47,6 +54,16 @@ class JobError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Stopped(BaseException):
+    """SIGTERM from the host (or the cluster): stop after closing the output cleanly."""
+
+
+def send(event: str, **fields: Any) -> None:
+    if _channel is not None:
+        _channel.write(json.dumps({"event": event, **fields}) + "\n")
+        _channel.flush()
 
 
 def build_model(job: dict[str, Any]) -> Any:
@@ -66,40 +83,71 @@ def build_model(job: dict[str, Any]) -> Any:
 
 
 def _as_outputs(result: Any, outputs: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+    """The model's result checked against the spec: exact names, shapes and castable dtypes.
+
+    Nothing is reshaped: (2, N) returned for an output of shape [2] would scramble rows.
+    """
     if not isinstance(result, dict):
         if len(outputs) != 1:
-            raise JobError("output", f"predict returned one array, the spec names outputs "
-                           f"{list(outputs)}; return a dict")
+            raise JobError("output", f"predict returned {type(result).__name__}, the spec "
+                           f"names outputs {list(outputs)}; return a dict of arrays")
         result = {next(iter(outputs)): result}
+    extra = sorted(set(map(str, result)) - set(outputs))
+    if extra:
+        raise JobError("output", f"predict returned {extra}, which the spec's outputs "
+                       f"({list(outputs)}) do not name; add them to the spec or drop them")
     out = {}
     for name, (dtype, shape) in outputs.items():
         if name not in result:
             raise JobError("output", f"predict returned no {name!r} (got {list(result)})")
-        arr = np.asarray(result[name])
+        try:
+            arr = np.asarray(result[name])
+        except Exception as e:
+            raise JobError("output", f"predict returned {name!r} that is not an array "
+                           f"({type(e).__name__}: {e})") from None
         want = (rows, *shape)
-        if arr.shape != want and arr.size == np.prod(want):
-            arr = arr.reshape(want)
-        if arr.shape != want:
-            raise JobError("output", f"predict returned shape {arr.shape} for {name!r}, "
-                           f"the spec says {want}")
+        if arr.ndim != len(want) or any(w is not None and w != s
+                                        for w, s in zip(want, arr.shape, strict=True)):
+            shown = tuple("*" if w is None else w for w in want)
+            raise JobError("output", f"predict returned shape {arr.shape} for {name!r} on a "
+                           f"batch of {rows} rows; the spec says {shown}")
+        if arr.dtype.kind not in "biuf":
+            raise JobError("output", f"predict returned dtype {arr.dtype} for {name!r}; the "
+                           f"spec says {dtype}")
         out[name] = arr.astype(dtype, copy=False)
     return out
+
+
+def _write_failed(e: OSError, path: Path) -> NoReturn:
+    """Report a failed write (a full disk, a size limit) and exit at once: after such a
+    failure HDF5 may crash while closing the file, which would hide the cause."""
+    text = str(e)
+    info = {"errno": e.errno or 0, "path": str(path), "message": text.splitlines()[0][:300]}
+    for code, words in ((errno.ENOSPC, "No space left"), (errno.EFBIG, "File too large"),
+                        (errno.EDQUOT, "quota")):
+        if e.errno == code or words in text:
+            info = {"errno": code, "path": str(path)}
+    sys.stderr.write(f"kmodel runner: writing {path} failed: {text}\n")
+    sys.stderr.flush()
+    send("error", kind="write", message=json.dumps(info), traceback="")
+    os._exit(3)
 
 
 def predict(job: dict[str, Any], model: Any) -> None:
     dtypes = job["inputs"]  # name -> the dtype the spec promises the model
     names = list(dtypes)
     outputs = {k: (v[0], tuple(v[1])) for k, v in job["outputs"].items()}
-    path = Path(job["input"])
+    path, out_path = Path(job["input"]), Path(job["output"])
     _, total = hdf5.describe(path)
-    id_dtype = hdf5.id_dtype(path)
     attrs = {**job.get("attrs", {}), "env_python_version": platform.python_version(),
              "env_numpy_version": np.__version__}
-    writer = hdf5.PredictionWriter(Path(job["output"]), outputs, total, id_dtype,
-                                   job["batch_size"], attrs, job.get("resume", False))
+    try:
+        writer = hdf5.PredictionWriter(out_path, outputs, total, hdf5.id_dtype(path),
+                                       job["batch_size"], attrs, job.get("resume", False))
+    except OSError as e:
+        _write_failed(e, out_path)
     start = writer.rows_done
-    if start:
-        _progress(start, total)
+    send("progress", done=start, total=total)
     last, complete = 0.0, False
     try:
         for lo, ids, batch in hdf5.iter_batches(path, names, job["batch_size"], start):
@@ -107,15 +155,22 @@ def predict(job: dict[str, Any], model: Any) -> None:
                 raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
             batch = {k: v.astype(dtypes[k], copy=False) for k, v in batch.items()}
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
-            writer.write(lo, ids, _as_outputs(result, outputs, len(ids)))
+            preds = _as_outputs(result, outputs, len(ids))
+            try:
+                writer.write(lo, ids, preds)
+            except OSError as e:
+                _write_failed(e, out_path)
             now = time.monotonic()
             if now - last > 0.2:
-                _progress(writer.rows_done, total)
+                send("progress", done=writer.rows_done, total=total)
                 last = now
         complete = writer.rows_done == total
     finally:
-        writer.close(complete)
-    _progress(total, total)
+        try:
+            writer.close(complete)
+        except OSError as e:
+            _write_failed(e, out_path)
+    send("done", rows=writer.rows_done, total=total)
 
 
 def train(job: dict[str, Any], model: Any) -> None:
@@ -124,34 +179,58 @@ def train(job: dict[str, Any], model: Any) -> None:
     targets, _ = hdf5.read_group(Path(job["input"]), "targets", [job["targets"]])
     x = arrays[names[0]] if len(names) == 1 else arrays
     model.fit(x, targets[job["targets"]], **job.get("train_args", {}))
-    weights = {k: np.asarray(v) for k, v in model.get_weights().items()}
+    weights = {str(k): np.asarray(v) for k, v in model.get_weights().items()}
     out = Path(job["weights_out"])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in weights.items():
-        np.save(out / f"{name}.npy", arr, allow_pickle=False)
-    params = {"model": job.get("model_name"), "args": job.get("args", {}),
-              "train_args": job.get("train_args", {}), "weights": sorted(weights)}
-    (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    try:
+        for name, arr in weights.items():
+            if arr.dtype.kind not in "biufc":
+                raise JobError("output", f"get_weights() returned {name!r} of dtype "
+                               f"{arr.dtype}; weights are numeric arrays (no pickles)")
+            np.save(out / f"{name}.npy", arr, allow_pickle=False)
+        params = {"model": job.get("model_name"), "args": job.get("args", {}),
+                  "train_args": job.get("train_args", {}), "weights": sorted(weights)}
+        (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        _write_failed(e, out)
+    send("done", weights=sorted(weights))
 
 
-def _progress(done: int, total: int) -> None:
-    sys.stdout.write(f"KMODEL-PROGRESS {done} {total}\n")
-    sys.stdout.flush()
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """(kind, message) of a failure: the runner's own checks, a stop, or the model's code."""
+    if isinstance(e, JobError):
+        return e.kind, str(e)
+    if isinstance(e, Stopped):
+        return "stopped", "stopped by SIGTERM"
+    if isinstance(e, SystemExit):  # the model called sys.exit() (or exit()) part-way
+        return "exit", f"called sys.exit({e.code!r})"
+    if isinstance(e, KeyboardInterrupt):
+        return "exit", "raised KeyboardInterrupt"
+    return "model", f"{type(e).__name__}: {e}"
 
 
 def main(argv: list[str]) -> int:
+    global _channel
+    fd = int(argv[2])
+    os.set_inheritable(fd, False)  # the model's own subprocesses do not get the channel
+    _channel = os.fdopen(fd, "w", buffering=1)
+    signal.signal(signal.SIGTERM, _stop)
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit gives EFBIG, not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     job = json.loads(Path(argv[1]).read_text())
+    send("ready", python=platform.python_version(), numpy=np.__version__)
     try:
         model = build_model(job)
         (train if job["mode"] == "train" else predict)(job, model)
-    except JobError as e:
-        kind, message = e.kind, str(e)
-    except Exception as e:  # the model's own code raised: report it, traceback above
-        traceback.print_exc()
-        kind, message = "model", f"{type(e).__name__}: {e}"
-    else:
         return 0
-    sys.stderr.write("KMODEL-ERROR " + json.dumps({"kind": kind, "message": message}) + "\n")
+    except BaseException as e:
+        kind, message = _classify(e)
+        tb = traceback.format_exc()
+    sys.stderr.write(tb)
+    send("error", kind=kind, message=message[:2000], traceback=tb[-20000:])
     return 3
 
 

@@ -101,8 +101,8 @@ class UvBackend(_PipBackend):
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
         _subprocess.run([self.uv, "venv", "--quiet", "--python",
                          find_python(ref.spec.python), prefix], env=env, error=fail)
-        _subprocess.run([self.uv, "pip", "sync", "--quiet", "--require-hashes", "--python",
-                         prefix / "bin" / "python", ref.lockfile], env=env, error=fail)
+        _install(ref, [self.uv, "pip", "sync", "--quiet", "--require-hashes", "--python",
+                       prefix / "bin" / "python", ref.lockfile], env)
 
 
 class VenvBackend(_PipBackend):
@@ -126,5 +126,35 @@ class VenvBackend(_PipBackend):
         assert isinstance(ref.spec, PipEnvSpec)
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
         _subprocess.run([find_python(ref.spec.python), "-m", "venv", prefix], error=fail)
-        _subprocess.run([prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
-                         "--no-deps", "--require-hashes", "-r", ref.lockfile], error=fail)
+        _install(ref, [prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
+                       "--no-deps", "--require-hashes", "-r", ref.lockfile])
+
+
+def _install(ref: EnvRef, cmd: list[str | Path], env: dict[str, str] | None = None) -> None:
+    """Install the lock's packages; a hash mismatch is named as such, other failures by the
+    installer's last lines."""
+    proc = _subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines()[-3:]
+                          if ln.strip())
+        raise hash_mismatch(ref, proc.stderr) or EnvBuildError(
+            f"cannot build env {ref.name!r}: {tail}")
+
+
+_UV_MISMATCH = re.compile(r"Hash mismatch for `([^`]+)`.*?Expected:\s*(?:sha256:)?(\w+).*?"
+                          r"Computed:\s*(?:sha256:)?(\w+)", re.S)
+_PIP_MISMATCH = re.compile(r"^\s*(\S+==\S+) from .*?\n\s*Expected sha256 (\w+)\s*\n\s*"
+                           r"Got\s+(\w+)", re.M)
+
+
+def hash_mismatch(ref: EnvRef, text: str) -> EnvBuildError | None:
+    """A downloaded package whose sha256 is not the lock's: name the package, both hashes."""
+    m = _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text)
+    if m is None:
+        return None
+    package, expected, found = m.groups()
+    return EnvBuildError(
+        f"cannot build env {ref.name!r}: {package} does not match {ref.lockfile}: the lock "
+        f"says sha256 {expected[:16]}…, the package index served {found[:16]}…; if the index "
+        f"rebuilt the file on purpose, relock with `kmodel env lock {ref.name}`, else check "
+        "the index")
