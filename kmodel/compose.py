@@ -15,31 +15,68 @@ from pathlib import Path
 import numpy as np
 
 from kmodel import predict as predict_mod
+from kmodel._fs import atomic_write_text, check_input_file, guard_output
 from kmodel.errors import (
     IdAlignmentError,
-    InputMissingError,
     InputSchemaError,
+    MixedInputsError,
     TargetLengthError,
 )
 from kmodel.io import hdf5
-from kmodel.predict import Progress, Weights
+from kmodel.predict import Progress
 from kmodel.registry import Registry
+from kmodel.weights import MANIFEST, Weights
 
 #: in the ensembler's weights folder: the models (and outputs) it was trained on, in order
 SOURCES = "sources.json"
 
 
 def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    if not path.is_file():
-        raise InputMissingError(path)
+    """A group's datasets and the ids as bytes (string or integer ids, e.g. Kipoi's)."""
+    check_input_file(path)
+    kind = "prediction" if group == "preds" else "input"
     try:
-        return hdf5.read_group(path, group)
-    except OSError as e:
-        raise InputSchemaError(f"{path}: not an HDF5 file ({e}); give kmodel "
-                               "prediction or input files") from None
-    except KeyError:
-        raise IdAlignmentError(f"{path}: no /{group} or /metadata/id; is it a kmodel "
-                               f"{'prediction' if group == 'preds' else 'input'} file?") from None
+        arrays, ids = hdf5.read_group(path, group)
+        return arrays, hdf5.as_ids(ids)
+    except hdf5.LengthError as e:
+        if group == "targets":
+            raise TargetLengthError(f"{path}: {e}; they must match") from None
+        raise InputSchemaError(f"{path}: {e}; they must match") from None
+    except hdf5.LayoutError as e:
+        raise InputSchemaError(f"{path}: {e}; is it a kmodel {kind} file?") from None
+    except (OSError, KeyError, TypeError) as e:
+        raise InputSchemaError(f"{path}: not an HDF5 {kind} file ({e}); give kmodel "
+                               f"{kind} files") from None
+
+
+def _finite(path: Path, what: str, values: np.ndarray, ids: np.ndarray) -> None:
+    """NaN or inf would train an ensembler with NaN weights: refuse them by name."""
+    if values.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        first = ids[bad][0].decode(errors="replace")
+        raise TargetLengthError(f"{path}: {what} has {int(bad.sum())} row(s) with NaN or inf, "
+                                f"e.g. id {first!r}; drop or fix those rows")
+
+
+def check_same_input(preds: Sequence[Path]) -> None:
+    """Prediction files made from different inputs cannot be aligned meaningfully."""
+    seen: tuple[Path, str] | None = None
+    for path in preds:
+        try:
+            digest = hdf5.read_attrs(path).get("input_sha256")
+        except OSError:
+            continue  # unreadable: _read says why
+        if not isinstance(digest, str) or not digest:
+            continue  # e.g. a Kipoi file: no provenance to compare
+        if seen is None:
+            seen = (path, digest)
+        elif digest != seen[1]:
+            raise MixedInputsError(
+                f"{path} was made from a different input than {seen[0]} (input_sha256 "
+                f"{digest[:12]}… vs {seen[1][:12]}…); predict every model on the same "
+                "input, or pass --allow-mixed-inputs if that is intended")
 
 
 def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
@@ -55,7 +92,7 @@ def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
     found = order[pos]
     missing = ids[found] != reference if len(ids) else np.ones(len(reference), bool)
     if missing.any():
-        first = reference[missing][0].decode(errors="replace")
+        first = bytes(reference[missing][0]).decode(errors="replace")
         raise IdAlignmentError(f"{path}: {int(missing.sum())} id(s) of the reference file are "
                                f"missing, e.g. {first!r}; predict on the same input file")
     if len(ids) != len(reference):
@@ -64,17 +101,22 @@ def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
     return found
 
 
-def stack(preds: Sequence[Path], reference: np.ndarray | None = None,
-          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def stack(preds: Sequence[Path], reference: np.ndarray | None = None, *,
+          allow_mixed_inputs: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Columns of all prediction files, aligned to ``reference`` ids (default: the first's),
     and what each file holds (``model:output,...``), in order."""
+    if not allow_mixed_inputs:
+        check_same_input(preds)
     columns, sources = [], []
     for path in preds:
         arrays, ids = _read(path, "preds")
+        if not arrays:
+            raise InputSchemaError(f"{path}: no datasets in /preds; is it a prediction file?")
         if reference is None:
             reference = ids
         rows = align(reference, ids, path)
         for name in sorted(arrays):
+            _finite(path, f"/preds/{name}", arrays[name], ids)
             columns.append(arrays[name][rows].reshape(len(rows), -1).astype(np.float32))
         model = hdf5.read_attrs(path).get("model", path.stem)
         sources.append(f"{model}:{','.join(sorted(arrays))}")
@@ -91,29 +133,45 @@ def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     if len(y) != len(ids):
         raise TargetLengthError(f"{path}: /targets/{name} has {len(y)} rows but /metadata/id "
                                 f"has {len(ids)}; they must match")
+    _finite(path, f"/targets/{name}", y, ids)
     return y, ids
 
 
 def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Path,
-          weights_out: Path, *, target_name: str = "y",
+          weights_out: Path, *, target_name: str = "y", allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Weights:
     """Fit the ensembler on stored predictions aligned to the targets' ids."""
+    guard_output(weights_out, [*preds, targets], folder=True)
     y, ids = _targets(targets, target_name)
-    x, _, sources = stack(preds, ids)
+    x, _, sources = stack(preds, ids, allow_mixed_inputs=allow_mixed_inputs)
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         table = Path(tmp) / "train.h5"
         hdf5.write_table(table, {"inputs": {"x": x}, "targets": {target_name: y}}, ids)
         return predict_mod.train(registry, ensembler, table, target_name, weights_out,
                                  extra={SOURCES: json.dumps(sources, indent=2) + "\n"},
-                                 progress=progress)
+                                 progress=progress, inputs=(*preds, targets))
+
+
+def _trained_on(weights: Weights, default: list[str]) -> list[str]:
+    if SOURCES not in weights.sha256:
+        return default
+    try:
+        data = json.loads((weights.folder / SOURCES).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputSchemaError(f"{weights.folder / SOURCES}: unreadable ({e}); train the "
+                               "ensembler again (kmodel compose train)") from None
+    return [str(x) for x in data] if isinstance(data, list) else default
 
 
 def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Path,
-          output: Path, *, progress: Progress | None = None) -> Path:
+          output: Path, *, allow_mixed_inputs: bool = False,
+          progress: Progress | None = None) -> Path:
     """Run the trained ensembler on stored predictions; write ``output`` atomically."""
     w = Weights.from_folder(weights)
-    x, ids, sources = stack(preds)
-    trained_on = json.loads((weights / SOURCES).read_text()) if SOURCES in w.sha256 else sources
+    guard_output(output, [*preds, *w.files, w.folder / MANIFEST],
+                 siblings=(".partial", ".lock"))
+    x, ids, sources = stack(preds, allow_mixed_inputs=allow_mixed_inputs)
+    trained_on = _trained_on(w, sources)
     if sources != trained_on:
         raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
                                f"order), got {', '.join(sources)}; pass the same models' "
@@ -131,18 +189,26 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
     n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")  # undefined with one class
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def score(preds: dict[str, Path], targets: Path, target_name: str = "y",
-          ) -> dict[str, dict[str, float]]:
-    """ROC AUC and accuracy (threshold 0.5) of each prediction file against the targets."""
+          output: Path | None = None) -> dict[str, dict[str, float | None]]:
+    """ROC AUC and accuracy (threshold 0.5) of each prediction file against the targets;
+    also written as JSON to ``output`` if given. AUC is None when the targets hold one class."""
+    if output is not None:
+        guard_output(output, [targets, *preds.values()])
     y, ids = _targets(targets, target_name)
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for label, path in preds.items():
         x, _, _ = stack([path], ids)
         p = x[:, 0]
-        out[label] = {"auc": round(roc_auc(y, p), 4),
+        auc = roc_auc(y, p)
+        out[label] = {"auc": None if np.isnan(auc) else round(auc, 4),
                       "accuracy": round(float(np.mean((p > 0.5) == y.astype(bool))), 4),
                       "rows": len(y)}
+    if output is not None:
+        atomic_write_text(output, json.dumps(out, indent=2) + "\n")
     return out

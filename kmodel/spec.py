@@ -7,12 +7,15 @@ Loaders report ``file:line: field: problem; fix`` and do no I/O beyond reading t
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -29,6 +32,10 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SHA256_RE = r"^[0-9a-f]{64}$"
 DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
           "uint8", "bool")
+#: bounds for spec files: they are small, hand-written documents
+MAX_SPEC_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
 
 
 class StrictModel(BaseModel):
@@ -43,7 +50,7 @@ class ArraySpec(StrictModel):
 
     name: Annotated[str, Field(pattern=NAME_RE)]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    shape: list[int | None] = []
+    shape: list[Annotated[int, Field(ge=1)] | None] = []
     doc: str = ""
 
 
@@ -65,8 +72,34 @@ class WeightsSpec(StrictModel):
         return v
 
 
+def _json_value(value: Any, where: str) -> None:
+    """Args travel to the model's env as JSON: refuse what JSON cannot carry (dates, sets...)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: key {k!r} is not a string, which args cannot "
+                                 "hold (they are passed as JSON); quote it")
+            _json_value(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_value(v, f"{where}.{i}")
+    elif value is not None and not isinstance(value, (bool, int, float, str)):
+        kind = "a YAML date" if hasattr(value, "isoformat") else type(value).__name__
+        raise ValueError(f"{where!r} is {kind}, which args cannot hold (they are passed as "
+                         "JSON); quote it to pass a string")
+
+
+def _json_args(value: dict[str, Any]) -> dict[str, Any]:
+    for k, v in value.items():
+        _json_value(v, k)
+    return value
+
+
+JsonArgs = Annotated[dict[str, Any], AfterValidator(_json_args)]
+
+
 class TrainSpec(StrictModel):
-    args: dict[str, Any] = {}
+    args: JsonArgs = {}
 
 
 class TestSpec(StrictModel):
@@ -82,7 +115,7 @@ class ModelSpec(StrictModel):
     description: str = ""
     env: Annotated[str, Field(pattern=NAME_RE)]
     entrypoint: Annotated[str, Field(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")]
-    args: dict[str, Any] = {}
+    args: JsonArgs = {}
     weights: WeightsSpec | None = None
     train: TrainSpec | None = None
     inputs: Annotated[list[ArraySpec], Field(min_length=1)]
@@ -162,14 +195,27 @@ class _EnvDoc(StrictModel):
 # --- composition config ------------------------------------------------------------
 
 
+def _plain_path(value: str) -> str:
+    """A path Snakemake can use as is: no wildcard braces, no control characters."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if bad := sorted({c for c in value if c in "{}" or ord(c) < 32 or c == "\x7f"}):
+        raise ValueError(f"contains {', '.join(map(repr, bad))}, which a workflow path cannot "
+                         "hold; rename the folder")
+    return value
+
+
+PlainPath = Annotated[str, AfterValidator(_plain_path)]
+
+
 class DataConfig(StrictModel):
     """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
 
     builtin: Literal["breast_cancer"] | None = None
     seed: int = 0
-    test_fraction: float = 0.3
-    train: str | None = None
-    test: str | None = None
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    train: PlainPath | None = None
+    test: PlainPath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -180,7 +226,7 @@ class DataConfig(StrictModel):
 
 class ComposeConfig(StrictModel):
     name: Annotated[str, Field(pattern=NAME_RE)]
-    results: str = "results"
+    results: PlainPath = "results"
     data: DataConfig
     targets: Annotated[str, Field(pattern=NAME_RE)] = "y"
     models: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
@@ -198,16 +244,80 @@ class ComposeConfig(StrictModel):
 # --- loading -----------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_SPEC_BYTES (never blocks on a FIFO)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
     except FileNotFoundError:
         raise SpecError(path, "file not found", fix="check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(path, f"cannot read: {e}") from None
+    except OSError as e:
+        raise SpecError(path, f"cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecError(path, "is a folder, not a YAML file", fix="give the spec file")
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError(path, "is not a regular file (a FIFO or a device?)",
+                        fix="give a YAML file")
+    if st.st_size > MAX_SPEC_BYTES:
+        raise SpecError(path, f"is {st.st_size} bytes; spec files are at most "
+                        f"{MAX_SPEC_BYTES} bytes", fix="give the YAML spec, not a data file")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(path, f"is not UTF-8 text (byte {e.start})",
+                        fix="save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise SpecError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def _check_node(path: Path, root: yaml.Node) -> None:
+    """Refuse duplicate keys, deep nesting and alias bombs before anything is constructed.
+
+    Aliases make the document a graph: its expanded size is counted with one visit per
+    distinct node, so a "billion laughs" document is refused in microseconds.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_DEPTH:
+            raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
+                            line=node.start_mark.line + 1, fix="flatten the document")
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if (key.tag, key.value) in seen:
+                        raise SpecError(path, f"duplicate key {key.value!r} (first on line "
+                                        f"{seen[(key.tag, key.value)]})",
+                                        line=key.start_mark.line + 1,
+                                        fix="keep one of them")
+                    seen[(key.tag, key.value)] = key.start_mark.line + 1
+                total += size(key, depth + 1) + size(value, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        if total > MAX_NODES:
+            raise SpecError(path, f"expands to more than {MAX_NODES} values (YAML aliases?)",
+                            line=node.start_mark.line + 1, fix="write the spec out plainly")
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    text = _read_text(path)
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_node(path, node)
+        return loader.construct_document(node), node
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -216,7 +326,12 @@ def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
                               fix="fix the YAML syntax") from None
     except yaml.YAMLError as e:
         raise YamlSyntaxError(path, f"invalid YAML: {e}", fix="fix the YAML syntax") from None
-    return data, node
+    except RecursionError:
+        raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
+                        fix="flatten the document") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -263,7 +378,8 @@ def _spec_error(path: Path, node: yaml.Node | None, err: ValidationError,
         msg = "unknown key"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+    if e["type"] not in ("extra_forbidden", "missing") and not isinstance(
+            e.get("input", {}), (dict, list)):
         shown = repr(e["input"])
         msg += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
     fix = _FIXES.get(e["type"])

@@ -23,14 +23,32 @@ ROWS_DONE = "kmodel_rows_done"  # rows fully written; lets a partial file be res
 COMPLETE = "kmodel_complete"
 
 
+class LayoutError(ValueError):
+    """The file is HDF5 but not laid out as kmodel (or Kipoi) files are; says what is wrong."""
+
+
+class LengthError(LayoutError):
+    """A dataset's rows and /metadata/id differ in number."""
+
+
+class MissingIds(LayoutError):
+    """The file has no /metadata/id (every kmodel file needs one id per row)."""
+
+
 def as_ids(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Ids as fixed-length bytes (fast to copy and compare)."""
+    """Ids as fixed-length bytes (fast to copy and compare), from bytes, str or integers
+    (Kipoi writes int64 ids; h5py reads variable-length strings as objects)."""
     arr = np.asarray(ids)
     if arr.dtype.kind == "S":
         return arr
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind == "O":
+        items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in arr.ravel()]
+        return np.array(items, dtype="S") if items else np.zeros(arr.shape, "S1")
+    if arr.dtype.kind in "iub":
         arr = arr.astype(str)
-    return np.char.encode(arr.astype(str), "utf-8")
+    if arr.dtype.kind != "U":
+        raise LayoutError(f"ids must be strings or integers, not {arr.dtype}")
+    return np.char.encode(arr, "utf-8")
 
 
 def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
@@ -55,23 +73,51 @@ def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
-class MissingIds(KeyError):
-    """The file has no /metadata/id (every kmodel file needs one id per row)."""
+def _ids(f: h5py.File) -> h5py.Dataset:
+    ids = f.get("metadata/id")
+    if not isinstance(ids, h5py.Dataset):
+        raise MissingIds("no /metadata/id")
+    if ids.ndim != 1:
+        raise LayoutError(f"/metadata/id has shape {ids.shape}; write one id per row (N,)")
+    if ids.dtype.kind not in "SUOiu":
+        raise LayoutError(f"/metadata/id has dtype {ids.dtype}; write strings or integers")
+    return ids
+
+
+def _datasets(f: h5py.File, group: str, numeric: bool = True) -> dict[str, h5py.Dataset]:
+    """The datasets of ``/group``, each checked to hold rows of numbers."""
+    g = f.get(group)
+    if g is None:
+        return {}
+    if isinstance(g, h5py.Dataset):
+        if group == "preds":  # Kipoi writes a single /preds dataset
+            g = {"preds": g}
+        else:
+            raise LayoutError(f"/{group} is a dataset; write a group /{group}/<name>")
+    out = {}
+    for name, d in g.items():
+        if not isinstance(d, h5py.Dataset):
+            continue
+        if d.ndim == 0:
+            raise LayoutError(f"/{group}/{name} is a scalar; write one row per id")
+        if d.dtype.fields is not None or d.dtype.kind in "OV" or (
+                numeric and d.dtype.kind not in "biuf"):
+            kind = "a compound dtype" if d.dtype.fields else f"dtype {d.dtype}"
+            raise LayoutError(f"/{group}/{name} has {kind}; write plain arrays of numbers")
+        out[name] = d
+    return out
 
 
 def describe(path: Path, group: str = "inputs") -> tuple[Schema, int]:
-    """``({name: (dtype, per-row shape)}, rows)`` of one group; raises MissingIds."""
+    """``({name: (dtype, per-row shape)}, rows)`` of one group; raises LayoutError."""
     with h5py.File(path, "r") as f:
-        if not isinstance(f.get("metadata/id"), h5py.Dataset):
-            raise MissingIds("metadata/id")
-        n_ids = len(f["metadata/id"])
-        datasets = [(n, d) for n, d in f[group].items() if isinstance(d, h5py.Dataset)] \
-            if group in f else []
-        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in datasets}
-        rows = {n: d.shape[0] for n, d in datasets}
+        n_ids = len(_ids(f))
+        datasets = _datasets(f, group, numeric=False)  # the caller names the dtype it wants
+        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in datasets.items()}
+        rows = {n: d.shape[0] for n, d in datasets.items()}
     if set(rows.values()) - {n_ids}:
-        raise ValueError(f"{group} datasets and /metadata/id differ in length: "
-                         f"{dict(rows, **{'metadata/id': n_ids})}")
+        raise LengthError(f"/{group} datasets and /metadata/id differ in length: "
+                          f"{dict(rows, **{'metadata/id': n_ids})}")
     return out, n_ids
 
 
@@ -83,11 +129,19 @@ def id_dtype(path: Path) -> np.dtype:
 
 def read_group(path: Path, group: str, names: Sequence[str] | None = None,
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Whole datasets of a group, and the ids."""
+    """Whole datasets of a group, and the ids (raw, as stored); LayoutError if malformed."""
     with h5py.File(path, "r") as f:
-        g = f[group]
-        arrays = {n: g[n][()] for n in (names or list(g))}
-        ids = f["metadata/id"][()]
+        ids = _ids(f)[()]
+        datasets = _datasets(f, group)
+        if group not in f:
+            raise LayoutError(f"no /{group} group")
+        missing = [n for n in names or () if n not in datasets]
+        if missing:
+            raise LayoutError(f"no /{group}/{missing[0]} (found {sorted(datasets) or 'none'})")
+        arrays = {n: datasets[n][()] for n in (names or list(datasets))}
+    for n, a in arrays.items():
+        if len(a) != len(ids):
+            raise LengthError(f"/{group}/{n} has {len(a)} rows but /metadata/id has {len(ids)}")
     return arrays, ids
 
 
@@ -132,7 +186,7 @@ class PredictionWriter:
             self.f = h5py.File(path, "r+")
             self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
         else:
-            self.f = h5py.File(path, "w")
+            self.f = h5py.File(path, "x")  # exclusive: never over a file or through a link
             self.rows_done = 0
             self.f.attrs["schema_version"] = SCHEMA_VERSION
             for k, v in (attrs or {}).items():
