@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -15,7 +17,17 @@ from typing import Any
 import click
 
 from kmodel import __version__
-from kmodel.errors import EnvNotBuiltError, KmodelError, UsageError, WeightsChangedError
+from kmodel.errors import (
+    EnvNotBuiltError,
+    FileAccessError,
+    InternalError,
+    Interrupted,
+    KmodelError,
+    Terminated,
+    UsageError,
+    WeightsChangedError,
+    signum_of,
+)
 from kmodel.registry import Model, Registry
 
 log = logging.getLogger("kmodel")
@@ -23,23 +35,66 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 class KmodelGroup(click.Group):
-    """Turns KmodelError into ``Error [CODE]: message`` and its exit code (traceback with -v)."""
+    """Turns KmodelError into ``Error [CODE]: message`` and its exit code (traceback with -v),
+    and click's usage errors into one ``Error [KM002]`` line (exit 2)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(0)
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            message = " ".join(e.format_message().split()).rstrip(".")
+            click.echo(f"Error [{UsageError.code}]: {message}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(f"Error [{Interrupted.code}]: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KmodelError as e:
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BaseException as e:  # every failure becomes one line (traceback with -v)
+            error = _as_error(e)
+            if error is None:
+                raise
             verbose = (ctx.obj or {}).get("verbose", 0)
             if verbose:
-                if e.detail:
-                    click.echo(e.detail.rstrip(), err=True)
+                if error.detail:
+                    click.echo(error.detail.rstrip(), err=True)
                 else:
                     traceback.print_exc()
-            click.echo(f"Error [{e.code}]: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Error [KM800]: interrupted", err=True)
-            ctx.exit(130)
+            click.echo(f"Error [{error.code}]: {' '.join(str(error).split())}", err=True)
+            ctx.exit(error.exit_code)
+
+
+def _as_error(e: BaseException) -> KmodelError | None:
+    """The one-line error for any exception; None for those that must pass (SystemExit)."""
+    if isinstance(e, KmodelError):
+        return e
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted(signum_of(e))
+    if isinstance(e, OSError):
+        from kmodel._fs import write_error
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) and e.filename:
+            return write_error(Path(e.filename), e)
+        where = f"{e.filename}: " if e.filename else ""
+        return FileAccessError(f"{where}{e.strerror or e}; check the path and its permissions")
+    if isinstance(e, Exception):
+        return InternalError(f"unexpected {type(e).__name__}: {e}; this is a bug in kmodel: "
+                             "rerun with -v and report the traceback")
+    return None
 
 
 def _registry(ctx: click.Context) -> Registry:
@@ -249,8 +304,13 @@ def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
     from kmodel._fs import atomic_write_text
     from kmodel.envs import backend_for
 
+    refs = _env_refs(_registry(ctx), names, all_)
+    if record:
+        from kmodel._fs import guard_output
+
+        guard_output(record, [f for ref in refs for f in (ref.path, ref.lockfile)])
     built = []
-    for ref in _env_refs(_registry(ctx), names, all_):
+    for ref in refs:
         e = backend_for(ref).ensure(ref)
         built.append({"env": e.name, "prefix": str(e.prefix), "key": e.key})
         click.echo(f"{e.name}: {e.prefix}")
@@ -324,10 +384,9 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 
 
 io_options = [
-    click.option("-i", "--input", "input_path", required=True,
-                 type=click.Path(dir_okay=False, path_type=Path),
+    click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
                  help="Input HDF5 (/inputs/<name>, /metadata/id)."),
-    click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
                  help="Output HDF5; written under a temporary name, renamed when complete."),
 ]
 
@@ -338,11 +397,18 @@ io_options = [
 @io_options[1]
 @click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1),
               help="Rows per batch: bounds memory, whatever the input size.")
-@click.option("--resume", is_flag=True, help="Continue a killed run from OUTPUT.partial.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted or killed run from OUTPUT.partial (refused if "
+                   "the partial was made by another model, spec, weights, env or input).")
 @click.pass_context
 def predict(ctx: click.Context, model: str, input_path: Path, output: Path, batch_size: int,
             resume: bool) -> None:
-    """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id)."""
+    """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id).
+
+    OUTPUT appears only when every row is written. One run at a time may write it (a second
+    is refused); an interrupted run (Ctrl-C, SIGTERM, a killed runner) keeps its rows in
+    OUTPUT.partial for --resume.
+    """
     from kmodel.predict import predict as run_predict
 
     t0 = time.perf_counter()
@@ -356,8 +422,9 @@ def predict(ctx: click.Context, model: str, input_path: Path, output: Path, batc
 @click.argument("model")
 @io_options[0]
 @click.option("--target-name", default="y", show_default=True, help="Dataset in /targets.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Weights folder to write (params.json, *.npy, hashes.json).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Weights folder to write (params.json, *.npy, hashes.json); an existing "
+                   "folder is replaced only if kmodel wrote it.")
 @click.pass_context
 def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
           output: Path) -> None:
@@ -376,70 +443,78 @@ def compose() -> None:
     """Train an ensembling model on stored predictions, then apply it."""
 
 
-preds_argument = click.argument("preds", nargs=-1, required=True,
-                                type=click.Path(dir_okay=False, path_type=Path))
+preds_argument = click.argument("preds", nargs=-1, required=True, type=click.Path(path_type=Path))
+mixed_option = click.option(
+    "--allow-mixed-inputs", is_flag=True,
+    help="Accept prediction files made from different input files (their input_sha256 "
+         "differ); by default that is refused.")
 
 
 @compose.command("train")
 @click.argument("ensembler")
 @preds_argument
-@click.option("--targets", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--targets", required=True, type=click.Path(path_type=Path),
               help="HDF5 with /targets/<name> and /metadata/id (e.g. the train input).")
 @click.option("--target-name", default="y", show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the trained ensembler's weights.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Folder for the trained ensembler's weights (replaced only if kmodel "
+                   "wrote it).")
+@mixed_option
 @click.pass_context
 def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], targets: Path,
-                  target_name: str, output: Path) -> None:
+                  target_name: str, output: Path, allow_mixed_inputs: bool) -> None:
     """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets."""
     from kmodel.compose import train as run_train
 
-    w = run_train(_registry(ctx), ensembler, preds, targets, output, target_name=target_name)
+    w = run_train(_registry(ctx), ensembler, preds, targets, output, target_name=target_name,
+                  allow_mixed_inputs=allow_mixed_inputs)
     click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
 
 
 @compose.command("predict")
 @click.argument("ensembler")
 @preds_argument
-@click.option("--weights", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--weights", required=True, type=click.Path(path_type=Path),
               help="Folder written by `kmodel compose train`.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@mixed_option
 @click.pass_context
 def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
-                    weights: Path, output: Path) -> None:
+                    weights: Path, output: Path, allow_mixed_inputs: bool) -> None:
     """Apply a trained ENSEMBLER to PREDS (same models, same order as in training)."""
     from kmodel.compose import apply
 
-    apply(_registry(ctx), ensembler, preds, weights, output)
+    apply(_registry(ctx), ensembler, preds, weights, output,
+          allow_mixed_inputs=allow_mixed_inputs)
     click.echo(f"wrote {output}")
 
 
 @cli.command()
 @click.argument("preds", nargs=-1, required=True)
-@click.option("--targets", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--targets", required=True, type=click.Path(path_type=Path))
 @click.option("--target-name", default="y", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also write the scores as JSON here.")
 @json_option
 def score(preds: tuple[str, ...], targets: Path, target_name: str, output: Path | None,
           as_json: bool) -> None:
     """ROC AUC and accuracy of LABEL=PRED.h5 files against the targets."""
-    from kmodel._fs import atomic_write_text
     from kmodel.compose import score as run_score
 
     labelled = {}
     for item in preds:
         label, sep, path = item.partition("=")
         labelled[label if sep else Path(item).stem] = Path(path if sep else item)
-    scores = run_score(labelled, targets, target_name)
-    if output:
-        atomic_write_text(output, json.dumps(scores, indent=2) + "\n")
+    scores = run_score(labelled, targets, target_name, output)
     click.echo(json.dumps(scores, indent=2) if as_json else _score_table(scores))
 
 
-def _score_table(scores: dict[str, dict[str, float]]) -> str:
+def _score_table(scores: dict[str, dict[str, Any]]) -> str:
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
     lines = [f"{'model':<12} {'roc_auc':>8} {'accuracy':>9} {'rows':>6}"]
-    lines += [f"{k:<12} {v['auc']:>8.4f} {v['accuracy']:>9.4f} {int(v['rows']):>6}"
+    lines += [f"{k:<12} {num(v['auc']):>8} {num(v['accuracy']):>9} {int(v['rows']):>6}"
               for k, v in scores.items()]
     return "\n".join(lines)
 
@@ -487,7 +562,17 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
         click.echo(_score_table(workflow.read_scores(plan)))
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (SLURM, CI, `kill`) is handled like Ctrl-C: cleanup runs, exit 143. Further
+    SIGTERMs are ignored so that the cleanup itself is not cut short."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit (ulimit -f) gives EFBIG, not a crash
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli(prog_name="kmodel")
 
 

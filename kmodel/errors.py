@@ -113,6 +113,14 @@ class ToolMissingError(KmodelError):
     code = "KM205"
 
 
+class HomeNotWritableError(KmodelError):
+    code = "KM207"
+
+    def __init__(self, home: Path, reason: str) -> None:
+        super().__init__(f"KMODEL_HOME {home} is not writable ({reason}); set KMODEL_HOME to "
+                         "a writable folder (built envs and caches live there)")
+
+
 class EnvNotBuiltError(KmodelError):
     code = "KM206"
 
@@ -155,8 +163,8 @@ class HashMismatchError(KmodelError):
 class InputMissingError(KmodelError):
     code = "KM400"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"input file {path} does not exist; check the path")
+    def __init__(self, path: Path, problem: str = "does not exist") -> None:
+        super().__init__(f"input file {path} {problem}; check the path")
 
 
 class InputSchemaError(KmodelError):
@@ -166,12 +174,25 @@ class InputSchemaError(KmodelError):
 class OutputNotWritableError(KmodelError):
     code = "KM402"
 
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot write output {path}: {reason}; choose a writable location")
+    def __init__(self, path: Path, reason: str, fix: str = "choose a writable location") -> None:
+        self.path = path
+        super().__init__(f"cannot write output {path}: {reason}; {fix}")
 
 
 class ResumeMismatchError(KmodelError):
     code = "KM403"
+
+
+class FileAccessError(KmodelError):
+    """A file could not be read or written for a reason the OS gave (not one kmodel knew)."""
+
+    code = "KM405"
+
+
+class InputChangedError(KmodelError):
+    """The input file changed while kmodel read it: the predictions would mix two inputs."""
+
+    code = "KM404"
 
 
 # --- running models ----------------------------------------------------------------
@@ -186,11 +207,23 @@ class ModelError(KmodelError):
 class RunnerKilledError(KmodelError):
     code = "KM501"
 
+    def __init__(self, what: str, then: str = "rerun, with --resume for predict", *,
+                 detail: str | None = None) -> None:
+        self.what = what
+        super().__init__(f"{what}; {then}", detail=detail)
+
 
 class RunnerError(KmodelError):
     """The runner failed before it could report why (a broken env, a crash in C code)."""
 
     code = "KM502"
+
+
+class ModelContractError(KmodelError):
+    """The model's code broke the runner's contract: it exited mid-way, returned arrays of
+    the wrong shape or outputs the spec does not name, or left rows unwritten."""
+
+    code = "KM503"
 
 
 # --- composition -------------------------------------------------------------------
@@ -201,7 +234,15 @@ class IdAlignmentError(KmodelError):
 
 
 class TargetLengthError(KmodelError):
+    """The targets do not fit the predictions: missing, wrong length, NaN or inf."""
+
     code = "KM601"
+
+
+class MixedInputsError(KmodelError):
+    """Prediction files made from different input files were given to one composer step."""
+
+    code = "KM602"
 
 
 # --- workflow ----------------------------------------------------------------------
@@ -212,8 +253,35 @@ class WorkflowError(KmodelError):
 
 
 class Interrupted(KmodelError):
-    code = "KM800"
-    exit_code = 130
+    """Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143, what SLURM and CI send)."""
 
-    def __init__(self) -> None:
-        super().__init__("interrupted; temporary files were removed")
+    code = "KM800"
+
+    def __init__(self, signum: int = 2, what: str = "temporary files were removed") -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ \
+            else f"signal {signum}"
+        super().__init__(f"interrupted by {name}; {what}")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when kmodel receives SIGTERM, so that every cleanup path
+    written for Ctrl-C (``except KeyboardInterrupt``, ``finally``) runs for it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def signum_of(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM for Terminated, else SIGINT."""
+    return exc.signum if isinstance(exc, Terminated) else 2
+
+
+class InternalError(KmodelError):
+    """A bug in kmodel: an exception nothing mapped to a clear message."""
+
+    code = "KM900"
