@@ -7,19 +7,25 @@ kmodel CLI and kmodel activates each model's env itself.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmodel import _subprocess
-from kmodel.errors import Interrupted, WorkflowError
+from kmodel import _lock, _subprocess
+from kmodel._fs import ensure_parent
+from kmodel.errors import Interrupted, WorkflowError, signum_of
 from kmodel.registry import Registry
 from kmodel.spec import ComposeConfig, load_compose_config
+
+log = logging.getLogger("kmodel")
 
 #: the workflow as shipped inside the package (wheel installs) or in the source tree
 _CANDIDATES = (Path(__file__).parent / "_workflows" / "Snakefile",
@@ -69,9 +75,13 @@ class Plan:
         return self.root / "logs" / ("_".join(parts) + ".log")
 
     def check(self, registry: Registry) -> None:
-        """Fail early (before Snakemake starts) on unknown models or envs."""
+        """Fail early (before Snakemake starts) on unknown models or envs, and on a missing
+        or stale lockfile (KM200/KM201), which no job could get past."""
+        from kmodel.envs import backend_for
+
         for name in [*self.config.models, self.config.ensembler]:
-            registry.env_of(registry.model(name))
+            ref = registry.env_of(registry.model(name))
+            backend_for(ref).checked_lockfile(ref)
 
 
 def load_plan(path: Path, registry: Registry) -> Plan:
@@ -82,58 +92,157 @@ def load_plan(path: Path, registry: Registry) -> Plan:
 
 _FAILED_RULE = re.compile(r"Error in rule (\S+?):")
 _LOG = re.compile(r"^\s*log: (\S+)")
+REAPER = Path(__file__).with_name("_reaper.py")
 
 
 def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str] = (),
         echo: Callable[[str], None] | None = None) -> Plan:
-    """Run the composition's workflow with Snakemake in a subprocess; return its plan."""
+    """Run the composition's workflow with Snakemake in a subprocess; return its plan.
+
+    Safe to rerun after the previous run was killed at any moment: one `kmodel run` per
+    composition at a time (a lock kmodel holds), Snakemake's lock left by a killed run is
+    removed when no Snakemake process is alive in this folder, and incomplete outputs are
+    regenerated. If kmodel itself is killed, a reaper stops Snakemake and its jobs.
+    """
     plan = load_plan(config, registry)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile()), "--configfile",
-           str(config), "--cores", str(cores), *extra]
+           str(config), "--cores", str(cores)]
     env = dict(os.environ)
     if registry.specs:  # the Snakefile's own Registry() must see what ours sees
         env["KMODEL_PATH"] = os.pathsep.join([*(str(p.absolute()) for p in registry.specs),
                                               env.get("KMODEL_PATH", "")])
     env["KMODEL_ENVS"] = str(registry.env_dir.absolute())
-    tail: collections.deque[str] = collections.deque(maxlen=400)
-    proc = _subprocess.popen(cmd, env=env, stderr=subprocess.STDOUT)
-    try:
-        for line in proc.stdout or []:
-            tail.append(line)
-            if echo:
-                echo(line.rstrip("\n"))
-        code = proc.wait()
-    except KeyboardInterrupt:
-        _subprocess.stop(proc, grace=30)  # Snakemake removes the outputs of running jobs
-        raise Interrupted() from None
-    if code != 0:
-        raise _failure(list(tail), code)
+    lock = plan.root.parent / f".{plan.root.name}.kmodel-run.lock"
+    ensure_parent(lock)
+    busy = lambda who: WorkflowError(  # noqa: E731
+        f"another `kmodel run` of {plan.config.name!r} ({who}) is running in this folder; "
+        "wait for it to finish")
+    with _lock.held(lock, busy):
+        if "--unlock" not in extra:
+            _clear_stale_lock(cmd, env, echo)
+        flags = [] if "--unlock" in extra else ["--rerun-incomplete"]
+        _snakemake([*cmd, *flags, *extra], env, echo)
     return plan
 
 
+def _snakemake(cmd: list[str], env: dict[str, str], echo: Callable[[str], None] | None) -> None:
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    proc = _subprocess.popen(cmd, env=env, stderr=subprocess.STDOUT, die_with_parent=False)
+    reaper = _subprocess.popen([sys.executable, "-I", REAPER, str(proc.pid), "60"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, die_with_parent=False)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            if echo:
+                echo(line)
+        code = proc.wait()
+    except KeyboardInterrupt as e:
+        _subprocess.stop(proc, grace=30)  # Snakemake removes the outputs of running jobs
+        raise Interrupted(signum_of(e), "Snakemake and its jobs were stopped; rerun to "
+                          "continue") from None
+    finally:
+        with contextlib.suppress(OSError):
+            assert reaper.stdin is not None
+            reaper.stdin.write(b"done")
+            reaper.stdin.close()
+        reaper.wait()
+    if code != 0:
+        raise _failure(list(tail), code)
+
+
+def _live_snakemakes(folder: Path) -> list[int] | None:
+    """Pids of Snakemake processes working in ``folder``; None where /proc cannot tell."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cwd").exists():
+        return None
+    here = os.path.realpath(folder)
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.readlink(entry / "cwd") != here:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"snakemake" in arg for arg in argv[:3]):
+            found.append(int(entry.name))
+    return found
+
+
+def _clear_stale_lock(cmd: list[str], env: dict[str, str],
+                      echo: Callable[[str], None] | None, wait: float = 60.0) -> None:
+    """Remove Snakemake's lock if a killed run left it (no Snakemake alive in this folder).
+
+    A killed run's Snakemake may still be shutting down (its reaper stops it): wait for it.
+    """
+    locks = Path(".snakemake") / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return
+    deadline = time.monotonic() + wait
+    while (live := _live_snakemakes(Path.cwd())) and time.monotonic() < deadline:
+        log.info("waiting for Snakemake (pid %s) to finish in this folder", live[0])
+        time.sleep(1.0)
+    if live is None or live:
+        return  # cannot tell, or still running: Snakemake itself will say the folder is locked
+    log.info("removing Snakemake's lock left by a killed run")
+    _subprocess.run([*cmd, "--unlock"], env=env, error=lambda tail: WorkflowError(
+        f"cannot remove Snakemake's stale lock: {tail}; run `snakemake --unlock` here"))
+
+
 def _failure(lines: list[str], code: int) -> WorkflowError:
-    rule = log = None
+    text = "\n".join(lines)
+    if "LockException" in text or "Directory cannot be locked" in text:
+        return WorkflowError(
+            "Snakemake's lock on this folder is held by another Snakemake run; wait for it "
+            "to finish, or if none is running (a killed run on another machine), run the same "
+            "`kmodel run CONFIG --unlock` once")
+    rule = log_path = None
     for i, line in enumerate(lines):
         if m := _FAILED_RULE.search(line):
             rule = m.group(1)
             for follow in lines[i + 1 : i + 30]:
                 if lm := _LOG.match(follow):
-                    log = lm.group(1)
+                    log_path = lm.group(1)
                     break
     if rule is None:
-        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), f"exit code {code}")
-        return WorkflowError(f"Snakemake failed: {last}")
+        return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log()}")
     reason = ""
-    if log and Path(log).is_file():
-        errs = [ln.strip() for ln in Path(log).read_text().splitlines() if ln.strip()]
+    if log_path and Path(log_path).is_file():
+        errs = [ln.strip() for ln in Path(log_path).read_text(errors="replace").splitlines()
+                if ln.strip()]
         errors = [ln for ln in errs if ln.startswith("Error")]
         reason = (errors or errs or [""])[-1]
-    where = f"; see its log {log}" if log else ""
+    where = f"; see its log {log_path}" if log_path else ""
     return WorkflowError(f"Snakemake failed in rule {rule!r}{where}" +
                          (f": {reason}" if reason else ""))
+
+
+_EXCEPTION = re.compile(r"^(\w+(Exception|Error))( in .*)?:?\s*(.*)$")
+
+
+def _reason(lines: list[str], code: int) -> str:
+    """The first error Snakemake names, with the line that follows it (the detail)."""
+    for i, line in enumerate(lines):
+        m = _EXCEPTION.match(line.strip())
+        if m and m.group(1) not in ("Error",):
+            detail = m.group(4) or next((ln.strip() for ln in lines[i + 1 : i + 4]
+                                         if ln.strip()), "")
+            return f"{m.group(1)}: {detail}".rstrip(": ")
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    return last or f"exit code {code}"
+
+
+def _full_log() -> str:
+    logs = sorted(Path(".snakemake", "log").glob("*.snakemake.log"),
+                  key=lambda p: p.stat().st_mtime)
+    return f"; full log: {logs[-1]}" if logs else ""
 
 
 def read_scores(plan: Plan) -> dict[str, dict[str, float]]:
     result: dict[str, dict[str, float]] = json.loads(plan.scores.read_text())
     return result
-
