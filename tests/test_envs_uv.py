@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_parallel_creates_build_once(tmp_path: Path, kmodel_home: Path) -> None:
     import subprocess
     import sys
 
-    reg = small_env(tmp_path, "par")
+    reg = small_env(tmp_path, "par", f"numpy>=2.2  # {os.urandom(8).hex()}")  # a key of its own
     backend_for(reg.env("par")).lock(reg.env("par"))
     cmd = [sys.executable, "-m", "kmodel", "--envs", str(tmp_path / "envs"), "env", "create",
            "par"]

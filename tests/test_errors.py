@@ -144,7 +144,8 @@ def test_km002_usage_error_exits_2(project: Path) -> None:
 def test_click_usage_error_exits_2_without_traceback(project: Path, toy_input: Path) -> None:
     result = invoke("predict", "toy", "-i", "in.h5")
     assert result.exit_code == 2
-    assert "Error: Missing option '-o'" in result.stderr and "Traceback" not in result.stderr
+    error_line(result, "KM002", "Missing option '-o' / '--output'", "predict --help`",
+               exit_code=2)
 
 
 # --- environments (KM2xx) ------------------------------------------------------------
@@ -284,10 +285,10 @@ def test_km501_runner_killed_by_signal(project: Path, toy_input: Path,
     (project / "model_specs/toy/model.py").write_text(KILLER_MODEL)
     result, out = predict_toy(project)
     error_line(result, "KM501", "model 'toy': the runner was killed by SIGKILL",
-               "(out of memory or a time limit?)", "rerun, with --resume for predict")
-    # the final output never appears; the .partial stays on purpose: --resume continues it
+               "(out of memory or a time limit?)", "no rows were written; rerun")
+    # killed before its first batch: nothing worth resuming is kept
     assert not out.exists()
-    assert [p.name for p in leftovers(out)] == ["out.h5.partial"]
+    assert leftovers(out) == []
 
 
 # --- composition (KM6xx) -------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.02)
 
 
-def rows_done(path: Path) -> int:
+def rows_done(path: Path | None) -> int:
+    if path is None:
+        return 0
     try:  # the writer holds HDF5's file lock: peek without it (checkpointed every 0.5 s)
         with h5py.File(path, "r", locking=False) as f:
             return int(f.attrs.get(hdf5.ROWS_DONE, 0))
@@ -48,86 +51,174 @@ def rows_done(path: Path) -> int:
         return 0
 
 
+def working(output: Path) -> Path | None:
+    """The file a running predict writes: OUT.partial-<run id>, unique to the run."""
+    found = sorted(output.parent.glob(output.name + ".partial-*"))
+    return found[0] if found else None
+
+
 def datasets(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         return {"id": f["metadata/id"][()], **{k: v[()] for k, v in f["preds"].items()}}
 
 
-def test_killed_predict_resumes_to_identical_output(project: Path) -> None:
+def same_datasets(a: Path, b: Path) -> bool:
+    x, y = datasets(a), datasets(b)
+    return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def start_predict(project: Path, out: str = "out.h5", model: str = "toy",
+                  env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [*KMODEL, "predict", model, "-i", "in.h5", "-o", out, "--batch-size", "100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    wait_for(lambda: rows_done(working(project / out)) > 0)
+    return proc
+
+
+@pytest.fixture
+def slow_run(project: Path) -> Path:
+    """3000 input rows and a reference output; then the toy model made slow (1.5 s)."""
     make_input(project / "in.h5", rows=3000)
     subprocess.run([*KMODEL, "env", "create", "toy"], check=True, capture_output=True)
-    reference = project / "ref.h5"
-    subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", reference,
-                    "--batch-size", "100"], check=True, capture_output=True)
+    subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "ref.h5", "--batch-size",
+                    "100"], check=True, capture_output=True)
     slow_toy(project, 0.05)  # 30 batches of 100 rows, 1.5 s: checkpoints every 0.5 s
-    out = project / "out.h5"
-    partial = project / "out.h5.partial"
-    cmd = [*KMODEL, "predict", "toy", "-i", "in.h5", "-o", str(out), "--batch-size", "100"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(lambda: rows_done(partial) > 0)
+    return project / "ref.h5"
+
+
+RESUME = [*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "out.h5", "--batch-size", "100",
+          "--resume"]
+
+
+def test_killed_predict_resumes_to_identical_output(project: Path, slow_run: Path) -> None:
+    out, partial = project / "out.h5", project / "out.h5.partial"
+    proc = start_predict(project)
+    work = working(out)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.3)  # the runner dies with its host (PDEATHSIG)
-    assert not out.exists() and partial.exists()
-    assert 0 < rows_done(partial) < 3000  # killed mid-way, with a checkpoint to resume from
+    assert not out.exists() and work is not None and work.exists()
+    assert 0 < rows_done(work) < 3000  # killed mid-way, with a checkpoint to resume from
 
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    resumed = subprocess.run(RESUME, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {partial.name}" in resumed.stderr or "resuming" in resumed.stderr
-    assert not partial.exists()
-    a, b = datasets(reference), datasets(out)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert "resuming" in resumed.stderr
+    assert not partial.exists() and working(out) is None
+    assert not (project / "out.h5.lock").exists()
+    assert same_datasets(slow_run, out)
 
 
-def test_resume_refuses_a_partial_from_another_input(project: Path) -> None:
-    make_input(project / "in.h5", rows=3000)
-    slow_toy(project, 0.05)
-    partial = project / "out.h5.partial"
-    cmd = [*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "out.h5", "--batch-size", "100"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: rows_done(partial) > 0)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_predict_keeps_its_partial_and_says_how_to_resume(
+        project: Path, slow_run: Path, sig: int, code: int) -> None:
+    out, partial = project / "out.h5", project / "out.h5.partial"
+    proc = start_predict(project)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error [KM800]: interrupted by "), err
+    assert "rows kept in out.h5.partial" in err and "--resume" in err
+    assert not out.exists() and partial.exists() and working(out) is None
+    assert not (project / "out.h5.lock").exists()
+    runner = subprocess.run(["pgrep", "-f", "kmodel/runner.py"], capture_output=True, text=True)
+    assert str(project) not in runner.stdout  # the runner was stopped with its host
+
+    resumed = subprocess.run(RESUME, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_datasets(slow_run, out) and not partial.exists()
+
+
+def test_a_plain_rerun_after_a_kill_starts_over_and_clears_the_partial(
+        project: Path, slow_run: Path) -> None:
+    out = project / "out.h5"
+    proc = start_predict(project)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = subprocess.run(RESUME[:-1], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert same_datasets(slow_run, out)
+    assert sorted(p.name for p in project.glob("out.h5*")) == ["out.h5"]
+
+
+def test_resume_refuses_a_partial_from_another_input(project: Path, slow_run: Path) -> None:
+    proc = start_predict(project)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.3)
     make_input(project / "in.h5", rows=1000, seed=1)  # a different input, same name
-    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    res = subprocess.run(RESUME, capture_output=True, text=True)
     assert res.returncode == 1
     assert "Error [KM403]" in res.stderr and "different input" in res.stderr
     assert not (project / "out.h5").exists()
+    assert (project / "out.h5.partial").exists()  # refused, not deleted
 
 
-def test_ctrl_c_exits_130_and_removes_temporary_files(project: Path) -> None:
-    make_input(project / "in.h5", rows=3000)
-    slow_toy(project, 0.05)
-    partial = project / "out.h5.partial"
-    proc = subprocess.Popen([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "out.h5",
-                             "--batch-size", "100"], stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: rows_done(partial) > 0)
+def test_resume_detects_an_input_rewritten_with_the_same_size_and_mtime(
+        project: Path, slow_run: Path) -> None:
+    source = project / "in.h5"
+    before = source.stat()
+    proc = start_predict(project)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert "Error [KM800]" in err
-    assert not partial.exists() and not (project / "out.h5").exists()
+    proc.communicate(timeout=30)
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF  # same size; then the old mtime back: only the content changed
+    source.write_bytes(bytes(data))
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    res = subprocess.run(RESUME, capture_output=True, text=True)
+    assert res.returncode == 1 and "Error [KM403]" in res.stderr, res.stderr
+    assert not (project / "out.h5").exists()
 
 
-def test_a_second_writer_of_the_same_output_is_refused(project: Path) -> None:
-    make_input(project / "in.h5", rows=3000)
-    slow_toy(project, 0.05)
-    cmd = [*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "out.h5", "--batch-size", "100"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: rows_done(project / "out.h5.partial") > 0)
-    second = subprocess.run(cmd, capture_output=True, text=True)
+def test_resume_accepts_a_copied_input_with_the_same_bytes(project: Path,
+                                                           slow_run: Path) -> None:
+    proc = start_predict(project)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    shutil.copy2(project / "in.h5", project / "copy.h5")
+    os.replace(project / "copy.h5", project / "in.h5")  # new inode and ctime, same bytes
+    res = subprocess.run(RESUME, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert same_datasets(slow_run, project / "out.h5")
+
+
+@pytest.mark.parametrize("other", ["toy", "toy2"])
+def test_a_second_writer_of_the_same_output_is_refused_without_hdf5_locking(
+        project: Path, slow_run: Path, other: str) -> None:
+    """Clusters set HDF5_USE_FILE_LOCKING=FALSE; kmodel's own lock still holds."""
+    toy2 = project / "model_specs" / "toy2"
+    shutil.copytree(project / "model_specs" / "toy", toy2)
+    spec = toy2 / "model.yaml"
+    spec.write_text(spec.read_text().replace("name: toy", "name: toy2")
+                    .replace("factor: 2.0", "factor: -5.0"))
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    first = start_predict(project, env=env)
+    second = subprocess.run([*KMODEL, "predict", other, "-i", "in.h5", "-o", "out.h5"],
+                            capture_output=True, text=True, env=env, timeout=30)
     assert second.returncode == 1
-    assert "Error [KM402]" in second.stderr and "another process is writing it" in second.stderr
+    assert second.stderr.startswith("Error [KM402]: cannot write output out.h5: another "
+                                    "kmodel run (pid "), second.stderr
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
-    with h5py.File(project / "out.h5") as f:
-        assert len(f["preds/y"]) == 3000
+    assert same_datasets(slow_run, project / "out.h5")  # the first model's, untouched
+
+
+def test_an_input_changed_while_predicting_is_refused(project: Path, slow_run: Path) -> None:
+    proc = start_predict(project)
+    make_input(project / "in2.h5", rows=3000, seed=5)
+    os.replace(project / "in2.h5", project / "in.h5")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "Error [KM404]" in err and "changed while model 'toy' was predicting" in err
+    assert sorted(p.name for p in project.glob("out.h5*")) == []
 
 
 def test_killed_env_create_is_rebuilt(project: Path) -> None:
     envs = project / "envs"
-    (envs / "fresh.yaml").write_text('python: "3.11"\npip:\n  - numpy>=2.2\n  - six\n')
+    # a token of its own: a new env key even with a KMODEL_TEST_HOME kept between sessions
+    (envs / "fresh.yaml").write_text(f'# {os.urandom(8).hex()}\npython: "3.11"\npip:\n'
+                                     '  - numpy>=2.2\n  - six\n')
     subprocess.run([*KMODEL, "env", "lock", "fresh"], check=True, capture_output=True)
     home = Path(os.environ["KMODEL_HOME"]) / "envs"
     before = set(home.glob("fresh-*"))
@@ -145,7 +236,8 @@ def test_killed_env_create_is_rebuilt(project: Path) -> None:
     assert check.returncode == 0
 
 
-def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, sig: int) -> None:
     rng = np.random.default_rng(0)
     n = 300
     ids = [f"s{i}" for i in range(n)]
@@ -163,12 +255,16 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path) ->
     cmd = [*KMODEL, "compose", "train", "stacker", "p0.h5", "p1.h5", "p2.h5", "--targets",
            "t.h5", "-o", "w"]
     proc = subprocess.Popen(cmd, env={**os.environ, "SLOW_FIT": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (project / "fitting").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
     assert not (project / "w").exists()
+    if sig == signal.SIGTERM:  # handled: one line, exit 143, its temporary folder removed
+        assert proc.returncode == 143 and err.startswith("Error [KM800]: interrupted by SIGTERM")
+        assert [p.name for p in project.glob(".w.*")] == []
     subprocess.run(cmd, check=True, capture_output=True)
+    assert [p.name for p in project.glob(".w.*")] + [p.name for p in project.glob("w.*")] == []
     first = json.loads((project / "w" / "hashes.json").read_text())
     subprocess.run([*cmd[:-1], "w2"], check=True, capture_output=True)
     assert json.loads((project / "w2" / "hashes.json").read_text()) == first

@@ -1,0 +1,824 @@
+"""Hostile users: paths that alias inputs, booby-trapped temp names, malformed HDF5 and
+YAML, FIFOs, /dev/zero, alias bombs, absurd names, shell metacharacters.
+
+Every case is held to one contract (``assert_contract``):
+
+* exit status 1 (2 only for usage errors), with exactly one ``Error [KMnnn]: message``
+  line on stderr whose message names the offending file or field;
+* no ``Traceback`` on stdout or stderr, and no uncaught exception in-process;
+* no user file modified, deleted or re-moded (sha256 + mode of everything in the project
+  folder, before and after), and nothing new left behind: no output, no ``*.partial``,
+  no temp file, no ``pwned``.
+
+A few cases may instead succeed (``success=``): then the output must be correct and
+still nothing else may change. Cheap cases run in-process through click's CliRunner;
+cases that could hang or blow up memory run ``python -m kmodel`` in a subprocess under
+a timeout and an address-space limit. Cases that would start a model's env if the
+refusal were missing are marked slow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import resource
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from kmodel.cli import cli
+
+from .conftest import TOY_SPEC, make_input
+
+ROWS = 20
+IDS = [f"r{i}" for i in range(ROWS)]
+MEMORY = 2 << 30  # address-space limit of subprocess cases (bounded memory)
+TOY = "model_specs/toy/model.yaml"
+
+
+# --- running kmodel ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None = None
+
+
+def invoke(*args: str) -> Outcome:
+    """In-process, through click's test runner."""
+    r = CliRunner().invoke(cli, list(args))
+    return Outcome(r.exit_code, r.stdout, r.stderr, r.exception)
+
+
+def spawn(*args: str, timeout: float = 20, memory: int | None = MEMORY) -> Outcome:
+    """``python -m kmodel`` with a timeout (a hang fails the test) and a memory limit."""
+
+    def limit() -> None:
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    proc = subprocess.Popen([sys.executable, "-m", "kmodel", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", start_new_session=True, preexec_fn=limit)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: kmodel and what it started
+        proc.communicate()
+    else:
+        return Outcome(proc.returncode, out, err)
+    pytest.fail(f"`kmodel {' '.join(args)[:200]}` still running after {timeout} s (hang)")
+
+
+# --- the contract ----------------------------------------------------------------------
+
+Snapshot = dict[str, tuple[str, int]]  # relative path -> (sha256 | kind, mode)
+
+
+def snapshot(root: Path) -> Snapshot:
+    """Content and mode of everything under ``root``; never opens FIFOs or follows links."""
+    home = Path(os.environ.get("KMODEL_HOME", "/nonexistent")).resolve()
+    snap: Snapshot = {".": ("dir", os.lstat(root).st_mode)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames
+                       if d != "__pycache__" and (here / d).resolve() != home]
+        for name in dirnames + filenames:
+            p = here / name
+            st_ = os.lstat(p)
+            if stat.S_ISLNK(st_.st_mode):
+                kind = "link:" + os.readlink(p)
+            elif stat.S_ISDIR(st_.st_mode):
+                kind = "dir"
+            elif stat.S_ISREG(st_.st_mode):
+                kind = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                kind = "special"
+            snap[p.relative_to(root).as_posix()] = (kind, st_.st_mode)
+    return snap
+
+
+def changes(before: Snapshot, after: Snapshot, allowed: Sequence[str] = ()) -> list[str]:
+    """Paths created, deleted, modified or re-moded, except those matching ``allowed``."""
+    out = []
+    for path in sorted(set(before) | set(after)):
+        if any(fnmatch.fnmatch(path, pat) for pat in allowed):
+            continue
+        if path not in after:
+            out.append(f"deleted {path}")
+        elif path not in before:
+            out.append(f"created {path[:80]}")
+        elif before[path] != after[path]:
+            out.append(f"modified {path}")
+    return out
+
+
+def assert_contract(out: Outcome, before: Snapshot, root: Path, *, codes: Sequence[str],
+                    names: Sequence[str], exit_code: int = 1,
+                    success: Callable[[Path], None] | None = None,
+                    allowed: Sequence[str] = (), new_on_success: Sequence[str] = ()) -> None:
+    """A clean refusal (or, where ``success`` is given, a correct success), nothing touched.
+
+    ``codes`` are accepted code prefixes ("KM402", or "KM6" for any KM6xx); ``names`` the
+    file or field names one of which the message must contain; ``allowed`` paths (globs)
+    may change either way; ``new_on_success`` paths may appear when the command succeeds.
+    """
+    shown = f"exit {out.code}\n--- stdout\n{out.stdout[-1500:]}\n--- stderr\n{out.stderr[-1500:]}"
+    assert "Traceback" not in out.stdout + out.stderr, f"traceback leaked:\n{shown}"
+    assert out.exception is None or isinstance(out.exception, SystemExit), \
+        f"uncaught {out.exception!r}\n{shown}"
+    assert not [p for p in root.rglob("pwned*") if p.name == "pwned"], "a shell command ran"
+    after = snapshot(root)
+    if success is not None and out.code == 0:
+        success(root)
+        assert not changes(before, after, [*allowed, *new_on_success]), \
+            f"succeeded but changed {changes(before, after, [*allowed, *new_on_success])}"
+        return
+    assert out.code == exit_code, f"expected exit {exit_code}:\n{shown}"
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("Error [KM")]
+    assert len(errors) == 1, f"expected one `Error [KM...]` line:\n{shown}"
+    m = re.fullmatch(r"Error \[(KM\d{3})\]: (.+)", errors[0])
+    assert m, f"malformed error line {errors[0]!r}"
+    assert m.group(1).startswith(tuple(codes)), f"expected {'/'.join(codes)}:\n{shown}"
+    assert any(n in m.group(2) for n in names), f"message names none of {list(names)}:\n{shown}"
+    assert not changes(before, after, allowed), f"files touched: {changes(before, after, allowed)}"
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def ids_array(ids: Sequence[Any]) -> np.ndarray:
+    arr = np.asarray(ids)
+    return arr.astype(np.int64) if arr.dtype.kind in "iu" else np.char.encode(arr.astype(str))
+
+
+def raw_h5(path: Path, entries: dict[str, Any], attrs: dict[str, Any] | None = None) -> None:
+    """An HDF5 file of exactly these datasets (or h5py links), whatever kmodel thinks."""
+    with h5py.File(path, "w") as f:
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for name, value in entries.items():
+            f[name] = value
+
+
+def preds_h5(path: Path, ids: Sequence[Any], proba: Any, model: str) -> None:
+    raw_h5(path, {"preds/proba": np.asarray(proba, np.float32), "metadata/id": ids_array(ids)},
+           {"model": model, "input_sha256": "0" * 64, "schema_version": 1})
+
+
+def targets_h5(path: Path, ids: Sequence[Any], y: Any) -> None:
+    raw_h5(path, {"targets/y": np.asarray(y), "metadata/id": ids_array(ids)})
+
+
+def stacker_weights(folder: Path, sources: list[str]) -> None:
+    """What `kmodel compose train stacker` writes, made by hand."""
+    folder.mkdir()
+    np.save(folder / "stacker-coef-0.npy", np.ones(len(sources)))
+    np.save(folder / "stacker-intercept-0.npy", np.zeros(1))
+    (folder / "params.json").write_text(json.dumps({"weights": ["stacker-coef-0",
+                                                                "stacker-intercept-0"]}))
+    (folder / "sources.json").write_text(json.dumps(sources, indent=2) + "\n")
+    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    (folder / "hashes.json").write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+
+
+def labels() -> np.ndarray:
+    return np.arange(ROWS) % 2
+
+
+def base_files(p: Path) -> None:
+    """Valid files every case starts from: in.h5 (with targets), a.h5 and b.h5 (two base
+    models' predictions), t.h5 (targets) and W/ (stacker weights trained on m1, m2)."""
+    rng = np.random.default_rng(0)
+    make_input(p / "in.h5", rows=ROWS, targets=labels().astype(np.float32))
+    preds_h5(p / "a.h5", IDS, rng.uniform(0.05, 0.95, ROWS), "m1")
+    preds_h5(p / "b.h5", IDS, rng.uniform(0.05, 0.95, ROWS), "m2")
+    targets_h5(p / "t.h5", IDS, labels())
+    stacker_weights(p / "W", ["m1:proba", "m2:proba"])
+
+
+# --- case preparations --------------------------------------------------------------------
+
+Prep = Callable[[Path], None]
+
+
+def symlink(name: str, target: str) -> Prep:
+    return lambda p: (p / name).symlink_to(target)
+
+
+def hardlink(name: str, target: str) -> Prep:
+    return lambda p: os.link(p / target, p / name)
+
+
+def mkdir(name: str, mode: int = 0o755, files: Sequence[str] = ()) -> Prep:
+    def prep(p: Path) -> None:
+        (p / name).mkdir(parents=True)
+        for f in files:
+            (p / name / f).write_text(f"precious {f}\n")
+        os.chmod(p / name, mode)
+    return prep
+
+
+def move(src: str, dst: str) -> Prep:
+    def prep(p: Path) -> None:
+        (p / dst).parent.mkdir(parents=True, exist_ok=True)
+        (p / src).rename(p / dst)
+    return prep
+
+
+def fifo(name: str) -> Prep:
+    def prep(p: Path) -> None:
+        if (p / name).exists():
+            (p / name).unlink()
+        os.mkfifo(p / name)
+    return prep
+
+
+def write(name: str, data: str | bytes) -> Prep:
+    def prep(p: Path) -> None:
+        (p / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return prep
+
+
+def h5(name: str, entries: dict[str, Any] | Callable[[], dict[str, Any]]) -> Prep:
+    return lambda p: raw_h5(p / name, entries() if callable(entries) else entries)
+
+
+def both(*preps: Prep) -> Prep:
+    def prep(p: Path) -> None:
+        for one in preps:
+            one(p)
+    return prep
+
+
+def write_input(name: str, rows: int = ROWS) -> Prep:
+    """A valid kmodel input file (no targets)."""
+    def prep(p: Path) -> None:
+        make_input(p / name, rows=rows)
+    return prep
+
+
+def truncated(name: str) -> Prep:
+    def prep(p: Path) -> None:
+        make_input(p / name, rows=2000)
+        data = (p / name).read_bytes()
+        (p / name).write_bytes(data[: len(data) // 2])
+    return prep
+
+
+def int_id_files(p: Path) -> None:
+    """ai.h5/bi.h5/ti.h5: like a.h5/b.h5/t.h5 but with int64 ids, as Kipoi writes them."""
+    rng = np.random.default_rng(1)
+    ints = list(range(100, 100 + ROWS))
+    preds_h5(p / "ai.h5", ints, rng.uniform(0.05, 0.95, ROWS), "m1")
+    preds_h5(p / "bi.h5", ints[::-1], rng.uniform(0.05, 0.95, ROWS), "m2")
+    targets_h5(p / "ti.h5", ints, labels())
+    preds_h5(p / "short.h5", ints[1:], rng.uniform(0.05, 0.95, ROWS - 1), "m1")
+    preds_h5(p / "dup.h5", [*ints[:-1], ints[0]], rng.uniform(0.05, 0.95, ROWS), "m1")
+    preds_h5(p / "strids.h5", [str(i) for i in ints], rng.uniform(0.05, 0.95, ROWS), "m1")
+
+
+def bad_targets(name: str, value: float) -> Prep:
+    y = labels().astype(np.float64)
+    y[3] = value
+    return lambda p: targets_h5(p / name, IDS, y)
+
+
+def weights_escaping(p: Path) -> None:
+    """W2/hashes.json names a weight outside its folder (with the right sha256)."""
+    stacker_weights(p / "W2", ["m1:proba", "m2:proba"])
+    outside = p / "model_specs/toy/weights/scale-w-0.npy"
+    hashes = json.loads((p / "W2/hashes.json").read_text())
+    hashes["../model_specs/toy/weights/scale-w-0.npy"] = \
+        hashlib.sha256(outside.read_bytes()).hexdigest()
+    (p / "W2/hashes.json").write_text(json.dumps(hashes))
+
+
+def breast_cancer_with_names(train: str, test: str) -> Prep:
+    def prep(p: Path) -> None:
+        from kmodel.datasets import breast_cancer
+
+        breast_cancer(p / train, p / test)
+    return prep
+
+
+# --- spec texts ------------------------------------------------------------------------------
+
+
+def spec(text: str | bytes) -> Prep:
+    return write(TOY, text)
+
+
+def toy_with(old: str, new: str) -> str:
+    assert old in TOY_SPEC
+    return TOY_SPEC.replace(old, new, 1)
+
+
+ANCHORS = "".join(
+    f"  l{i}: &l{i} [{', '.join(['lol'] * 10 if i == 0 else [f'*l{i - 1}'] * 10)}]\n"
+    for i in range(10))
+BOMB_ARGS = toy_with("  factor: 2.0\n", "  factor: 2.0\n" + ANCHORS)
+BOMB_SHAPE = BOMB_ARGS.replace("shape: [3]", "shape: *l9")
+DEEP = toy_with("  factor: 2.0\n", "  factor: 2.0\n  deep: " + "[" * 20000 + "]" * 20000 + "\n")
+DUP_KEYS = toy_with("version: 0.1.0\n", "version: 0.1.0\nversion: 9.9.9\n")
+DATE_ARGS = toy_with("  factor: 2.0\n", "  factor: 2.0\n  when: 2024-01-01\n")
+STAMP_ARGS = toy_with("  factor: 2.0\n", "  factor: 2.0\n  when: 2024-01-01 10:00:00\n")
+PY_TAG = toy_with("  factor: 2.0\n",
+                  "  factor: !!python/object/apply:os.system ['touch pwned']\n")
+BINARY = bytes(range(256)) * 8
+BIG = TOY_SPEC + "# " + "x" * (50 << 20) + "\n"
+
+
+def compose_cfg(results: str = "results", data: str = "{builtin: breast_cancer}") -> str:
+    return (f"name: small\nresults: {json.dumps(results)}\ndata: {data}\n"
+            "models: [mlp]\nensembler: stacker\nbatch_size: 64\n")
+
+
+# --- success checks (cases that may also work) ----------------------------------------------
+
+
+def is_predictions(name: str, rows: int = ROWS) -> Callable[[Path], None]:
+    def check(p: Path) -> None:
+        with h5py.File(p / name, "r") as f:
+            assert "preds" in f and len(f["metadata/id"]) == rows
+    return check
+
+
+def is_weights(name: str) -> Callable[[Path], None]:
+    return lambda p: json.loads((p / name / "hashes.json").read_text())
+
+
+def anything(p: Path) -> None:
+    """Success is fine; the contract still checks that nothing else changed."""
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    codes: tuple[str, ...]
+    names: tuple[str, ...]
+    prep: Prep | None = None
+    sub: bool = False  # run as a subprocess (may hang or eat memory, or: check real stderr)
+    timeout: float = 60
+    memory: int | None = MEMORY
+    exit_code: int = 1
+    success: Callable[[Path], None] | None = None
+    allowed: tuple[str, ...] = ()
+    new_on_success: tuple[str, ...] = ()
+
+
+def case(id_: str, args: str | Sequence[str], codes: str | tuple[str, ...],
+         names: str | tuple[str, ...], *, slow: bool = False, **kw: Any) -> Any:
+    argv = tuple(args.split()) if isinstance(args, str) else tuple(args)
+    c = Case(argv, (codes,) if isinstance(codes, str) else codes,
+             (names,) if isinstance(names, str) else names, **kw)
+    return pytest.param(c, id=id_, marks=[pytest.mark.slow] if slow else [])
+
+
+def long_name(n: int) -> str:
+    """A file name exactly ``n`` bytes long."""
+    return "n" * (n - 3) + ".h5"
+
+
+L250, L252, L255, L256 = (long_name(n) for n in (250, 252, 255, 256))
+LONG = "n" * 40  # what the message must show of a long name
+
+
+PRED = "predict toy -i in.h5 -o"
+SPEC_CODES = ("KM100", "KM101")
+INPUT_CODES = ("KM400", "KM401")
+PRED_OUT = ("out.h5", "out.h5.partial")
+
+CASES = [
+    # 1. the output resolves to one of the command's own inputs
+    case("predict-out-is-input", f"{PRED} in.h5", "KM402", "in.h5", slow=True, sub=True),
+    case("predict-out-dotdot-input", f"{PRED} sub/../in.h5", "KM402", "in.h5", slow=True,
+         prep=mkdir("sub")),
+    case("predict-out-abs-input", f"{PRED} {{p}}/in.h5", "KM402", "in.h5", slow=True),
+    case("predict-out-symlink-to-input", f"{PRED} link.h5", "KM402", ("link.h5", "in.h5"),
+         slow=True, prep=symlink("link.h5", "in.h5")),
+    case("predict-out-hardlink-to-input", f"{PRED} hard.h5", "KM402", ("hard.h5", "in.h5"),
+         slow=True, prep=hardlink("hard.h5", "in.h5")),
+    case("predict-out-is-model-yaml", f"{PRED} {TOY}", "KM402", "model.yaml", slow=True),
+    case("predict-out-is-model-code", f"{PRED} model_specs/toy/model.py", "KM402", "model.py",
+         slow=True),
+    case("predict-out-is-weight-file", f"{PRED} model_specs/toy/weights/scale-w-0.npy",
+         "KM402", "scale-w-0.npy", slow=True),
+    case("predict-out-is-lockfile", f"{PRED} envs/numpy2.lock", "KM402", "numpy2.lock",
+         slow=True),
+    case("compose-predict-out-is-pred", "compose predict stacker a.h5 b.h5 --weights W -o a.h5",
+         "KM402", "a.h5", slow=True),
+    case("compose-predict-out-symlink-to-pred",
+         "compose predict stacker a.h5 b.h5 --weights W -o lb.h5", "KM402", ("lb.h5", "b.h5"),
+         slow=True, prep=symlink("lb.h5", "b.h5")),
+    case("compose-predict-out-in-weights",
+         "compose predict stacker a.h5 b.h5 --weights W -o W/hashes.json", "KM402",
+         "hashes.json", slow=True),
+    case("compose-train-out-holds-targets",
+         "compose train stacker a.h5 b.h5 --targets data/t.h5 -o data", "KM402", "data",
+         slow=True, prep=move("t.h5", "data/t.h5")),
+    case("compose-train-out-holds-pred",
+         "compose train stacker preds/a.h5 b.h5 --targets t.h5 -o preds", "KM402", "preds",
+         slow=True, prep=move("a.h5", "preds/a.h5")),
+    case("compose-train-out-dot", "compose train stacker a.h5 b.h5 --targets t.h5 -o .",
+         "KM402", ".", slow=True),
+    case("compose-train-out-is-ensembler-folder",
+         "compose train stacker a.h5 b.h5 --targets t.h5 -o model_specs/stacker", "KM402",
+         "stacker", slow=True),
+    case("score-out-is-targets", "score a=a.h5 --targets t.h5 -o t.h5", "KM402", "t.h5",
+         sub=True),
+    case("score-out-is-pred", "score a=a.h5 --targets t.h5 -o a.h5", "KM402", "a.h5"),
+    case("score-out-dotdot-targets", "score a=a.h5 --targets t.h5 -o sub/./../t.h5", "KM402",
+         "t.h5", prep=mkdir("sub")),
+    case("score-out-symlink-to-targets", "score a=a.h5 --targets t.h5 -o lt.json", "KM402",
+         ("lt.json", "t.h5"), prep=symlink("lt.json", "t.h5")),
+    case("train-out-dot", "train toy -i in.h5 -o .", "KM402", ".", slow=True),
+    case("train-out-holds-input", "train toy -i data/in.h5 -o data", "KM402", "data",
+         slow=True, prep=move("in.h5", "data/in.h5")),
+    case("train-out-user-folder", "train toy -i in.h5 -o userdir", "KM402", "userdir",
+         slow=True, prep=mkdir("userdir", 0o750, ["thesis.txt"])),
+    case("train-out-own-model-folder", "train toy -i in.h5 -o model_specs/toy", "KM402",
+         "model_specs/toy", slow=True),
+    case("train-out-env-folder", "train toy -i in.h5 -o envs", "KM402", "envs", slow=True),
+
+    # 2. a booby-trapped OUT.h5.partial: never written through, never a crash
+    case("partial-symlink-to-precious", f"{PRED} out.h5", ("KM402", "KM403"), "out.h5",
+         slow=True, prep=both(write("precious.txt", "precious\n"),
+                              symlink("out.h5.partial", "precious.txt")),
+         success=is_predictions("out.h5"), new_on_success=("out.h5",),
+         allowed=("out.h5.partial",)),
+    case("partial-symlink-to-precious-resume", f"{PRED} out.h5 --resume", ("KM402", "KM403"),
+         "out.h5", slow=True, prep=both(write_input("precious.h5", rows=5),
+                                        symlink("out.h5.partial", "precious.h5")),
+         success=is_predictions("out.h5"), new_on_success=("out.h5",),
+         allowed=("out.h5.partial",)),
+    case("partial-dangling-symlink", f"{PRED} out.h5", ("KM402", "KM403"), "out.h5",
+         slow=True, prep=symlink("out.h5.partial", "stolen.h5"),
+         success=is_predictions("out.h5"), new_on_success=("out.h5",),
+         allowed=("out.h5.partial",)),
+    case("partial-is-folder", f"{PRED} out.h5", ("KM402", "KM403"), "out.h5", slow=True,
+         prep=mkdir("out.h5.partial", files=["keep.txt"]),
+         success=is_predictions("out.h5"), new_on_success=("out.h5",)),
+
+    # 3. inputs that are not kmodel input files
+    case("input-is-folder", "predict toy -i indir -o out.h5", "KM400", "indir",
+         prep=mkdir("indir")),
+    case("input-is-fifo", "predict toy -i in.fifo -o out.h5", "KM400", "in.fifo",
+         prep=fifo("in.fifo"), sub=True, timeout=15),
+    case("input-is-dev-null", "predict toy -i /dev/null -o out.h5", INPUT_CODES, "/dev/null"),
+    case("input-dangling-symlink", "predict toy -i gone.h5 -o out.h5", "KM400", "gone.h5",
+         prep=symlink("gone.h5", "nowhere.h5")),
+    case("input-inputs-is-dataset", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs": np.zeros((ROWS, 3), np.float32),
+                            "metadata/id": ids_array(IDS)})),
+    case("input-metadata-is-dataset", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                            "metadata": ids_array(IDS)})),
+    case("input-scalar-ids", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                            "metadata/id": np.bytes_(b"only")})),
+    case("input-2d-ids", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5", slow=True,
+         prep=h5("bad.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                            "metadata/id": np.stack([ids_array(IDS)] * 2, axis=1)})),
+    case("input-scalar-x", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.float32(1.0), "metadata/id": ids_array(IDS)})),
+    case("input-compound-x", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.zeros(ROWS, [("a", "f4"), ("b", "f4"), ("c", "f4")]),
+                            "metadata/id": ids_array(IDS)})),
+    case("input-bytes-x", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.full((ROWS, 3), b"1.5"),
+                            "metadata/id": ids_array(IDS)})),
+    case("input-vlen-string-x", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", lambda: {"inputs/x": np.array([["1", "2", "3"]] * ROWS,
+                                                         dtype=h5py.string_dtype()),
+                                    "metadata/id": ids_array(IDS)})),
+    case("input-length-mismatch", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                            "metadata/id": ids_array(IDS[:-3])})),
+    case("input-dangling-soft-link", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", lambda: {"inputs/x": h5py.SoftLink("/nowhere"),
+                                    "metadata/id": ids_array(IDS)})),
+    case("input-external-link-missing", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=h5("bad.h5", lambda: {"inputs/x": h5py.ExternalLink("missing.h5", "/x"),
+                                    "metadata/id": ids_array(IDS)})),
+    case("input-empty-file", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=write("bad.h5", b"")),
+    case("input-text-file", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=write("bad.h5", "id,x\nr0,1\n")),
+    case("input-truncated-hdf5", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5",
+         prep=truncated("bad.h5"), slow=True),
+    case("input-zero-rows", "predict toy -i bad.h5 -o out.h5", "KM401", "bad.h5", slow=True,
+         prep=h5("bad.h5", {"inputs/x": np.zeros((0, 3), np.float32),
+                            "metadata/id": np.zeros(0, "S4")})),
+    case("train-input-no-targets", "train toy -i bad.h5 -o w", ("KM401", "KM601"),
+         ("bad.h5", "targets"), slow=True, prep=write_input("bad.h5")),
+    case("train-targets-length-mismatch", "train toy -i bad.h5 -o w", ("KM401", "KM601"),
+         ("bad.h5", "targets"), slow=True,
+         prep=h5("bad.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                            "targets/y": np.zeros(ROWS - 2), "metadata/id": ids_array(IDS)})),
+    case("score-pred-is-folder", "score a=pdir --targets t.h5", INPUT_CODES, "pdir",
+         prep=mkdir("pdir")),
+    case("score-string-preds", "score a=bad.h5 --targets t.h5", ("KM401", "KM600"), "bad.h5",
+         prep=h5("bad.h5", {"preds/proba": np.full(ROWS, b"high"),
+                            "metadata/id": ids_array(IDS)})),
+    case("score-targets-text-file", "score a=a.h5 --targets bad.h5", INPUT_CODES, "bad.h5",
+         prep=write("bad.h5", "y\n1\n0\n")),
+    case("score-scalar-ids", "score a=bad.h5 --targets t.h5", ("KM401", "KM600"), "bad.h5",
+         prep=h5("bad.h5", {"preds/proba": np.zeros(ROWS, np.float32),
+                            "metadata/id": np.bytes_(b"r0")})),
+
+    # 4. broken spec files: a quick KM100/KM101, never a hang, a traceback or a blow-up
+    case("spec-duplicate-keys-validate", f"validate {TOY}", SPEC_CODES, ("model.yaml",),
+         prep=spec(DUP_KEYS), sub=True),
+    case("spec-duplicate-keys-info", "info toy", SPEC_CODES, "model.yaml", prep=spec(DUP_KEYS)),
+    case("spec-negative-shape", f"validate {TOY}", "KM101", ("inputs.0.shape",),
+         prep=spec(toy_with("shape: [3]", "shape: [-3]"))),
+    case("spec-zero-shape", f"validate {TOY}", "KM101", ("inputs.0.shape",),
+         prep=spec(toy_with("shape: [3]", "shape: [0]"))),
+    case("spec-negative-output-shape", f"validate {TOY}", "KM101", ("outputs.0.shape",),
+         prep=spec(toy_with("    shape: []\n", "    shape: [-1]\n"))),
+    case("spec-negative-shape-predict", f"{PRED} out.h5", "KM101", ("inputs.0.shape",),
+         prep=spec(toy_with("shape: [3]", "shape: [-3]"))),
+    case("spec-date-in-args-validate", f"validate {TOY}", "KM101", ("args.when", "when"),
+         prep=spec(DATE_ARGS)),
+    case("spec-timestamp-in-args-validate", f"validate {TOY}", "KM101", ("args.when", "when"),
+         prep=spec(STAMP_ARGS)),
+    case("spec-date-in-args-info-json", "info toy --json", "KM101", ("args.when", "when"),
+         prep=spec(DATE_ARGS)),
+    case("spec-date-in-args-predict", f"{PRED} out.h5", "KM101", ("args.when", "when"),
+         prep=spec(DATE_ARGS), slow=True),
+    case("spec-python-tag", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(PY_TAG)),
+    case("spec-alias-bomb-args-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
+         prep=spec(BOMB_ARGS), sub=True, timeout=10),
+    case("spec-alias-bomb-args-info", "info toy --json", SPEC_CODES, "model.yaml",
+         prep=spec(BOMB_ARGS), sub=True, timeout=10),
+    case("spec-alias-bomb-shape-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
+         prep=spec(BOMB_SHAPE), sub=True, timeout=10),
+    case("spec-deep-nesting-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
+         prep=spec(DEEP), sub=True, timeout=10),
+    case("spec-deep-nesting-ls", "ls", SPEC_CODES, "model.yaml", prep=spec(DEEP), sub=True,
+         timeout=10),
+    case("spec-is-fifo-validate", "validate fifo.yaml", "KM101", "fifo.yaml",
+         prep=fifo("fifo.yaml"), sub=True, timeout=10),
+    case("spec-model-yaml-is-fifo-info", "info toy", "KM101", "model.yaml", prep=fifo(TOY),
+         sub=True, timeout=10),
+    case("spec-model-yaml-is-fifo-ls", "ls", "KM101", "model.yaml", prep=fifo(TOY), sub=True,
+         timeout=10),
+    case("spec-dev-zero", "validate /dev/zero", "KM101", "/dev/zero", sub=True, timeout=10),
+    case("spec-dev-urandom", "validate /dev/urandom", "KM101", "/dev/urandom", sub=True,
+         timeout=10),
+    case("spec-binary", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(BINARY)),
+    case("spec-binary-info", "info toy", SPEC_CODES, "model.yaml", prep=spec(BINARY)),
+    case("spec-empty", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec("")),
+    case("spec-empty-info", "info toy", SPEC_CODES, "model.yaml", prep=spec("")),
+    case("spec-50mb", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(BIG), sub=True,
+         timeout=10),
+
+    # 5. integer ids (Kipoi's files), NaN/inf targets, one-class targets
+    case("score-int-ids", "score a=ai.h5 b=bi.h5 --targets ti.h5", "KM6", "ai.h5",
+         prep=int_id_files, success=anything),
+    case("score-int-ids-one-missing", "score a=short.h5 --targets ti.h5", "KM600", "short.h5",
+         prep=int_id_files),
+    case("score-int-ids-duplicated", "score a=dup.h5 --targets ti.h5", "KM600", "dup.h5",
+         prep=int_id_files),
+    case("score-str-ids-vs-int-targets", "score a=strids.h5 --targets ti.h5", "KM600",
+         ("strids.h5", "ti.h5"), prep=int_id_files, success=anything),
+    case("score-nan-targets", "score a=a.h5 --targets tn.h5", "KM6", ("tn.h5", "targets/y"),
+         prep=bad_targets("tn.h5", np.nan)),
+    case("score-one-class-targets", "score a=a.h5 --targets t1.h5", ("KM6", "KM401"),
+         ("t1.h5", "targets/y"), prep=lambda p: targets_h5(p / "t1.h5", IDS, np.ones(ROWS)),
+         success=anything),
+    case("compose-train-int-ids", "compose train stacker ai.h5 bi.h5 --targets ti.h5 -o Wi",
+         "KM6", ("ai.h5", "bi.h5", "ti.h5"), slow=True, prep=int_id_files,
+         success=is_weights("Wi"), new_on_success=("Wi", "Wi/*")),
+    case("compose-train-int-ids-one-missing",
+         "compose train stacker ai.h5 short.h5 --targets ti.h5 -o Wi", "KM600", "short.h5",
+         prep=int_id_files),
+    case("compose-predict-int-ids", "compose predict stacker ai.h5 bi.h5 --weights W -o ei.h5",
+         "KM6", ("ai.h5", "bi.h5"), slow=True, prep=int_id_files,
+         success=is_predictions("ei.h5"), new_on_success=("ei.h5",)),
+    *(case(f"compose-train-{label}-targets",
+           "compose train stacker a.h5 b.h5 --targets tn.h5 -o W2", "KM6",
+           ("tn.h5", "targets/y"), slow=True, prep=bad_targets("tn.h5", value))
+      for label, value in (("nan", np.nan), ("inf", np.inf), ("neg-inf", -np.inf))),
+    case("compose-predict-weights-escape-folder",
+         "compose predict stacker a.h5 b.h5 --weights W2 -o e.h5",
+         ("KM120", "KM300", "KM301", "KM101"), ("hashes.json", "W2"), slow=True,
+         prep=weights_escaping),
+
+    # 6. names too long: refused (or, where the name itself is legal, done right)
+    case("predict-out-256-bytes", f"{PRED} {L256}", "KM402", LONG, slow=True),
+    case("predict-out-255-bytes", f"{PRED} {L255}", "KM402", LONG, slow=True,
+         success=is_predictions(L255), new_on_success=(L255,)),
+    case("predict-out-250-bytes", f"{PRED} {L250}", "KM402", LONG, slow=True,
+         success=is_predictions(L250), new_on_success=(L250,)),
+    case("score-out-256-bytes", f"score a=a.h5 --targets t.h5 -o {L256}", "KM402", LONG),
+    case("score-out-252-bytes", f"score a=a.h5 --targets t.h5 -o {L252}", "KM402", LONG,
+         success=lambda p: json.loads((p / L252).read_text()), new_on_success=(L252,)),
+    case("train-out-252-bytes", f"train toy -i in.h5 -o {L252}", "KM402", LONG, slow=True,
+         success=is_weights(L252), new_on_success=(L252, L252 + "/*")),
+    case("compose-train-out-250-bytes",
+         f"compose train stacker a.h5 b.h5 --targets t.h5 -o {L250}", "KM402", LONG,
+         slow=True, success=is_weights(L250), new_on_success=(L250, L250 + "/*")),
+
+    # 7. shell metacharacters in a composition: an error, or harmless (no `pwned` anywhere)
+    *(case(f"config-results-{i}", "validate cfg.yaml", "KM101", ("results", "cfg.yaml"),
+           prep=write("cfg.yaml", compose_cfg(results)), success=anything)
+      for i, results in enumerate(["r;touch pwned;r", "x||touch pwned||", "$(touch pwned)",
+                                   "`touch pwned`", "x' ; touch pwned ; '", "x\ntouch pwned",
+                                   "-rf", "x > pwned"])),
+    case("config-data-path-metachar", "validate cfg.yaml", "KM101", ("data", "cfg.yaml"),
+         prep=write("cfg.yaml", compose_cfg(data='{train: "t||touch pwned||.h5", test: t.h5}')),
+         success=anything),
+    # (Snakemake runs `set -euo pipefail; ...`: `;` injects after a command that succeeds,
+    # `||` after one that fails)
+    case("run-results-metachar", "run cfg.yaml --cores 1", ("KM101", "KM700"),
+         ("results", "cfg.yaml"), slow=True, sub=True, timeout=300, memory=None,
+         prep=write("cfg.yaml", compose_cfg("r;touch pwned;r")), success=anything,
+         new_on_success=("r;touch pwned;r*",), allowed=(".snakemake*", "r;touch pwned;r*")),
+    case("run-data-path-metachar", "run cfg.yaml --cores 1", ("KM101", "KM700"),
+         ("data", "cfg.yaml"), slow=True, sub=True, timeout=300, memory=None,
+         prep=both(breast_cancer_with_names("tr||touch pwned||.h5", "te.h5"),
+                   write("cfg.yaml", compose_cfg(
+                       data='{train: "tr||touch pwned||.h5", test: te.h5}'))),
+         success=anything, new_on_success=("results*",), allowed=(".snakemake*", "results*")),
+
+    # usage errors: exit 2, still one KM line (KM002)
+    case("usage-missing-output", "predict toy -i in.h5", "KM002", ("-o", "--output"),
+         exit_code=2),
+    case("usage-zero-batch-size", f"{PRED} out.h5 --batch-size 0", "KM002", "--batch-size",
+         exit_code=2),
+    case("usage-missing-targets", "compose train stacker a.h5 -o Wx", "KM002", "--targets",
+         exit_code=2),
+]
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_hostile(project: Path, c: Case) -> None:
+    base_files(project)
+    if c.prep:
+        c.prep(project)
+    before = snapshot(project)
+    args = [a.replace("{p}", str(project)) for a in c.args]  # {p}: the project folder
+    out = spawn(*args, timeout=c.timeout, memory=c.memory) if c.sub else invoke(*args)
+    assert_contract(out, before, project, codes=c.codes, names=c.names,
+                    exit_code=c.exit_code, success=c.success, allowed=c.allowed,
+                    new_on_success=c.new_on_success)
+
+
+@pytest.mark.slow
+def test_baseline_commands_work(project: Path) -> None:
+    """The files the cases start from are valid: without the hostile twist, all works."""
+    base_files(project)
+    for args in ("predict toy -i in.h5 -o out.h5", "train toy -i in.h5 -o w",
+                 "compose train stacker a.h5 b.h5 --targets t.h5 -o W2",
+                 "compose predict stacker a.h5 b.h5 --weights W -o e.h5",
+                 "score a=a.h5 b=b.h5 --targets t.h5 -o s.json", "validate"):
+        out = invoke(*args.split())
+        assert (out.code, out.exception) == (0, None), f"{args}: {out.stderr}"
+    is_predictions("out.h5")(project)
+    is_predictions("e.h5")(project)
+
+
+# --- properties ----------------------------------------------------------------------------
+
+PROPS = settings(max_examples=30, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPS
+@given(data=st.one_of(st.binary(max_size=400),
+                      st.tuples(st.integers(0, len(TOY_SPEC)), st.binary(max_size=60))
+                      .map(lambda t: TOY_SPEC.encode()[: t[0]] + t[1])))
+def test_any_bytes_as_spec(project: Path, data: bytes) -> None:
+    """Whatever model.yaml holds, validate says ok or gives one clean error."""
+    (project / TOY).write_bytes(data)
+    before = snapshot(project)
+    assert_contract(invoke("validate", TOY), before, project,
+                    codes=("KM100", "KM101", "KM111", "KM120"), names=("model.yaml",),
+                    success=anything)
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    | st.dates() | st.datetimes(),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), inner, max_size=3),
+    max_leaves=8)
+SPEC_FIELDS = [("args", "extra"), ("args", "factor"), ("train", "args"), ("inputs", "shape"),
+               ("outputs", "shape"), ("version",), ("description",), ("inputs", "doc")]
+
+
+@PROPS
+@given(where=st.sampled_from(SPEC_FIELDS), value=yaml_values)
+def test_any_value_in_a_spec_field(project: Path, where: tuple[str, ...], value: Any) -> None:
+    """A spec validate accepts can be shown by `info --json`; otherwise one clean error."""
+    import yaml
+
+    doc = yaml.safe_load(TOY_SPEC)
+    node = doc[where[0]]
+    node = node[0] if isinstance(node, list) else node
+    if len(where) == 1:
+        doc[where[0]] = value
+    else:
+        node[where[1]] = value
+    (project / TOY).write_text(yaml.safe_dump(doc))
+    before = snapshot(project)
+
+    def info_works(p: Path) -> None:
+        info = invoke("info", "toy", "--json")
+        assert (info.code, info.exception) == (0, None), \
+            f"validate accepted {value!r} at {where}, info --json then failed: {info!r}"
+        json.loads(info.stdout)
+
+    assert_contract(invoke("validate", TOY), before, project, codes=("KM100", "KM101"),
+                    names=(".".join(where[:1]), "model.yaml"), success=info_works)
+
+
+@PROPS
+@given(hops=st.lists(st.sampled_from([".", "sub/..", "sub/./..", "lnk", "sub/../lnk"]),
+                     max_size=4),
+       absolute=st.booleans())
+def test_output_aliasing_the_targets_is_refused(project: Path, hops: list[str],
+                                                absolute: bool) -> None:
+    """However the path is spelt, score -o never overwrites its own targets file."""
+    if not (project / "W").exists():  # once per test, not per example
+        base_files(project)
+    targets_h5(project / "t.h5", IDS, labels())  # afresh, whatever the last example did
+    (project / "sub").mkdir(exist_ok=True)
+    if not (project / "lnk").is_symlink():
+        (project / "lnk").symlink_to(".")
+    path = "/".join([*hops, "t.h5"])
+    if absolute:
+        path = str(project / path)
+    before = snapshot(project)
+    assert_contract(invoke("score", "a=a.h5", "--targets", "t.h5", "-o", path), before,
+                    project, codes=("KM402",), names=("t.h5",))
+
+
+@PROPS
+@given(dtype=st.sampled_from(["float32", "float64", "int64", "bool", "complex64", "S4",
+                              "U4"]),
+       row_shape=st.sampled_from([(), (3,), (4,), (3, 1), (1, 3), (0,)]),
+       rows=st.integers(1, 6), id_delta=st.sampled_from([0, 0, -1, 1]),
+       int_ids=st.booleans())
+def test_malformed_input_layouts(project: Path, dtype: str, row_shape: tuple[int, ...],
+                                 rows: int, id_delta: int, int_ids: bool) -> None:
+    """Any input that does not fit toy's spec ((3,) float32 rows, one id per row): KM401."""
+    castable = dtype in ("float32", "float64", "int64", "bool")
+    assume(not (castable and row_shape == (3,) and id_delta == 0))
+    x = np.zeros((rows, *row_shape), dtype=np.dtype(dtype).str.replace("<U", "|S"))
+    ids = np.arange(rows + id_delta) if int_ids else ids_array([f"r{i}" for i in
+                                                                range(rows + id_delta)])
+    raw_h5(project / "lay.h5", {"inputs/x": x, "metadata/id": ids})
+    before = snapshot(project)
+    assert_contract(invoke("predict", "toy", "-i", "lay.h5", "-o", "out.h5"), before, project,
+                    codes=("KM401",), names=("lay.h5",))
+
+
+@PROPS
+@given(target_ids=st.lists(st.integers(0, 12), min_size=2, max_size=10, unique=True),
+       pred_ids=st.lists(st.integers(0, 12), min_size=1, max_size=12),
+       int_targets=st.booleans(), int_preds=st.booleans())
+def test_any_ids_score_or_fail_cleanly(project: Path, target_ids: list[int],
+                                       pred_ids: list[int], int_targets: bool,
+                                       int_preds: bool) -> None:
+    """score aligns by id: a permutation of the targets' ids works, anything else is KM600."""
+    def as_ids(ids: list[int], ints: bool) -> list[Any]:
+        return ids if ints else [str(i) for i in ids]
+
+    y = np.arange(len(target_ids)) % 2
+    targets_h5(project / "tt.h5", as_ids(target_ids, int_targets), y)
+    preds_h5(project / "pp.h5", as_ids(pred_ids, int_preds), np.linspace(0, 1, len(pred_ids)),
+             "m")
+    before = snapshot(project)
+    out = invoke("score", "a=pp.h5", "--targets", "tt.h5", "--json")
+    matches = sorted(pred_ids) == sorted(target_ids)  # the same ids, as text
+
+    def rows_match(p: Path) -> None:
+        assert json.loads(out.stdout)["a"]["rows"] == len(target_ids)
+
+    assert_contract(out, before, project, codes=("KM600",), names=("pp.h5",),
+                    success=rows_match if matches else None)
+
