@@ -1,9 +1,9 @@
-"""Host side of prediction and training: checks, env, runner process, progress, finalising.
+"""Host side of prediction and training: checks, env, locks, finalising the files.
 
-The host never imports model code: it writes a JSON job and starts ``runner.py`` with the
-model env's own python. It trusts nothing the runner says: a prediction is renamed to its
-final name only after the host has read back that every row was written, from the input
-it started with.
+The host never imports model code: it builds a Job (kmodel/job.py) and kmodel/launch.py
+runs it in the model env. It trusts nothing the runner says: a prediction is renamed to
+its final name only after the host has read back that every row was written, from the
+input it started with.
 
 Files of one ``predict -o OUT``, all under a lock kmodel holds for the whole run
 (``OUT.lock``): the runner writes ``OUT.partial-<run id>`` (created exclusively, unique to
@@ -21,19 +21,17 @@ import logging
 import os
 import re
 import shlex
-import signal
 import stat
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kmodel import __version__, _lock, _subprocess
+from kmodel import __version__, _lock
 from kmodel._fs import (
     atomic_dir,
     cached_sha256,
@@ -51,23 +49,24 @@ from kmodel.errors import (
     Interrupted,
     KmodelError,
     ModelContractError,
-    ModelError,
     OutputNotWritableError,
     ResumeMismatchError,
-    RunnerError,
     RunnerKilledError,
     SpecError,
     TargetLengthError,
+    UsageError,
     signum_of,
 )
 from kmodel.io import hdf5
+from kmodel.job import Job, Task
+from kmodel.launch import Outcome, run_job
 from kmodel.registry import Model, Registry
 from kmodel.weights import MANIFEST, Weights, written_by_kmodel
 
 log = logging.getLogger("kmodel")
-RUNNER = Path(__file__).with_name("runner.py")
 Progress = Callable[[int, int], None]
-__all__ = ["Progress", "Weights", "check_input", "ensure_env", "predict", "train"]
+__all__ = ["Progress", "Weights", "check_input", "ensure_env", "predict", "predict_many",
+           "row_range", "train"]
 
 
 def check_input(model: Model, path: Path) -> int:
@@ -165,7 +164,7 @@ def _adopt_killed(output: Path) -> None:
 
 def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
     """True if ``partial`` can be continued; False to start over; raise if it belongs to
-    another run (other model, spec, weights, lock, batch size or input)."""
+    another run (other model, spec, weights, lock, batch size, row range or input)."""
     try:
         st = partial.lstat()
     except FileNotFoundError:
@@ -179,11 +178,6 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
     except OSError:
         log.warning("%s is unreadable (killed mid-write); starting over", partial)
         return False
-    for key in ("model", "spec_sha256", "weights_sha256", "lock_sha256", "batch_size"):
-        if found.get(key) != attrs[key]:
-            raise ResumeMismatchError(
-                f"{partial} was written by another run (different {key}); refusing to "
-                "append to it: delete it or run without --resume")
     if found.get("input_signature") != attrs["input_signature"]:
         # the input was rewritten, copied or touched since: resume only if its bytes match
         recorded = found.get("input_sha256")
@@ -191,6 +185,12 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
             raise ResumeMismatchError(
                 f"{partial} was written from a different input (or {input_path} changed "
                 "since); refusing to append to it: delete it or run without --resume")
+    for key in ("model", "spec_sha256", "weights_sha256", "lock_sha256", "batch_size",
+                "rows_start", "rows_stop"):
+        if found.get(key) != attrs[key]:
+            raise ResumeMismatchError(
+                f"{partial} was written by another run (different {key}); refusing to "
+                "append to it: delete it or run without --resume")
     log.info("resuming %s from row %d", partial, found.get(hdf5.ROWS_DONE, 0))
     return True
 
@@ -218,80 +218,185 @@ class _Hash:
         return self.value
 
 
+Rows = tuple[int, int | None]  # START:STOP as given (STOP None: to the end)
+Shard = tuple[int, int]  # (K, N): the K-th of N slices, K counted from 0
+
+
+def row_range(path: Path, total: int, batch_size: int, rows: Rows | None = None,
+              shard: Shard | None = None) -> tuple[int, int]:
+    """The rows [start, stop) to predict. Shards are cut at multiples of the batch size, so
+    every batch is the one an unsharded run would make: merged shards equal its output."""
+    if shard is not None:
+        k, n = shard
+        batches = -(-total // batch_size)
+        return (min(total, batches * k // n * batch_size),
+                min(total, batches * (k + 1) // n * batch_size))
+    if rows is None:
+        return 0, total
+    start, stop = rows[0], total if rows[1] is None else rows[1]
+    if not 0 <= start < stop <= total:
+        raise UsageError(f"--rows {start}:{rows[1] if rows[1] is not None else ''} is not a "
+                         f"range within the {total} rows of {path}; give START:STOP with "
+                         f"0 <= START < STOP <= {total}")
+    return start, stop
+
+
+@dataclass
+class _Pending:
+    """One task of a predict run, on the host side: where it writes, what it resumed."""
+
+    input: Path
+    output: Path
+    task: Task
+    resumed: bool
+    signature: str
+    hash: _Hash
+    again: str  # the command that resumes it
+
+    @property
+    def work(self) -> Path:
+        return Path(self.task.output)
+
+    @property
+    def partial(self) -> Path:
+        return partial_path(self.output)
+
+
 def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
             batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
-            progress: Progress | None = None) -> Path:
+            progress: Progress | None = None, rows: Rows | None = None,
+            shard: Shard | None = None) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
+    return predict_many(registry, name, [(input_path, output)], batch_size=batch_size,
+                        resume=resume, weights=weights, progress=progress, rows=rows,
+                        shard=shard)[0]
+
+
+def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path]], *,
+                 batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
+                 progress: Progress | None = None, rows: Rows | None = None,
+                 shard: Shard | None = None) -> list[Path]:
+    """Run model ``name`` on each (input, output) pair with one runner process (one env
+    start-up, one model build); each output appears only when complete."""
     model = registry.model(name)
     weights = weights or Weights.of(model)
-    guard_output(output, [input_path, *model_files(registry, model, weights)],
-                 siblings=(".partial", ".lock"))
-    check_input(model, input_path)  # before any env is built or started
+    inputs, outputs = [i for i, _ in pairs], [o for _, o in pairs]
+    if len({os.path.realpath(o) for o in outputs}) != len(outputs):
+        raise UsageError("two -o options name the same output; give each input its own")
+    for output in outputs:
+        guard_output(output, [*inputs, *model_files(registry, model, weights)],
+                     siblings=(".partial", ".lock"))
+    totals = [check_input(model, i) for i in inputs]
+    ranges = [row_range(i, n, batch_size, rows, shard) for i, n in zip(inputs, totals,
+                                                                         strict=True)]
     if weights:
         weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
-    with _lock.held(_lock.lock_path(output), _busy(output)):
-        _adopt_killed(output)
+    with contextlib.ExitStack() as held:
+        for output in outputs:
+            held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
+            _adopt_killed(output)
         env, lockfile = ensure_env(registry, model)
-        signature = file_signature(input_path)
-        attrs: dict[str, Any] = {
+        common = {
             "kmodel_version": __version__, "model": model.name,
             "model_version": model.spec.version, "spec_sha256": sha256_file(model.path),
             "weights_sha256": weights.digest if weights else "",
             "lock_sha256": sha256_file(lockfile), "env_key": env.key,
             "batch_size": batch_size,
-            "input_signature": f"{os.path.realpath(input_path)}|{signature}",
         }
-        partial = partial_path(output)
-        resumed = resume and _resumable(partial, attrs, input_path)
-        work = output.with_name(f"{output.name}.partial-{os.urandom(4).hex()}")
-        if resumed:
-            os.replace(partial, work)  # a regular file (checked), renamed: never followed
-        job = {
-            "mode": "predict", "model_name": model.name,
-            "model_dir": str(model.folder.resolve()), "entrypoint": model.spec.entrypoint,
-            "args": model.spec.args,
-            "weights_dir": str(weights.folder.resolve()) if weights else None,
-            "weights": sorted(weights.sha256) if weights else [],
-            "input": str(input_path.resolve()),
-            "inputs": {i.name: i.dtype for i in model.spec.inputs},
-            "outputs": {o.name: [o.dtype, o.shape] for o in model.spec.outputs},
-            "output": str(work.resolve()), "output_name": str(output),
-            "batch_size": batch_size, "attrs": attrs,
-            "resume": resumed, "host_pid": os.getpid(),
-        }
-        again = shlex.join(["kmodel", "predict", name, "-i", str(input_path), "-o",
-                            str(output), "--batch-size", str(batch_size), "--resume"])
-        input_hash = _Hash(input_path)  # overlaps with the runner
+        pending = [_prepare(name, i, o, span, n, common, resume, batch_size)
+                   for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
+        job = Job(mode="predict", model_name=model.name,
+                  model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
+                  args=model.spec.args,
+                  inputs={i.name: i.dtype for i in model.spec.inputs},
+                  outputs={o.name: [o.dtype, o.shape] for o in model.spec.outputs},
+                  weights_dir=str(weights.folder.resolve()) if weights else None,
+                  weights=sorted(weights.sha256) if weights else [],
+                  batch_size=batch_size, host_pid=os.getpid(),
+                  tasks=[p.task for p in pending])
+        outcome = Outcome()
         try:
-            run_job(env, job, name, progress)
-            total = _check_complete(work, name)
-            if not _unchanged(input_path, signature):
-                raise InputChangedError(
-                    f"{input_path} changed while model {name!r} was predicting; the "
-                    "predictions would mix two inputs, so none were kept: rerun")
-            hdf5.set_attrs(work, {"input_sha256": input_hash.result(),
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            os.replace(work, output)
-        except (Interrupted, RunnerKilledError, KeyboardInterrupt) as e:
-            kept, where = _keep_partial(work, partial, input_hash, resumed)
-            what = (f"{kept} rows kept in {where}; continue with `{again}`" if kept
-                    else "temporary files were removed")
-            if isinstance(e, RunnerKilledError):
-                raise RunnerKilledError(e.what, what if kept else "no rows were written; rerun",
-                                        detail=e.detail) from None
-            raise Interrupted(e.signum if isinstance(e, Interrupted) else signum_of(e),
-                              what) from None
-        except OSError as e:
-            _discard(work, partial, resumed)
-            raise write_error(output, e) from None
-        except BaseException:
-            _discard(work, partial, resumed)
-            raise
-        with contextlib.suppress(OSError):  # superseded by the finished output
-            if stat.S_ISREG(partial.lstat().st_mode):
-                partial.unlink()
-    log.debug("wrote %s (%d rows)", output, total)
-    return output
+            run_job(env, job, progress, outcome)
+        except (Interrupted, KeyboardInterrupt) as e:
+            _finish_all(pending, outcome.done, name)
+            raise _stopped(pending[outcome.current], e) from None
+        finished = _finish_all(pending, outcome.done, name)
+        if outcome.error is not None:
+            now = pending[outcome.current]
+            if isinstance(outcome.error, RunnerKilledError):
+                raise _stopped(now, outcome.error)
+            _discard(now.work, now.partial, now.resumed)
+            raise outcome.error
+        if finished is not None:
+            raise finished
+    return outputs
+
+
+def _prepare(name: str, input_path: Path, output: Path, span: tuple[int, int], total: int,
+             common: dict[str, Any], resume: bool, batch_size: int) -> _Pending:
+    """The task for one output: its attributes, whether it resumes, its working file."""
+    signature = file_signature(input_path)
+    attrs = {**common, "rows_start": span[0], "rows_stop": span[1], "input_rows": total,
+             "input_signature": f"{os.path.realpath(input_path)}|{signature}"}
+    partial = partial_path(output)
+    resumed = resume and _resumable(partial, attrs, input_path)
+    work = output.with_name(f"{output.name}.partial-{os.urandom(4).hex()}")
+    if resumed:
+        os.replace(partial, work)  # a regular file (checked), renamed: never followed
+    task = Task(input=str(input_path.resolve()), output=str(work.resolve()),
+                output_name=str(output), start=span[0], stop=span[1], resume=resumed,
+                attrs=attrs)
+    subset = ["--rows", f"{span[0]}:{span[1]}"] if span != (0, total) else []
+    again = shlex.join(["kmodel", "predict", name, "-i", str(input_path), "-o", str(output),
+                        "--batch-size", str(batch_size), *subset, "--resume"])
+    return _Pending(input_path, output, task, resumed, signature, _Hash(input_path), again)
+
+
+def _finish_all(pending: list[_Pending], done: list[int], name: str) -> KmodelError | None:
+    """Finish every task the runner reported done; return the first failure (the others
+    are still finished)."""
+    first: KmodelError | None = None
+    for index in done:
+        try:
+            _finish(pending[index], name)
+        except KmodelError as e:
+            first = first or e
+    return first
+
+
+def _finish(p: _Pending, name: str) -> None:
+    """Check a finished task's file (every row, from the same input), then rename it."""
+    try:
+        _check_complete(p.work, name, p.task.rows)
+        if not _unchanged(p.input, p.signature):
+            raise InputChangedError(
+                f"{p.input} changed while model {name!r} was predicting; the predictions "
+                "would mix two inputs, so none were kept: rerun")
+        hdf5.set_attrs(p.work, {"input_sha256": p.hash.result(),
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        os.replace(p.work, p.output)
+    except OSError as e:
+        _discard(p.work, p.partial, p.resumed)
+        raise write_error(p.output, e) from None
+    except BaseException:
+        _discard(p.work, p.partial, p.resumed)
+        raise
+    with contextlib.suppress(OSError):  # superseded by the finished output
+        if stat.S_ISREG(p.partial.lstat().st_mode):
+            p.partial.unlink()
+    log.debug("wrote %s (%d rows)", p.output, p.task.rows)
+
+
+def _stopped(p: _Pending, e: BaseException) -> KmodelError:
+    """The error for an interrupted run or a killed runner, after keeping the task's rows
+    in OUT.partial (for --resume)."""
+    kept, where = _keep_partial(p.work, p.partial, p.hash, p.resumed)
+    what = (f"{kept} rows kept in {where}; continue with `{p.again}`" if kept
+            else "temporary files were removed")
+    if isinstance(e, RunnerKilledError):
+        return RunnerKilledError(e.what, what if kept else "no rows were written; rerun",
+                                 detail=e.detail)
+    return Interrupted(e.signum if isinstance(e, Interrupted) else signum_of(e), what)
 
 
 def _unchanged(path: Path, signature: str) -> bool:
@@ -331,8 +436,8 @@ def _discard(work: Path, partial: Path, resumed: bool) -> None:
             work.unlink()
 
 
-def _check_complete(path: Path, model: str) -> int:
-    """Every row written and the complete flag set, read back from the file; return rows."""
+def _check_complete(path: Path, model: str, rows: int) -> None:
+    """Every row written and the complete flag set, read back from the file."""
     try:
         attrs = hdf5.read_attrs(path)
         _, total = hdf5.describe(path, "preds")
@@ -340,11 +445,10 @@ def _check_complete(path: Path, model: str) -> int:
         raise ModelContractError(f"model {model!r}: the runner reported success but its "
                                  f"output is unreadable ({e}); rerun") from None
     done = int(attrs.get(hdf5.ROWS_DONE, -1))
-    if done != total or not attrs.get(hdf5.COMPLETE):
+    if done != rows or total != rows or not attrs.get(hdf5.COMPLETE):
         raise ModelContractError(
-            f"model {model!r} stopped after {max(done, 0)} of {total} rows without an error "
+            f"model {model!r} stopped after {max(done, 0)} of {rows} rows without an error "
             "(did its code call sys.exit or os._exit?); nothing was kept: fix the model")
-    return total
 
 
 def train(registry: Registry, name: str, input_path: Path, targets: str, weights_out: Path,
@@ -371,15 +475,15 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
         remove_stale_temps(weights_out)
         with atomic_dir(weights_out, lambda d: written_by_kmodel(d, listed)) as tmp:
             env, _ = ensure_env(registry, model)
-            job = {
-                "mode": "train", "model_name": model.name,
-                "model_dir": str(model.folder.resolve()), "entrypoint": model.spec.entrypoint,
-                "args": model.spec.args, "input": str(input_path.resolve()),
-                "inputs": {i.name: i.dtype for i in model.spec.inputs}, "targets": targets,
-                "train_args": model.spec.train.args,
-                "weights_out": str(tmp.resolve()), "output_name": str(weights_out),
-            }
-            run_job(env, job, name, progress)
+            job = Job(mode="train", model_name=model.name,
+                      model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
+                      args=model.spec.args, input=str(input_path.resolve()),
+                      inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
+                      train_args=model.spec.train.args, weights_out=str(tmp.resolve()),
+                      output_name=str(weights_out))
+            error = run_job(env, job, progress).error
+            if error is not None:
+                raise error
             for file, text in (extra or {}).items():
                 (tmp / file).write_text(text)
             hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
@@ -390,104 +494,3 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
 
 def _same_folder(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
-
-
-@contextlib.contextmanager
-def _job_file(job: dict[str, Any]) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix="kmodel-job-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(job, f)
-        yield Path(name)
-    finally:
-        os.unlink(name)
-
-
-def _events(fd: int, progress: Progress | None) -> Iterator[dict[str, Any]]:
-    """The runner's protocol messages (JSON lines on a pipe of their own)."""
-    with os.fdopen(fd, "rb") as channel:
-        for line in channel:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            if event.get("event") == "progress" and progress:
-                progress(int(event["done"]), int(event["total"]))
-            yield event
-
-
-def run_job(env: Env, job: dict[str, Any], model: str, progress: Progress | None) -> None:
-    """Start the runner in ``env`` on ``job``; relay progress; map failures to errors."""
-    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    with _job_file(job) as job_path:
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = _subprocess.popen([env.python, "-I", "-X", "faulthandler", RUNNER, job_path,
-                                      str(write_fd)],
-                                     env=run_env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,))
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        assert proc.stdout is not None
-        output = _subprocess.Tail(proc.stdout)
-        events: list[dict[str, Any]] = []
-        try:
-            for event in _events(read_fd, progress):
-                if event.get("event") != "progress":
-                    events.append(event)
-            code = proc.wait()
-        except BaseException:
-            _subprocess.stop(proc)
-            raise
-    _raise_failure(env, job, model, code, events, output.text())
-
-
-def _raise_failure(env: Env, job: dict[str, Any], model: str, code: int,
-                   events: list[dict[str, Any]], text: str) -> None:
-    """Nothing if the runner says it finished; else the error that says what happened."""
-    kinds = {e.get("event") for e in events}
-    error = next((e for e in events if e.get("event") == "error"), None)
-    if code == 0 and "done" in kinds and error is None:
-        return
-    if code < 0 and error is None:
-        sig = signal.Signals(-code)
-        if sig.name == "SIGXFSZ":
-            raise OutputNotWritableError(Path(job["output_name"]),
-                                         "the file size limit was reached (ulimit -f)",
-                                         "raise the limit or choose another location")
-        raise RunnerKilledError(f"model {model!r}: the runner was killed by {sig.name} "
-                                "(out of memory or a time limit?)", detail=text)
-    if error is None:
-        if "ready" not in kinds:
-            last = text.strip().splitlines()[-1] if text.strip() else f"exit code {code}"
-            raise RunnerError(f"model {model!r}: the runner could not start in env "
-                              f"{env.prefix}: {last}; rebuild the env (delete it, then "
-                              "`kmodel env create`)", detail=text)
-        raise ModelContractError(
-            f"model {model!r}: its process exited with status {code} before finishing, "
-            "without an error (its code may call os._exit, or it crashed in C code); run "
-            "with -v for its output", detail=text)
-    kind, message = str(error.get("kind")), str(error.get("message", "")).splitlines()
-    first = message[0] if message else "no message"
-    detail = str(error.get("traceback") or "") + text[-4000:]
-    if kind == "model":
-        raise ModelError(f"model {model!r} raised {first}; run with -v for its traceback",
-                         detail=detail)
-    if kind in ("exit", "output"):
-        what = f"{first} part-way" if kind == "exit" else first
-        raise ModelContractError(f"model {model!r}: {what}; fix the model's code (kmodel keeps "
-                                 "nothing it did not check)", detail=detail)
-    if kind == "write":
-        info = json.loads(first)
-        e = OSError(info["errno"], info.get("message") or os.strerror(info["errno"]))
-        raise write_error(Path(job["output_name"]), e)
-    if kind in ("stopped", "orphaned"):
-        raise RunnerKilledError(f"model {model!r}: the runner was stopped ({first})",
-                                detail=detail)
-    raise SpecError(Path(job["model_dir"]) / "model.yaml", first, field=kind,
-                    fix="fix the model code or its spec")

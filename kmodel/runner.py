@@ -9,10 +9,14 @@ nothing of kmodel is installed into model envs. It builds the model from its ent
 hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
 on the whole input, then writes params.json + one .npy per weight).
 
+The job (kmodel/job.py, also loaded by path) may hold several prediction tasks: one model
+build serves them all.
+
 Protocol: JSON lines on file descriptor FD, a pipe of its own, so nothing the model prints
-on stdout or stderr can be mistaken for it: ``ready`` (numpy and h5py imported),
-``progress`` (rows done, total), then ``done`` or ``error`` (kind, message, traceback).
-The host checks the output file itself; ``done`` is a claim, not a proof.
+on stdout or stderr can be mistaken for it: ``ready`` (numpy and h5py imported), then per
+task ``task`` (its index), ``progress`` (rows done, rows of the task) and ``done``; or
+``error`` (kind, message, traceback) for the task under way. The host checks every output
+file itself; ``done`` is a claim, not a proof.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def _load_module(name: str, path: Path) -> Any:
 
 
 hdf5 = _load_module("_kmodel_hdf5", HERE / "io" / "hdf5.py")
+jobs = _load_module("_kmodel_job", HERE / "job.py")
 _channel: TextIO | None = None
 
 
@@ -66,18 +71,18 @@ def send(event: str, **fields: Any) -> None:
         _channel.flush()
 
 
-def build_model(job: dict[str, Any]) -> Any:
-    model_dir = Path(job["model_dir"])
-    file, func = job["entrypoint"].split(":")
+def build_model(job: Any) -> Any:
+    model_dir = Path(job.model_dir)
+    file, func = job.entrypoint.split(":")
     sys.path.insert(0, str(model_dir))
     module = _load_module(f"kmodel_model_{Path(file).stem}", model_dir / file)
     if not hasattr(module, func):
         raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
-    model = getattr(module, func)(**job.get("args", {}))
-    if job.get("weights_dir"):
-        folder = Path(job["weights_dir"])
+    model = getattr(module, func)(**job.args)
+    if job.weights_dir:
+        folder = Path(job.weights_dir)
         weights = {n[:-4]: np.load(folder / n, allow_pickle=False)
-                   for n in job["weights"] if n.endswith(".npy")}
+                   for n in job.weights if n.endswith(".npy")}
         model.set_weights(weights)
     return model
 
@@ -133,62 +138,68 @@ def _write_failed(e: OSError, path: Path) -> NoReturn:
     os._exit(3)
 
 
-def predict(job: dict[str, Any], model: Any) -> None:
-    dtypes = job["inputs"]  # name -> the dtype the spec promises the model
+def predict(job: Any, model: Any) -> None:
+    """Every task of the job in turn, with one model: ``task`` then ``done`` events each."""
+    outputs = {k: (v[0], tuple(v[1])) for k, v in job.outputs.items()}
+    for index, task in enumerate(job.tasks):
+        send("task", index=index)
+        _predict_task(job, task, model, outputs)
+        send("done", index=index, rows=task.rows)
+
+
+def _predict_task(job: Any, task: Any, model: Any, outputs: dict[str, Any]) -> None:
+    dtypes = job.inputs  # name -> the dtype the spec promises the model
     names = list(dtypes)
-    outputs = {k: (v[0], tuple(v[1])) for k, v in job["outputs"].items()}
-    path, out_path = Path(job["input"]), Path(job["output"])
-    _, total = hdf5.describe(path)
-    attrs = {**job.get("attrs", {}), "env_python_version": platform.python_version(),
+    path, out_path = Path(task.input), Path(task.output)
+    attrs = {**task.attrs, "env_python_version": platform.python_version(),
              "env_numpy_version": np.__version__}
     try:
-        writer = hdf5.PredictionWriter(out_path, outputs, total, hdf5.id_dtype(path),
-                                       job["batch_size"], attrs, job.get("resume", False))
+        writer = hdf5.PredictionWriter(out_path, outputs, task.rows, hdf5.id_dtype(path),
+                                       job.batch_size, attrs, task.resume)
     except OSError as e:
         _write_failed(e, out_path)
-    start = writer.rows_done
-    send("progress", done=start, total=total)
+    send("progress", done=writer.rows_done, total=task.rows)
     last, complete = 0.0, False
     try:
-        for lo, ids, batch in hdf5.iter_batches(path, names, job["batch_size"], start):
-            if job.get("host_pid") and os.getppid() != job["host_pid"]:
+        for lo, ids, batch in hdf5.iter_batches(path, names, job.batch_size,
+                                                task.start + writer.rows_done, task.stop):
+            if job.host_pid and os.getppid() != job.host_pid:
                 raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
             batch = {k: v.astype(dtypes[k], copy=False) for k, v in batch.items()}
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             preds = _as_outputs(result, outputs, len(ids))
             try:
-                writer.write(lo, ids, preds)
+                writer.write(lo - task.start, ids, preds)
             except OSError as e:
                 _write_failed(e, out_path)
             now = time.monotonic()
             if now - last > 0.2:
-                send("progress", done=writer.rows_done, total=total)
+                send("progress", done=writer.rows_done, total=task.rows)
                 last = now
-        complete = writer.rows_done == total
+        complete = writer.rows_done == task.rows
     finally:
         try:
             writer.close(complete)
         except OSError as e:
             _write_failed(e, out_path)
-    send("done", rows=writer.rows_done, total=total)
 
 
-def train(job: dict[str, Any], model: Any) -> None:
-    names = list(job["inputs"])
-    arrays, _ = hdf5.read_group(Path(job["input"]), "inputs", names)
-    targets, _ = hdf5.read_group(Path(job["input"]), "targets", [job["targets"]])
+def train(job: Any, model: Any) -> None:
+    names = list(job.inputs)
+    arrays, _ = hdf5.read_group(Path(job.input), "inputs", names)
+    targets, _ = hdf5.read_group(Path(job.input), "targets", [job.targets])
     x = arrays[names[0]] if len(names) == 1 else arrays
-    model.fit(x, targets[job["targets"]], **job.get("train_args", {}))
+    model.fit(x, targets[job.targets], **job.train_args)
     weights = {str(k): np.asarray(v) for k, v in model.get_weights().items()}
-    out = Path(job["weights_out"])
+    out = Path(job.weights_out)
     try:
         for name, arr in weights.items():
             if arr.dtype.kind not in "biufc":
                 raise JobError("output", f"get_weights() returned {name!r} of dtype "
                                f"{arr.dtype}; weights are numeric arrays (no pickles)")
             np.save(out / f"{name}.npy", arr, allow_pickle=False)
-        params = {"model": job.get("model_name"), "args": job.get("args", {}),
-                  "train_args": job.get("train_args", {}), "weights": sorted(weights)}
+        params = {"model": job.model_name, "args": job.args,
+                  "train_args": job.train_args, "weights": sorted(weights)}
         (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     except OSError as e:
         _write_failed(e, out)
@@ -220,11 +231,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if hasattr(signal, "SIGXFSZ"):  # a file size limit gives EFBIG, not a silent kill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    job = json.loads(Path(argv[1]).read_text())
     send("ready", python=platform.python_version(), numpy=np.__version__)
     try:
+        try:
+            job = jobs.Job.from_json(Path(argv[1]).read_text())
+        except (ValueError, TypeError) as e:
+            raise JobError("job", f"unreadable job file: {e}") from None
         model = build_model(job)
-        (train if job["mode"] == "train" else predict)(job, model)
+        (train if job.mode == "train" else predict)(job, model)
         return 0
     except BaseException as e:
         kind, message = _classify(e)

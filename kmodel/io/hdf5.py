@@ -157,12 +157,14 @@ def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
 
 
 def iter_batches(path: Path, names: Sequence[str], batch_size: int, start: int = 0,
+                 stop: int | None = None,
                  ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
-    """Yield ``(offset, ids, {name: rows})`` for consecutive batches of /inputs."""
+    """Yield ``(offset, ids, {name: rows})`` for consecutive batches of /inputs, rows
+    [start, stop)."""
     with h5py.File(path, "r") as f:
         ids = f["metadata/id"]
         datasets = {n: f[f"inputs/{n}"] for n in names}
-        n = len(ids)
+        n = len(ids) if stop is None else min(stop, len(ids))
         for lo in range(start, n, batch_size):
             hi = min(lo + batch_size, n)
             yield lo, ids[lo:hi], {k: d[lo:hi] for k, d in datasets.items()}
@@ -222,3 +224,38 @@ class PredictionWriter:
         if complete:
             self.f.attrs[COMPLETE] = True
         self.f.close()
+
+
+def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
+           chunk_rows: int, block: int = 1 << 20) -> None:
+    """Write ``path`` (which must not exist) with /preds/* and /metadata/id of ``sources``
+    one after the other, streamed ``block`` rows at a time, and the root ``attrs``."""
+    with h5py.File(sources[0], "r") as first:
+        layout = {name: (d.dtype, d.shape[1:]) for name, d in first["preds"].items()}
+        id_dtype = first["metadata/id"].dtype
+    rows = 0
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            rows += len(f["metadata/id"])
+    chunk = max(1, min(chunk_rows, rows))
+    with h5py.File(path, "x") as out:
+        out.attrs["schema_version"] = SCHEMA_VERSION
+        for k, v in attrs.items():
+            out.attrs[k] = v
+        targets = {name: out.create_dataset(f"preds/{name}", shape=(rows, *shape), dtype=dtype,
+                                            maxshape=(None, *shape), chunks=(chunk, *shape))
+                   for name, (dtype, shape) in layout.items()}
+        ids = out.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype, maxshape=(None,),
+                                 chunks=(chunk,))
+        offset = 0
+        for src in sources:
+            with h5py.File(src, "r") as f:
+                n = len(f["metadata/id"])
+                for lo in range(0, n, block):
+                    hi = min(lo + block, n)
+                    for name, ds in targets.items():
+                        ds[offset + lo:offset + hi] = f[f"preds/{name}"][lo:hi]
+                    ids[offset + lo:offset + hi] = f["metadata/id"][lo:hi]
+                offset += n
+        out.attrs[ROWS_DONE] = rows
+        out.attrs[COMPLETE] = True

@@ -1,0 +1,171 @@
+"""Starts the in-env runner on a Job, relays its events, maps its failures to errors.
+
+The runner (kmodel/runner.py) runs with the model env's own python, isolated (``-I``), and
+reports over a pipe of its own; what the model prints goes to a bounded tail, shown with -v.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmodel import _subprocess
+from kmodel._fs import write_error
+from kmodel.envs import Env
+from kmodel.errors import (
+    KmodelError,
+    ModelContractError,
+    ModelError,
+    OutputNotWritableError,
+    RunnerError,
+    RunnerKilledError,
+    SpecError,
+)
+from kmodel.job import Job
+
+RUNNER = Path(__file__).with_name("runner.py")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Outcome:
+    """What the runner did: the tasks it finished, the one under way, how it failed."""
+
+    done: list[int] = field(default_factory=list)
+    current: int = 0
+    error: KmodelError | None = None
+
+
+@contextlib.contextmanager
+def _job_file(job: Job) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix="kmodel-job-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(job.to_json())
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+def _events(fd: int) -> Iterator[dict[str, Any]]:
+    """The runner's protocol messages (JSON lines on a pipe of their own)."""
+    with os.fdopen(fd, "rb") as channel:
+        for line in channel:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
+def run_job(env: Env, job: Job, progress: Progress | None = None,
+            outcome: Outcome | None = None) -> Outcome:
+    """Run ``job`` in ``env``. Returns what happened (``outcome.error`` set on failure);
+    raises only when kmodel itself is interrupted (the runner is stopped first).
+
+    ``outcome`` may be passed in, so that a caller interrupted mid-way still knows which
+    tasks finished. Progress is reported over all tasks: (rows done, rows in all tasks).
+    """
+    outcome = outcome or Outcome()
+    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    sizes = [t.rows for t in job.tasks]
+    with _job_file(job) as job_path:
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = _subprocess.popen([env.python, "-I", "-X", "faulthandler", RUNNER, job_path,
+                                      str(write_fd)], env=run_env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        assert proc.stdout is not None
+        output = _subprocess.Tail(proc.stdout)
+        events: list[dict[str, Any]] = []
+        try:
+            for event in _events(read_fd):
+                kind = event.get("event")
+                if kind == "progress":
+                    if progress:
+                        before = sum(sizes[: outcome.current])
+                        progress(before + int(event["done"]), sum(sizes) or int(event["total"]))
+                    continue
+                if kind == "task":
+                    outcome.current = int(event["index"])
+                elif kind == "done" and "index" in event:
+                    outcome.done.append(int(event["index"]))
+                events.append(event)
+            code = proc.wait()
+        except BaseException:
+            _subprocess.stop(proc)
+            raise
+    outcome.error = _failure(env, job, outcome.current, code, events, output.text())
+    return outcome
+
+
+def _failure(env: Env, job: Job, current: int, code: int, events: list[dict[str, Any]],
+             text: str) -> KmodelError | None:
+    """None if the runner finished every task; else the error that says what happened."""
+    model = job.model_name
+    kinds = {e.get("event") for e in events}
+    error = next((e for e in events if e.get("event") == "error"), None)
+    finished = "done" in kinds if job.mode == "train" else (
+        sum(e.get("event") == "done" for e in events) == len(job.tasks))
+    if code == 0 and finished and error is None:
+        return None
+    if code < 0 and error is None:
+        sig = signal.Signals(-code)
+        if sig.name == "SIGXFSZ":
+            return OutputNotWritableError(Path(_output_name(job, current)),
+                                          "the file size limit was reached (ulimit -f)",
+                                          "raise the limit or choose a smaller output")
+        return RunnerKilledError(f"model {model!r}: the runner was killed by {sig.name} "
+                                 "(out of memory or a time limit?)", detail=text)
+    if error is None:
+        if "ready" not in kinds:
+            last = text.strip().splitlines()[-1] if text.strip() else f"exit code {code}"
+            return RunnerError(f"model {model!r}: the runner could not start in env "
+                               f"{env.prefix}: {last}; rebuild the env (delete it, then "
+                               "`kmodel env create`)", detail=text)
+        return ModelContractError(
+            f"model {model!r}: its process exited with status {code} before finishing, "
+            "without an error (its code may call os._exit, or it crashed in C code); run "
+            "with -v for its output", detail=text)
+    kind, lines = str(error.get("kind")), str(error.get("message", "")).splitlines()
+    first = lines[0] if lines else "no message"
+    detail = str(error.get("traceback") or "") + text[-4000:]
+    if kind == "model":
+        return ModelError(f"model {model!r} raised {first}; run with -v for its traceback",
+                          detail=detail)
+    if kind in ("exit", "output"):
+        what = f"{first} part-way" if kind == "exit" else first
+        return ModelContractError(f"model {model!r}: {what}; fix the model's code (kmodel "
+                                  "keeps nothing it did not check)", detail=detail)
+    if kind == "write":
+        info = json.loads(first)
+        e = OSError(info["errno"], info.get("message") or os.strerror(info["errno"]))
+        return write_error(Path(_output_name(job, current)), e)
+    if kind in ("stopped", "orphaned"):
+        return RunnerKilledError(f"model {model!r}: the runner was stopped ({first})",
+                                 detail=detail)
+    if kind == "job":
+        return RunnerError(f"model {model!r}: {first}; reinstall kmodel", detail=detail)
+    return SpecError(Path(job.model_dir) / "model.yaml", first, field=kind,
+                     fix="fix the model code or its spec")
+
+
+def _output_name(job: Job, current: int) -> str:
+    """The final name of what the runner was writing (not its temporary name)."""
+    if job.mode == "train" or not job.tasks:
+        return job.output_name
+    return job.tasks[min(current, len(job.tasks) - 1)].output_name
