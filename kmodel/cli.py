@@ -391,31 +391,91 @@ io_options = [
 ]
 
 
+def _rows(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    start, sep, stop = value.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start or 0), int(stop) if stop else None
+    except ValueError:
+        raise click.BadParameter("give START:STOP, e.g. 0:1000000 (STOP may be left out)",
+                                 ctx, param) from None
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    k, sep, n = value.partition("/")
+    try:
+        shard = int(k), int(n)
+        if not sep or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+        return shard
+    except ValueError:
+        raise click.BadParameter("give K/N with 0 <= K < N, e.g. 0/4 for the first of 4",
+                                 ctx, param) from None
+
+
 @cli.command()
 @click.argument("model")
-@io_options[0]
-@io_options[1]
+@click.option("-i", "--input", "inputs", required=True, multiple=True,
+              type=click.Path(path_type=Path),
+              help="Input HDF5 (/inputs/<name>, /metadata/id); repeat -i/-o pairs to predict "
+                   "several inputs with one runner process.")
+@click.option("-o", "--output", "outputs", required=True, multiple=True,
+              type=click.Path(path_type=Path),
+              help="Output HDF5 (one per -i); written under a temporary name, renamed when "
+                   "complete.")
 @click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1),
               help="Rows per batch: bounds memory, whatever the input size.")
+@click.option("--rows", callback=_rows, metavar="START:STOP",
+              help="Predict only these rows (a shard; merge shards with `kmodel merge`). "
+                   "Cut at multiples of --batch-size for results equal to an unsharded run.")
+@click.option("--shard", callback=_shard, metavar="K/N",
+              help="Predict the K-th of N shards (K from 0), cut at multiples of --batch-size.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted or killed run from OUTPUT.partial (refused if "
                    "the partial was made by another model, spec, weights, env or input).")
 @click.pass_context
-def predict(ctx: click.Context, model: str, input_path: Path, output: Path, batch_size: int,
-            resume: bool) -> None:
+def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...],
+            batch_size: int, rows: Any, shard: Any, resume: bool) -> None:
     """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id).
 
     OUTPUT appears only when every row is written. One run at a time may write it (a second
     is refused); an interrupted run (Ctrl-C, SIGTERM, a killed runner) keeps its rows in
     OUTPUT.partial for --resume.
     """
-    from kmodel.predict import predict as run_predict
+    from kmodel.predict import predict_many
 
+    if len(inputs) != len(outputs):
+        raise UsageError(f"give one -o per -i (got {len(inputs)} inputs, {len(outputs)} "
+                         "outputs)")
+    if rows is not None and shard is not None:
+        raise UsageError("give --rows or --shard, not both")
     t0 = time.perf_counter()
     with _progress(model) as progress:
-        run_predict(_registry(ctx), model, input_path, output, batch_size=batch_size,
-                    resume=resume, progress=progress)
-    click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+        predict_many(_registry(ctx), model, list(zip(inputs, outputs, strict=True)),
+                     batch_size=batch_size, resume=resume, progress=progress, rows=rows,
+                     shard=shard)
+    for output in outputs:
+        click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+
+
+@cli.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@io_options[1]
+def merge(shards: tuple[Path, ...], output: Path) -> None:
+    """Merge prediction SHARDS (from `predict --rows` or `--shard`) into OUTPUT.
+
+    The shards must come from one model, spec, weights, env and input, and cover every row
+    of the input exactly once; the merged file equals an unsharded run's.
+    """
+    from kmodel.merge import merge as run_merge
+
+    run_merge(shards, output)
+    click.echo(f"wrote {output} from {len(shards)} shards")
 
 
 @cli.command()

@@ -239,6 +239,12 @@ class TargetLengthError(KmodelError):
     code = "KM601"
 
 
+class ShardError(KmodelError):
+    """Shards that cannot be merged: from different runs, incomplete, overlapping or gapped."""
+
+    code = "KM603"
+
+
 class MixedInputsError(KmodelError):
     """Prediction files made from different input files were given to one composer step."""
 

@@ -224,14 +224,28 @@ class DataConfig(StrictModel):
         return self
 
 
+Count = Annotated[int, Field(ge=1, le=10_000)]
+
+
 class ComposeConfig(StrictModel):
+    """A composition: base models, an ensembler, data, and where models and envs live.
+
+    ``specs`` (folders of model folders) and ``envs`` (a folder of env specs) are relative to
+    the working directory; without them KMODEL_PATH / ./model_specs and KMODEL_ENVS / ./envs
+    are used. ``shards`` splits every model's predictions (an int) or some models' (a
+    mapping) into that many jobs, merged afterwards.
+    """
+
     name: Annotated[str, Field(pattern=NAME_RE)]
     results: PlainPath = "results"
+    specs: list[PlainPath] = []
+    envs: PlainPath | None = None
     data: DataConfig
     targets: Annotated[str, Field(pattern=NAME_RE)] = "y"
     models: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
     ensembler: Annotated[str, Field(pattern=NAME_RE)]
     batch_size: Annotated[int, Field(gt=0)] = 8192
+    shards: Count | dict[str, Count] = 1
 
     @field_validator("models")
     @classmethod
@@ -239,6 +253,18 @@ class ComposeConfig(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError(f"models must be unique, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _shards_name_models(self) -> ComposeConfig:
+        if isinstance(self.shards, dict) and (unknown := sorted(set(self.shards) -
+                                                                set(self.models))):
+            raise ValueError(f"shards names {unknown}, which are not in models {self.models}")
+        return self
+
+    def shards_of(self, model: str) -> int:
+        if isinstance(self.shards, int):
+            return self.shards
+        return self.shards.get(model, 1)
 
 
 # --- loading -----------------------------------------------------------------------

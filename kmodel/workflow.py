@@ -27,16 +27,27 @@ from kmodel.spec import ComposeConfig, load_compose_config
 
 log = logging.getLogger("kmodel")
 
-#: the workflow as shipped inside the package (wheel installs) or in the source tree
-_CANDIDATES = (Path(__file__).parent / "_workflows" / "Snakefile",
-               Path(__file__).parents[1] / "workflows" / "Snakefile")
+#: the workflows folder as shipped inside the package (wheel installs) or the source tree
+_CANDIDATES = (Path(__file__).parent / "_workflows", Path(__file__).parents[1] / "workflows")
+SPLITS = ("train", "test")
+
+
+def workflows_dir() -> Path:
+    for path in _CANDIDATES:
+        if (path / "Snakefile").is_file():
+            return path
+    raise WorkflowError("kmodel's Snakefile is missing from the installation; reinstall kmodel")
 
 
 def snakefile() -> Path:
-    for path in _CANDIDATES:
-        if path.is_file():
-            return path
-    raise WorkflowError("kmodel's Snakefile is missing from the installation; reinstall kmodel")
+    """The Snakefile to use as a Snakemake module (`kmodel snakefile` prints it)."""
+    return workflows_dir() / "Snakefile"
+
+
+def profile(name: str) -> Path | None:
+    """A cluster profile shipped with kmodel (workflows/profiles/NAME), if there is one."""
+    path = workflows_dir() / "profiles" / name
+    return path if (path / "config.yaml").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,16 @@ class Plan:
 
     def preds(self, model: str, split: str) -> Path:
         return self.root / "preds" / model / f"{split}.h5"
+
+    def shard(self, model: str, split: str, k: int | str) -> Path:
+        return self.root / "preds" / model / "shards" / f"{split}-{k}.h5"
+
+    def registry(self, base: Registry | None = None) -> Registry:
+        """Where models and envs are found: the config's ``specs``/``envs`` first, then
+        ``base`` (the command line's), then KMODEL_PATH/KMODEL_ENVS and ./model_specs, ./envs."""
+        base = base or Registry()
+        specs = [Path(s) for s in self.config.specs] + list(base.specs)
+        return Registry(specs, Path(self.config.envs) if self.config.envs else base.envs_dir)
 
     @property
     def ensembler_weights(self) -> Path:
@@ -86,7 +107,7 @@ class Plan:
 
 def load_plan(path: Path, registry: Registry) -> Plan:
     plan = Plan(load_compose_config(path))
-    plan.check(registry)
+    plan.check(plan.registry(registry))
     return plan
 
 
@@ -105,6 +126,7 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
     regenerated. If kmodel itself is killed, a reaper stops Snakemake and its jobs.
     """
     plan = load_plan(config, registry)
+    extra = _with_profile(extra)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile()), "--configfile",
            str(config), "--cores", str(cores)]
     env = dict(os.environ)
@@ -123,6 +145,19 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
         flags = [] if "--unlock" in extra else ["--rerun-incomplete"]
         _snakemake([*cmd, *flags, *extra], env, echo)
     return plan
+
+
+def _with_profile(extra: Sequence[str]) -> list[str]:
+    """``--profile NAME`` of a profile shipped with kmodel becomes its path (Snakemake would
+    look for NAME in the user's config folders only)."""
+    args = list(extra)
+    for i, arg in enumerate(args):
+        name = args[i + 1] if arg == "--profile" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--profile=") else None)
+        if name and not Path(name).exists() and (shipped := profile(name)):
+            args[i: i + (2 if arg == "--profile" else 1)] = ["--profile", str(shipped)]
+            break
+    return args
 
 
 def _snakemake(cmd: list[str], env: dict[str, str], echo: Callable[[str], None] | None) -> None:
