@@ -100,7 +100,7 @@ def _project(folder: Path, results: str = "out") -> None:
 # the moment to kill: when this job's log appears (the job has started)
 STAGES = {
     "data": "data.log",
-    "predict": "predict_logreg_train.log",
+    "predict": "predict_logreg.log",
     "compose_train": "compose_train.log",
     "score": "score.log",
 }
