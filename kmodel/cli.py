@@ -629,6 +629,23 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+@cli.command()
+@click.option("--profiles", is_flag=True, help="Print the folder of shipped cluster profiles.")
+def snakefile(profiles: bool) -> None:
+    """Print the path of kmodel's Snakefile, to use as a module in your own pipeline.
+
+    \b
+    module kmodel:
+        snakefile: "<this path>"
+        config: config["kmodel"]
+    use rule * from kmodel as kmodel_*
+    """
+    from kmodel.workflow import snakefile as path
+    from kmodel.workflow import workflows_dir
+
+    click.echo(workflows_dir() / "profiles" if profiles else path())
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     if hasattr(signal, "SIGXFSZ"):  # a file size limit (ulimit -f) gives EFBIG, not a crash

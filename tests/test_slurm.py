@@ -1,0 +1,94 @@
+"""The demo on a real one-node SLURM cluster on localhost (tests/slurm/up.sh), through the
+shipped profile: `kmodel run workflows/demo.yaml --profile slurm`. Its results must equal
+a local run's. Env builds stay on the submitting host (one shared KMODEL_HOME); compute
+jobs only find the built envs. Skipped, with the reason, where SLURM cannot be started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+REPO = Path(__file__).resolve().parents[1]
+KMODEL = [sys.executable, "-m", "kmodel"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    if shutil.which("sbatch") and subprocess.run(["sinfo", "-h"], capture_output=True,
+                                                 timeout=10).returncode == 0:
+        return
+    res = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "up.sh")], capture_output=True,
+                         text=True, timeout=600)
+    if res.returncode != 0:
+        pytest.skip((res.stderr.strip().splitlines() or ["SLURM could not be started"])[-1])
+
+
+def project(folder: Path) -> Path:
+    for name in ("envs", "model_specs", "workflows"):
+        shutil.copytree(REPO / name, folder / name)
+    return folder
+
+
+def predictions(root: Path) -> dict[str, np.ndarray]:
+    found = {}
+    for path in sorted(root.rglob("*.h5")):
+        with h5py.File(path, "r") as f:
+            for group in ("preds", "metadata"):
+                for name, ds in f.get(group, {}).items():
+                    found[f"{path.relative_to(root)}:{group}/{name}"] = ds[()]
+    return found
+
+
+def run(folder: Path, *args: str) -> tuple[float, str]:
+    """Wall time and Snakemake's log of `kmodel run workflows/demo.yaml ARGS`."""
+    t0 = time.perf_counter()
+    res = subprocess.run([*KMODEL, "run", "workflows/demo.yaml", *args], cwd=folder,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return time.perf_counter() - t0, res.stderr
+
+
+def test_the_demo_on_slurm_equals_a_local_run(tmp_path: Path, kmodel_home: Path,
+                                              cluster: None) -> None:
+    local, slurm = project(tmp_path / "local"), project(tmp_path / "slurm")
+    subprocess.run([*KMODEL, "env", "create", "--all"], cwd=local, check=True,
+                   capture_output=True)
+    local_s, _ = run(local, "--cores", "2")
+    slurm_s, log = run(slurm, "--profile", "slurm")
+    print(f"\ndemo wall time, envs built: local {local_s:.1f} s, SLURM {slurm_s:.1f} s "
+          f"({slurm_s / local_s:.1f}x)")
+    a, b = predictions(local / "results/demo"), predictions(slurm / "results/demo")
+    assert a.keys() == b.keys() and len(a) == 16
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((local / "results/demo/scores.json").read_text()) == \
+        json.loads((slurm / "results/demo/scores.json").read_text())
+    submitted = [ln for ln in log.splitlines() if "has been submitted with SLURM jobid" in ln]
+    assert sum("rule_predict" in ln for ln in submitted) == 3  # one SLURM job per model
+    assert sum("group_compose" in ln for ln in submitted) == 1  # the composer: one job
+
+
+def test_envs_are_built_once_on_the_submitting_host(tmp_path: Path, cluster: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh shared KMODEL_HOME: the env rule (a local job) builds each env once; the
+    compute jobs find them built and only verify them."""
+    home = tmp_path / "shared-home"
+    monkeypatch.setenv("KMODEL_HOME", str(home))
+    folder = project(tmp_path / "p")
+    run(folder, "--profile", "slurm")
+    logs = folder / "results" / "demo" / "logs"
+    built = [p.name for p in logs.glob("env_*.log") if "creating env" in p.read_text()]
+    assert sorted(built) == ["env_numpy2.log", "env_sklearn-legacy.log"]
+    for log in logs.glob("predict_*.log"):
+        assert "creating env" not in log.read_text(), log
+    built_envs = [p.name.rsplit("-", 1)[0] for p in (home / "envs").iterdir() if p.is_symlink()]
+    assert sorted(built_envs) == ["numpy2", "sklearn-legacy"]  # each once, in the shared home
