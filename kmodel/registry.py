@@ -7,14 +7,27 @@ Model specs live in ``<dir>/<name>/model.yaml`` for every dir in ``--specs``, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from kmodel import __version__
+from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
 from kmodel.errors import UnknownEnvError, UnknownModelError
-from kmodel.spec import NAME_RE, CondaEnvSpec, ModelSpec, PipEnvSpec, load_env_spec, load_model_spec
+from kmodel.spec import (
+    NAME_RE,
+    CondaEnvSpec,
+    ModelSpec,
+    PipEnvSpec,
+    check_model_paths,
+    load_env_spec,
+    load_model_spec,
+)
 
 SPEC_FILE = "model.yaml"
 
@@ -37,6 +50,28 @@ class Model:
     @property
     def weights_dir(self) -> Path | None:
         return self.folder / self.spec.weights.path if self.spec.weights else None
+
+
+def _load(path: Path) -> ModelSpec:
+    """A model spec, validated once per version of its file: the result is cached in
+    KMODEL_HOME by the file's identity (size, mtime, ctime, inode) and kmodel's version. A
+    workflow of 1,000 models parses 1,000 specs in every process that reads it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return load_model_spec(path)  # says what is wrong
+    key = (f"{__version__}|{path.name}|{st.st_dev}|{st.st_ino}|{st.st_size}|"
+           f"{st.st_mtime_ns}|{st.st_ctime_ns}")
+    entry = kmodel_home() / "spec-cache" / f"{sha256_bytes(key.encode())[:32]}.json"
+    try:
+        spec = ModelSpec.model_validate_json(entry.read_bytes())
+    except (OSError, ValidationError):
+        spec = load_model_spec(path)
+        with contextlib.suppress(Exception):  # a read-only home only costs speed
+            atomic_write_text(entry, spec.model_dump_json())
+    else:
+        check_model_paths(spec, path)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,11 @@ class Registry:
 
     def model_paths(self) -> dict[str, Path]:
         """Model name (its folder's name) -> model.yaml; the first spec dir wins."""
+        return dict(self._model_paths)
+
+    @cached_property
+    def _model_paths(self) -> dict[str, Path]:
+        # a Registry lives for one command or one workflow parse: look the folders up once
         found: dict[str, Path] = {}
         for d in self.spec_dirs:
             for p in sorted(d.glob(f"*/{SPEC_FILE}")):
@@ -82,10 +122,10 @@ class Registry:
         return found
 
     def model(self, name: str) -> Model:
-        paths = self.model_paths()
+        paths = self._model_paths
         if name not in paths:
             raise UnknownModelError(name, self.spec_dirs or [Path("model_specs")], sorted(paths))
-        return Model(load_model_spec(paths[name]), paths[name])
+        return Model(_load(paths[name]), paths[name])
 
     def models(self) -> list[Model]:
         return [self.model(n) for n in self.model_paths()]
@@ -96,12 +136,19 @@ class Registry:
         return sorted(p.stem for p in self.env_dir.glob("*.yaml") if re.match(NAME_RE, p.stem))
 
     def env(self, name: str, referenced_by: str | None = None) -> EnvRef:
+        if name in self._envs:
+            return self._envs[name]
         if not re.match(NAME_RE, name) or "/" in name:
             raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
         path = self.env_dir / f"{name}.yaml"
         if not path.is_file():
             raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
-        return EnvRef(name, path, load_env_spec(path))
+        ref = self._envs[name] = EnvRef(name, path, load_env_spec(path))
+        return ref
+
+    @cached_property
+    def _envs(self) -> dict[str, EnvRef]:
+        return {}
 
     def env_of(self, model: Model) -> EnvRef:
         return self.env(model.spec.env, referenced_by=str(model.path))

@@ -100,8 +100,11 @@ class Plan:
         or stale lockfile (KM200/KM201), which no job could get past."""
         from kmodel.envs import backend_for
 
+        envs = {}
         for name in [*self.config.models, self.config.ensembler]:
             ref = registry.env_of(registry.model(name))
+            envs[ref.name] = ref
+        for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
 
 
