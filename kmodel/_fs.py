@@ -70,8 +70,19 @@ def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
 # --- inputs ------------------------------------------------------------------------
 
 
+def _utf8(path: Path) -> bool:
+    """HDF5 and the runner's job file take UTF-8 paths (a name in another encoding is not)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_input_file(path: Path) -> None:
     """A regular, readable file, or KM400 saying what it is instead (never blocks on a FIFO)."""
+    if not _utf8(path):
+        raise InputMissingError(path, "has a name that is not valid UTF-8 (rename it)")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -132,6 +143,13 @@ def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = Fa
     if output.name in ("", ".", ".."):
         raise OutputNotWritableError(output, "it names a folder that holds other files",
                                      "give a new folder's name")
+    if not _utf8(output):
+        raise OutputNotWritableError(output, "its name is not valid UTF-8", "rename it")
+    with contextlib.suppress(OSError):
+        mode = os.lstat(output).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or (folder and stat.S_ISDIR(mode))):
+            raise OutputNotWritableError(output, "it exists and is not a regular file (a "
+                                         "device, FIFO or socket)", "choose a file name")
     name_max = _name_max(output.parent)
     if len(os.fsencode(output.name)) + TEMP_SUFFIX_LEN > name_max:
         raise OutputNotWritableError(

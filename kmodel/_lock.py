@@ -14,12 +14,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kmodel.errors import KmodelError
+from kmodel.errors import KmodelError, OutputNotWritableError, UsageError
 
 log = logging.getLogger("kmodel")
+
+
+def lease_seconds() -> float:
+    """KMODEL_LOCK_LEASE: seconds without a heartbeat after which another host's lock is
+    taken over (default 120)."""
+    raw = os.environ.get("KMODEL_LOCK_LEASE", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 5 <= value <= 86400:
+        raise UsageError(f"KMODEL_LOCK_LEASE={raw!r} is not a number of seconds from 5 to "
+                         "86400; unset it (default 120) or fix it")
+    return value
+
+
+def _foreign(path: Path) -> bool:
+    """A file at the lock's name that no kmodel wrote (no holder recorded, and older than a
+    lock being written right now): never taken over, so never deleted."""
+    try:
+        text = path.read_text(errors="replace")[:4096]
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    return "pid=" not in text and age > 5
 
 
 def lock_path(target: Path) -> Path:
@@ -47,8 +73,10 @@ def held(path: Path, busy: Callable[[str], KmodelError], *, wait: float = 0.0,
     """
     from filelock import SoftFileLease, Timeout  # a few ms: imported only where needed
 
-    lease = float(os.environ.get("KMODEL_LOCK_LEASE", "120"))
-    lock = SoftFileLease(str(path), lease_duration=lease, poll_interval=0.05)
+    if _foreign(path):
+        raise OutputNotWritableError(path, "it exists and is not a kmodel lock (a file of "
+                                     "yours?)", "rename or remove it")
+    lock = SoftFileLease(str(path), lease_duration=lease_seconds(), poll_interval=0.05)
     try:
         try:
             lock.acquire(timeout=0.3)  # a dead holder's lock is taken over in one poll
@@ -60,8 +88,10 @@ def held(path: Path, busy: Callable[[str], KmodelError], *, wait: float = 0.0,
             lock.acquire(timeout=wait)
     except Timeout:
         raise busy(holder(path)) from None
-    except OSError:
-        raise  # the folder is not writable, or full: the caller says which file
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise  # the folder is not writable, or full: the error names the lock file
     except Exception as e:  # e.g. a lease written with another duration: treat as held
         raise busy(f"{holder(path)} ({e})") from None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from kmodel.errors import (
     InternalError,
     Interrupted,
     KmodelError,
+    OutputNotWritableError,
     Terminated,
     UsageError,
     WeightsChangedError,
@@ -31,6 +33,7 @@ from kmodel.errors import (
 from kmodel.registry import Model, Registry
 
 log = logging.getLogger("kmodel")
+_WRITE_FAILED = False  # set when a command failed writing a file (see main)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -68,6 +71,8 @@ class KmodelGroup(click.Group):
             error = _as_error(e)
             if error is None:
                 raise
+            global _WRITE_FAILED
+            _WRITE_FAILED = isinstance(error, OutputNotWritableError)
             verbose = (ctx.obj or {}).get("verbose", 0)
             if verbose:
                 if error.detail:
@@ -82,8 +87,11 @@ def _as_error(e: BaseException) -> KmodelError | None:
     """The one-line error for any exception; None for those that must pass (SystemExit)."""
     if isinstance(e, KmodelError):
         return e
-    if isinstance(e, KeyboardInterrupt):
-        return Interrupted(signum_of(e))
+    cause: BaseException | None = e
+    while cause is not None:  # a signal may land inside code that wraps it (an import)
+        if isinstance(cause, KeyboardInterrupt):
+            return Interrupted(signum_of(cause))
+        cause = cause.__cause__ or cause.__context__
     if isinstance(e, OSError):
         from kmodel._fs import write_error
 
@@ -100,6 +108,16 @@ def _as_error(e: BaseException) -> KmodelError | None:
 def _registry(ctx: click.Context) -> Registry:
     reg: Registry = ctx.obj["registry"]
     return reg
+
+
+def _not_owned(ctx: click.Context, *outputs: Path | None) -> None:
+    """No output may overwrite a model spec, env spec or lockfile kmodel reads."""
+    from kmodel._fs import guard_output
+
+    owned = _registry(ctx).owned_files()
+    for output in outputs:
+        if output is not None:
+            guard_output(output, owned)
 
 
 @click.group(cls=KmodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +174,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
-            click.echo(f"ok    {r['path']}" if r["ok"] else f"Error [{r['code']}]: {r['error']}",
+            error = " ".join(str(r.get("error", "")).split())  # one line, whatever it quotes
+            click.echo(f"ok    {r['path']}" if r["ok"] else f"Error [{r['code']}]: {error}",
                        err=not r["ok"])
     if not all(r["ok"] for r in results):
         ctx.exit(1)
@@ -305,10 +324,7 @@ def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
     from kmodel.envs import backend_for
 
     refs = _env_refs(_registry(ctx), names, all_)
-    if record:
-        from kmodel._fs import guard_output
-
-        guard_output(record, [f for ref in refs for f in (ref.path, ref.lockfile)])
+    _not_owned(ctx, record)
     built = []
     for ref in refs:
         e = backend_for(ref).ensure(ref)
@@ -466,7 +482,8 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
 @cli.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @io_options[1]
-def merge(shards: tuple[Path, ...], output: Path) -> None:
+@click.pass_context
+def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
     """Merge prediction SHARDS (from `predict --rows` or `--shard`) into OUTPUT.
 
     The shards must come from one model, spec, weights, env and input, and cover every row
@@ -474,6 +491,7 @@ def merge(shards: tuple[Path, ...], output: Path) -> None:
     """
     from kmodel.merge import merge as run_merge
 
+    _not_owned(ctx, output)
     run_merge(shards, output)
     click.echo(f"wrote {output} from {len(shards)} shards")
 
@@ -556,11 +574,13 @@ def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also write the scores as JSON here.")
 @json_option
-def score(preds: tuple[str, ...], targets: Path, target_name: str, output: Path | None,
-          as_json: bool) -> None:
+@click.pass_context
+def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name: str,
+          output: Path | None, as_json: bool) -> None:
     """ROC AUC and accuracy of LABEL=PRED.h5 files against the targets."""
     from kmodel.compose import score as run_score
 
+    _not_owned(ctx, output)
     labelled = {}
     for item in preds:
         label, sep, path = item.partition("=")
@@ -584,11 +604,15 @@ def _score_table(scores: dict[str, dict[str, Any]]) -> str:
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
 @click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True)
-@click.option("--test-fraction", default=0.3, show_default=True)
-def data(dataset: str, train_path: Path, test_path: Path, seed: int, test_fraction: float) -> None:
+@click.option("--test-fraction", default=0.3, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.pass_context
+def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path, seed: int,
+         test_fraction: float) -> None:
     """Write an example dataset as kmodel input files (train and test split)."""
     from kmodel.datasets import breast_cancer
 
+    _not_owned(ctx, train_path, test_path)
     breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction)
     click.echo(f"wrote {train_path} and {test_path}")
 
@@ -623,9 +647,11 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM (SLURM, CI, `kill`) is handled like Ctrl-C: cleanup runs, exit 143. Further
-    SIGTERMs are ignored so that the cleanup itself is not cut short."""
-    signal.signal(signum, signal.SIG_IGN)
+    """SIGTERM (SLURM, CI, `kill`) and Ctrl-C: cleanup runs, exit 128 + the signal. Further
+    signals are ignored so that the cleanup itself (bounded: children get 5-30 s) is not cut
+    short and leaves no lock or temporary file behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(signum)
 
 
@@ -646,11 +672,32 @@ def snakefile(profiles: bool) -> None:
     click.echo(workflows_dir() / "profiles" if profiles else path())
 
 
+def _unraisable(hook: Any) -> Any:
+    """h5py reports a failed buffered write when it frees a dataset, as an "Exception
+    ignored" traceback; kmodel reports the failure itself, in one line."""
+    def quiet(info: Any) -> None:
+        if "h5py" in repr(getattr(info, "object", "")) or "ObjectID" in str(info.err_msg or ""):
+            log.debug("h5py: %s", info.exc_value)
+            return
+        hook(info)
+    return quiet
+
+
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. nohup, background jobs
+            signal.signal(signum, _terminate)
     if hasattr(signal, "SIGXFSZ"):  # a file size limit (ulimit -f) gives EFBIG, not a crash
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    cli(prog_name="kmodel")
+    try:
+        cli(prog_name="kmodel")
+    except SystemExit as e:
+        if _WRITE_FAILED:  # HDF5 may crash at exit closing a file whose write failed
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -44,20 +44,22 @@ def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         raise InputSchemaError(f"{path}: {e}; they must match") from None
     except hdf5.LayoutError as e:
         raise InputSchemaError(f"{path}: {e}; is it a kmodel {kind} file?") from None
-    except (OSError, KeyError, TypeError) as e:
+    except (OSError, KeyError, TypeError, RuntimeError) as e:
         raise InputSchemaError(f"{path}: not an HDF5 {kind} file ({e}); give kmodel "
                                f"{kind} files") from None
 
 
 def _finite(path: Path, what: str, values: np.ndarray, ids: np.ndarray) -> None:
-    """NaN or inf would train an ensembler with NaN weights: refuse them by name."""
+    """NaN or inf (also from float32 overflow) would train an ensembler with NaN weights:
+    refuse them by name."""
     if values.dtype.kind != "f":
         return
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         first = ids[bad][0].decode(errors="replace")
-        raise TargetLengthError(f"{path}: {what} has {int(bad.sum())} row(s) with NaN or inf, "
-                                f"e.g. id {first!r}; drop or fix those rows")
+        raise TargetLengthError(f"{path}: {what} has {int(bad.sum())} row(s) with NaN or inf "
+                                f"(or beyond float32), e.g. id {first!r}; drop or fix those "
+                                "rows")
 
 
 def check_same_input(preds: Sequence[Path]) -> None:
@@ -66,7 +68,7 @@ def check_same_input(preds: Sequence[Path]) -> None:
     for path in preds:
         try:
             digest = hdf5.read_attrs(path).get("input_sha256")
-        except OSError:
+        except (OSError, RuntimeError):
             continue  # unreadable: _read says why
         if not isinstance(digest, str) or not digest:
             continue  # e.g. a Kipoi file: no provenance to compare
@@ -105,6 +107,8 @@ def stack(preds: Sequence[Path], reference: np.ndarray | None = None, *,
           allow_mixed_inputs: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Columns of all prediction files, aligned to ``reference`` ids (default: the first's),
     and what each file holds (``model:output,...``), in order."""
+    for path in preds:
+        check_input_file(path)  # before anything opens it (a FIFO would block)
     if not allow_mixed_inputs:
         check_same_input(preds)
     columns, sources = [], []
@@ -112,12 +116,16 @@ def stack(preds: Sequence[Path], reference: np.ndarray | None = None, *,
         arrays, ids = _read(path, "preds")
         if not arrays:
             raise InputSchemaError(f"{path}: no datasets in /preds; is it a prediction file?")
+        if len(ids) == 0:
+            raise IdAlignmentError(f"{path}: no rows; predict on a non-empty input")
         if reference is None:
             reference = ids
         rows = align(reference, ids, path)
         for name in sorted(arrays):
-            _finite(path, f"/preds/{name}", arrays[name], ids)
-            columns.append(arrays[name][rows].reshape(len(rows), -1).astype(np.float32))
+            with np.errstate(over="ignore", invalid="ignore"):
+                column = arrays[name][rows].reshape(len(rows), -1).astype(np.float32)
+            _finite(path, f"/preds/{name}", column, reference)
+            columns.append(column)
         model = hdf5.read_attrs(path).get("model", path.stem)
         sources.append(f"{model}:{','.join(sorted(arrays))}")
     assert reference is not None
@@ -130,6 +138,9 @@ def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise TargetLengthError(f"{path}: no /targets/{name} (found {sorted(arrays)}); "
                                 "set the composition's targets: to an existing name")
     y = arrays[name]
+    if len(ids) == 0:
+        raise TargetLengthError(f"{path}: no rows (/metadata/id is empty); nothing to train "
+                                "or score on")
     if len(y) != len(ids):
         raise TargetLengthError(f"{path}: /targets/{name} has {len(y)} rows but /metadata/id "
                                 f"has {len(ids)}; they must match")
@@ -168,7 +179,7 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
           progress: Progress | None = None) -> Path:
     """Run the trained ensembler on stored predictions; write ``output`` atomically."""
     w = Weights.from_folder(weights)
-    guard_output(output, [*preds, *w.files, w.folder / MANIFEST],
+    guard_output(output, [*preds, *w.files, w.folder / MANIFEST, *registry.owned_files()],
                  siblings=(".partial", ".lock"))
     x, ids, sources = stack(preds, allow_mixed_inputs=allow_mixed_inputs)
     trained_on = _trained_on(w, sources)

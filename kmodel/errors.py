@@ -134,8 +134,9 @@ class EnvNotBuiltError(KmodelError):
 class WeightsMissingError(KmodelError):
     code = "KM300"
 
-    def __init__(self, model: str, path: Path, fix: str | None = None) -> None:
-        super().__init__(f"model {model!r}: weights file {path} is missing; "
+    def __init__(self, model: str, path: Path, fix: str | None = None,
+                 problem: str = "is missing") -> None:
+        super().__init__(f"model {model!r}: weights file {path} {problem}; "
                          + (fix or "restore it or run `kmodel hash "
                             f"{model} --write` after retraining"))
 

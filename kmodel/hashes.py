@@ -16,6 +16,10 @@ def weight_files(folder: Path) -> dict[str, str]:
     if not (folder / "params.json").is_file():
         raise WeightsMissingError(folder.parent.name, folder / "params.json")
     files = sorted(p for p in folder.iterdir() if p.name == "params.json" or p.suffix == ".npy")
+    for p in files:
+        if not p.is_file():  # a FIFO or device would block the hash
+            raise WeightsMissingError(folder.parent.name, p, "replace it with the weight file",
+                                      problem="is not a regular file")
     return {p.name: sha256_file(p) for p in files}
 
 

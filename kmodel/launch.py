@@ -21,6 +21,7 @@ from kmodel import _subprocess
 from kmodel._fs import write_error
 from kmodel.envs import Env
 from kmodel.errors import (
+    InputSchemaError,
     KmodelError,
     ModelContractError,
     ModelError,
@@ -28,6 +29,7 @@ from kmodel.errors import (
     RunnerError,
     RunnerKilledError,
     SpecError,
+    TargetLengthError,
 )
 from kmodel.job import Job
 
@@ -160,6 +162,10 @@ def _failure(env: Env, job: Job, current: int, code: int, events: list[dict[str,
                                  detail=detail)
     if kind == "job":
         return RunnerError(f"model {model!r}: {first}; reinstall kmodel", detail=detail)
+    if kind == "targets":
+        return TargetLengthError(f"{job.input}: {first}")
+    if kind == "inputs":
+        return InputSchemaError(f"{job.input}: {first}")
     return SpecError(Path(job.model_dir) / "model.yaml", first, field=kind,
                      fix="fix the model code or its spec")
 

@@ -79,7 +79,7 @@ def check_input(model: Model, path: Path) -> int:
                                "are aligned by id)") from None
     except hdf5.LayoutError as e:
         raise InputSchemaError(f"{path}: {e}") from None
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         raise InputSchemaError(f"{path}: not a kmodel input file ({e}); write /inputs/<name> "
                                "and /metadata/id") from None
     for spec in model.spec.inputs:
@@ -102,7 +102,7 @@ def check_input(model: Model, path: Path) -> int:
 
 
 def check_targets(path: Path, name: str) -> None:
-    """The training input holds /targets/<name>, one value per row."""
+    """The training input holds /targets/<name>: numbers, one per row."""
     try:
         found, _ = hdf5.describe(path, "targets")
     except hdf5.LengthError as e:
@@ -113,6 +113,9 @@ def check_targets(path: Path, name: str) -> None:
         raise InputSchemaError(f"{path}: no /targets/{name} to train on (found "
                                f"{sorted(found) or 'none'}); write it, or name another with "
                                "--target-name")
+    if np.dtype(found[name][0]).kind not in "biuf":
+        raise InputSchemaError(f"{path}: /targets/{name} has dtype {found[name][0]}; "
+                               "write numbers")
 
 
 def ensure_env(registry: Registry, model: Model) -> tuple[Env, Path]:
@@ -171,12 +174,18 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
         log.info("no %s to resume; starting from the first row", partial.name)
         return False
     if not stat.S_ISREG(st.st_mode):
-        raise ResumeMismatchError(f"{partial} is not a file kmodel wrote (a symlink or a "
-                                  "folder); remove it, or run without --resume")
+        raise ResumeMismatchError(f"{partial} is not a regular file (a symlink, folder or "
+                                  "FIFO), so not one kmodel wrote; remove it, or run without "
+                                  "--resume")
     try:
         found = hdf5.read_attrs(partial)
     except OSError:
         log.warning("%s is unreadable (killed mid-write); starting over", partial)
+        return False
+    done = found.get(hdf5.ROWS_DONE)
+    span = attrs["rows_stop"] - attrs["rows_start"]
+    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= span:
+        log.warning("%s records no valid row count (%r); starting over", partial, done)
         return False
     if found.get("input_signature") != attrs["input_signature"]:
         # the input was rewritten, copied or touched since: resume only if its bytes match
@@ -252,6 +261,7 @@ class _Pending:
     signature: str
     hash: _Hash
     again: str  # the command that resumes it
+    outputs: list[str]  # the spec's output names
 
     @property
     def work(self) -> Path:
@@ -284,8 +294,8 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     if len({os.path.realpath(o) for o in outputs}) != len(outputs):
         raise UsageError("two -o options name the same output; give each input its own")
     for output in outputs:
-        guard_output(output, [*inputs, *model_files(registry, model, weights)],
-                     siblings=(".partial", ".lock"))
+        guard_output(output, [*inputs, *model_files(registry, model, weights),
+                              *registry.owned_files()], siblings=(".partial", ".lock"))
     totals = [check_input(model, i) for i in inputs]
     ranges = [row_range(i, n, batch_size, rows, shard) for i, n in zip(inputs, totals,
                                                                          strict=True)]
@@ -303,7 +313,7 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
             "lock_sha256": sha256_file(lockfile), "env_key": env.key,
             "batch_size": batch_size,
         }
-        pending = [_prepare(name, i, o, span, n, common, resume, batch_size)
+        pending = [_prepare(model, i, o, span, n, common, resume, batch_size)
                    for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
         job = Job(mode="predict", model_name=model.name,
                   model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
@@ -332,7 +342,7 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     return outputs
 
 
-def _prepare(name: str, input_path: Path, output: Path, span: tuple[int, int], total: int,
+def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int], total: int,
              common: dict[str, Any], resume: bool, batch_size: int) -> _Pending:
     """The task for one output: its attributes, whether it resumes, its working file."""
     signature = file_signature(input_path)
@@ -347,9 +357,10 @@ def _prepare(name: str, input_path: Path, output: Path, span: tuple[int, int], t
                 output_name=str(output), start=span[0], stop=span[1], resume=resumed,
                 attrs=attrs)
     subset = ["--rows", f"{span[0]}:{span[1]}"] if span != (0, total) else []
-    again = shlex.join(["kmodel", "predict", name, "-i", str(input_path), "-o", str(output),
-                        "--batch-size", str(batch_size), *subset, "--resume"])
-    return _Pending(input_path, output, task, resumed, signature, _Hash(input_path), again)
+    again = shlex.join(["kmodel", "predict", model.name, "-i", str(input_path), "-o",
+                        str(output), "--batch-size", str(batch_size), *subset, "--resume"])
+    return _Pending(input_path, output, task, resumed, signature, _Hash(input_path), again,
+                    [o.name for o in model.spec.outputs])
 
 
 def _finish_all(pending: list[_Pending], done: list[int], name: str) -> KmodelError | None:
@@ -367,7 +378,7 @@ def _finish_all(pending: list[_Pending], done: list[int], name: str) -> KmodelEr
 def _finish(p: _Pending, name: str) -> None:
     """Check a finished task's file (every row, from the same input), then rename it."""
     try:
-        _check_complete(p.work, name, p.task.rows)
+        _check_complete(p.work, name, p.task.rows, p.outputs)
         if not _unchanged(p.input, p.signature):
             raise InputChangedError(
                 f"{p.input} changed while model {name!r} was predicting; the predictions "
@@ -381,10 +392,19 @@ def _finish(p: _Pending, name: str) -> None:
     except BaseException:
         _discard(p.work, p.partial, p.resumed)
         raise
-    with contextlib.suppress(OSError):  # superseded by the finished output
-        if stat.S_ISREG(p.partial.lstat().st_mode):
+    if _is_partial(p.partial, p.task.attrs["model"]):  # superseded by the finished output
+        with contextlib.suppress(OSError):
             p.partial.unlink()
     log.debug("wrote %s (%d rows)", p.output, p.task.rows)
+
+
+def _is_partial(path: Path, model: str) -> bool:
+    """A regular file holding this model's partial predictions (not a user's file)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode) and \
+            hdf5.read_attrs(path).get("model") == model
+    except (OSError, ValueError):
+        return False
 
 
 def _stopped(p: _Pending, e: BaseException) -> KmodelError:
@@ -436,15 +456,20 @@ def _discard(work: Path, partial: Path, resumed: bool) -> None:
             work.unlink()
 
 
-def _check_complete(path: Path, model: str, rows: int) -> None:
-    """Every row written and the complete flag set, read back from the file."""
+def _check_complete(path: Path, model: str, rows: int, outputs: Sequence[str]) -> None:
+    """Every output, every row and the complete flag, read back from the file."""
     try:
         attrs = hdf5.read_attrs(path)
-        _, total = hdf5.describe(path, "preds")
+        found, total = hdf5.describe(path, "preds")
     except (OSError, ValueError) as e:
         raise ModelContractError(f"model {model!r}: the runner reported success but its "
                                  f"output is unreadable ({e}); rerun") from None
-    done = int(attrs.get(hdf5.ROWS_DONE, -1))
+    if sorted(found) != sorted(outputs):
+        raise ModelContractError(f"model {model!r}: the file holds outputs {sorted(found)}, "
+                                 f"the spec names {sorted(outputs)}; delete the partial and "
+                                 "rerun without --resume")
+    done = attrs.get(hdf5.ROWS_DONE, -1)
+    done = done if isinstance(done, int) else -1
     if done != rows or total != rows or not attrs.get(hdf5.COMPLETE):
         raise ModelContractError(
             f"model {model!r} stopped after {max(done, 0)} of {rows} rows without an error "

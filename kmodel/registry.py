@@ -130,6 +130,15 @@ class Registry:
     def models(self) -> list[Model]:
         return [self.model(n) for n in self.model_paths()]
 
+    def owned_files(self) -> list[Path]:
+        """The spec, env spec and lock files kmodel reads: no command writes over them
+        (only `kmodel hash --write` and `kmodel env lock`, on purpose)."""
+        found = list(self._model_paths.values())
+        if self.env_dir.is_dir():
+            found += [p for p in self.env_dir.iterdir()
+                      if p.name.endswith((".yaml", ".yml", ".lock"))]
+        return found
+
     def env_names(self) -> list[str]:
         if not self.env_dir.is_dir():
             return []

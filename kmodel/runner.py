@@ -188,6 +188,12 @@ def train(job: Any, model: Any) -> None:
     names = list(job.inputs)
     arrays, _ = hdf5.read_group(Path(job.input), "inputs", names)
     targets, _ = hdf5.read_group(Path(job.input), "targets", [job.targets])
+    for group, found in (("inputs", arrays), ("targets", targets)):
+        for name, arr in found.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr.reshape(len(arr), -1))).any(axis=1).sum())
+                raise JobError(group, f"/{group}/{name} has {bad} row(s) with NaN or inf; "
+                               "drop or fix those rows before training")
     x = arrays[names[0]] if len(names) == 1 else arrays
     model.fit(x, targets[job.targets], **job.train_args)
     weights = {str(k): np.asarray(v) for k, v in model.get_weights().items()}

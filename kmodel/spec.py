@@ -50,7 +50,7 @@ class ArraySpec(StrictModel):
 
     name: Annotated[str, Field(pattern=NAME_RE)]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    shape: list[Annotated[int, Field(ge=1)] | None] = []
+    shape: Annotated[list[Annotated[int, Field(ge=1)] | None], Field(max_length=16)] = []
     doc: str = ""
 
 
@@ -128,6 +128,10 @@ class ModelSpec(StrictModel):
             names = [a.name for a in getattr(self, kind)]
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names must be unique, got {names}")
+        for out in self.outputs:
+            if None in out.shape:
+                raise ValueError(f"output {out.name!r} has shape {out.shape}: outputs are "
+                                 "stored in fixed-size rows, so give every dimension")
         return self
 
     @property
@@ -297,6 +301,9 @@ def _read_text(path: Path) -> str:
         raise SpecError(path, f"cannot read: {e.strerror or e}") from None
 
 
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 def _check_node(path: Path, root: yaml.Node) -> None:
     """Refuse duplicate keys, deep nesting and alias bombs before anything is constructed.
 
@@ -312,6 +319,10 @@ def _check_node(path: Path, root: yaml.Node) -> None:
             raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
                             line=node.start_mark.line + 1, fix="flatten the document")
         total = 1
+        if isinstance(node, yaml.ScalarNode) and _BAD_TEXT.search(node.value):
+            raise SpecError(path, "a value holds a NUL or an unpaired surrogate (\\ud800-"
+                            "\\udfff), which no file or attribute can store",
+                            line=node.start_mark.line + 1, fix="remove it")
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key, value in node.value:
@@ -373,6 +384,9 @@ def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     except RecursionError:
         raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
                         fix="flatten the document") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SpecError(path, f"a value cannot be read: {str(e).split(';')[0]}",
+                        fix="write it as a string") from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -54,7 +54,8 @@ class Weights:
         for name, expected in self.sha256.items():
             path = self.folder / name
             if not path.is_file():
-                raise WeightsMissingError(model, path)
+                problem = "is not a regular file" if path.exists() else "is missing"
+                raise WeightsMissingError(model, path, problem=problem)
             found = sha256_file(path)
             if found != expected:
                 raise HashMismatchError(path, expected, found, fix)

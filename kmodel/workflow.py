@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmodel import _lock, _subprocess
-from kmodel._fs import ensure_parent
+from kmodel._fs import check_input_file, ensure_parent
 from kmodel.errors import Interrupted, WorkflowError, signum_of
 from kmodel.registry import Registry
 from kmodel.spec import ComposeConfig, load_compose_config
@@ -100,6 +100,9 @@ class Plan:
         or stale lockfile (KM200/KM201), which no job could get past."""
         from kmodel.envs import backend_for
 
+        for split in SPLITS:  # given data files must exist: Snakemake might not rerun a job
+            if given := getattr(self.config.data, split):
+                check_input_file(Path(given))
         envs = {}
         for name in [*self.config.models, self.config.ensembler]:
             ref = registry.env_of(registry.model(name))

@@ -268,3 +268,22 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, si
     first = json.loads((project / "w" / "hashes.json").read_text())
     subprocess.run([*cmd[:-1], "w2"], check=True, capture_output=True)
     assert json.loads((project / "w2" / "hashes.json").read_text()) == first
+
+
+def test_sigterm_during_an_env_build_stops_it(project: Path) -> None:
+    envs = project / "envs"
+    (envs / "late.yaml").write_text(f'# {os.urandom(8).hex()}\npython: "3.11"\npip:\n'
+                                    '  - numpy>=2.2\n  - six\n')
+    subprocess.run([*KMODEL, "env", "lock", "late"], check=True, capture_output=True)
+    home = Path(os.environ["KMODEL_HOME"]) / "envs"
+    proc = subprocess.Popen([*KMODEL, "env", "create", "late"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # reading pip's configuration, or building
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("Error [KM800]: interrupted by SIGTERM")
+    for linked in (p for p in home.glob("late-*") if p.is_symlink()):  # linked only if whole
+        assert (linked / ".kmodel-env.json").is_file() and (linked / "bin/python").exists()
+    res = subprocess.run([*KMODEL, "env", "create", "late"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -200,6 +200,11 @@ def stacker_weights(folder: Path, sources: list[str]) -> None:
     (folder / "hashes.json").write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
 
 
+def _set_attr(path: Path, key: str, value: Any) -> None:
+    with h5py.File(path, "r+") as f:
+        f.attrs[key] = value
+
+
 def labels() -> np.ndarray:
     return np.arange(ROWS) % 2
 
@@ -664,6 +669,59 @@ CASES = [
                        data='{train: "tr||touch pwned||.h5", test: te.h5}'))),
          success=anything, new_on_success=("results*",), allowed=(".snakemake*", "results*")),
 
+    # 8. found by a second, adversarial review
+    case("record-over-model-spec", f"env create toy --record {TOY}", "KM402", "model.yaml"),
+    case("record-over-env-lock", "env create numpy2 --record envs/numpy2.lock", "KM402",
+         "numpy2.lock"),
+    case("score-out-over-other-models-spec", f"score a=a.h5 --targets t.h5 -o {TOY}",
+         "KM402", "model.yaml"),
+    case("score-out-is-fifo", "score a=a.h5 --targets t.h5 -o out.json", "KM402", "out.json",
+         sub=True, timeout=20, prep=fifo("out.json")),
+    case("merge-out-is-fifo", "merge a.h5 -o out.h5", "KM402", "out.h5", sub=True,
+         timeout=20, prep=fifo("out.h5")),
+    case("data-out-is-fifo", "data breast_cancer --train tr.h5 --test te.h5", "KM402",
+         "tr.h5", sub=True, timeout=20, prep=fifo("tr.h5")),
+    case("compose-predict-pred-is-fifo", "compose predict stacker a.h5 f.h5 --weights W -o o.h5",
+         INPUT_CODES, "f.h5", sub=True, timeout=20, prep=fifo("f.h5")),
+    case("score-pred-is-fifo", "score a=f.h5 --targets t.h5", INPUT_CODES, "f.h5", sub=True,
+         timeout=20, prep=fifo("f.h5")),
+    case("hash-weight-is-fifo", "hash toy", "KM300", "scale-w-0.npy", sub=True, timeout=20,
+         prep=fifo("model_specs/toy/weights/scale-w-0.npy")),
+    case("score-zero-row-preds", "score a=e.h5 --targets t.h5", ("KM600", "KM401"), "e.h5",
+         prep=h5("e.h5", {"preds/proba": np.zeros(0, np.float32),
+                          "metadata/id": np.zeros(0, "S4")})),
+    case("score-zero-row-targets", "score a=a.h5 --targets e.h5", ("KM601", "KM401"), "e.h5",
+         prep=h5("e.h5", {"targets/y": np.zeros(0), "metadata/id": np.zeros(0, "S4")})),
+    case("score-array-attributes", "score a=x.h5 --targets t.h5", ("KM4", "KM6"), "x.h5",
+         success=anything, prep=lambda p: (preds_h5(p / "x.h5", IDS, labels(), "m1"),
+                                           _set_attr(p / "x.h5", "model", np.arange(3)))),
+    case("compose-train-float64-overflow",
+         "compose train stacker a.h5 big.h5 --targets t.h5 -o Wn", "KM601", "big.h5",
+         prep=h5("big.h5", {"preds/proba": np.full(ROWS, 1e300),  # float64, beyond float32
+                            "metadata/id": ids_array(IDS)}),
+         sub=True),
+    case("lock-lease-not-a-number", f"{PRED} out.h5", "KM002", "KMODEL_LOCK_LEASE", slow=True,
+         exit_code=2, sub=True, prep=lambda p: os.environ.__setitem__("KMODEL_LOCK_LEASE", "abc")),
+    case("user-file-named-like-the-lock", f"{PRED} out.h5", "KM402", "out.h5.lock", slow=True,
+         prep=both(write("out.h5.lock", "my notes\n"), lambda p: os.utime(
+             p / "out.h5.lock", (0, 0)))),
+    case("spec-integer-of-5000-digits", f"validate {TOY}", SPEC_CODES, "model.yaml", sub=True,
+         prep=spec(toy_with("  factor: 2.0\n", "  factor: 2.0\n  n: " + "9" * 5000 + "\n"))),
+    case("spec-nul-in-version", f"validate {TOY}", SPEC_CODES, "model.yaml",
+         prep=spec(toy_with("version: 0.1.0", 'version: "0.1\\0"'))),
+    case("spec-output-of-free-shape", f"validate {TOY}", SPEC_CODES, "model.yaml",
+         prep=spec(toy_with("    shape: []\n  - name: norm", "    shape: [null]\n  - name: norm"))),
+    case("train-nan-targets", "train toy -i nt.h5 -o w", "KM601", ("nt.h5", "targets"),
+         slow=True, prep=lambda p: make_input(p / "nt.h5", rows=ROWS, targets=np.where(
+             labels() > 0, np.nan, 0.0))),
+    case("train-string-targets", "train toy -i st.h5 -o w", "KM401", ("st.h5", "targets"),
+         slow=True, prep=h5("st.h5", {"inputs/x": np.zeros((ROWS, 3), np.float32),
+                                      "targets/y": np.full(ROWS, b"yes"),
+                                      "metadata/id": ids_array(IDS)})),
+    case("run-data-file-missing", "run cfg.yaml --cores 1", "KM400", "nope.h5", sub=True,
+         timeout=120, memory=None, prep=write("cfg.yaml", compose_cfg(
+             data="{train: nope.h5, test: in.h5}"))),
+
     # usage errors: exit 2, still one KM line (KM002)
     case("usage-missing-output", "predict toy -i in.h5", "KM002", ("-o", "--output"),
          exit_code=2),
@@ -675,7 +733,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("c", CASES)
-def test_hostile(project: Path, c: Case) -> None:
+def test_hostile(project: Path, c: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KMODEL_LOCK_LEASE", "120")  # restored afterwards, whatever prep sets
     base_files(project)
     if c.prep:
         c.prep(project)

@@ -150,7 +150,7 @@ def test_a_stale_snakemake_lock_is_removed_when_no_snakemake_runs(
 
 def test_paths_with_spaces_and_shell_metacharacters_are_quoted(
         tmp_path: Path, kmodel_home: Path, clean_run: dict[str, object]) -> None:
-    results = "my results||touch pwned||$(touch pwned2);x"
+    results = "-rf my results||touch pwned||$(touch pwned2);x"  # '-': not read as an option
     _project(tmp_path, results)
     res = subprocess.run([*KMODEL, "run", "c.yaml", "--cores", "2"], cwd=tmp_path,
                          capture_output=True, text=True)

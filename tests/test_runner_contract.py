@@ -220,3 +220,19 @@ def test_train_with_a_model_that_exits_is_named(project: Path, toy: Path) -> Non
                          capture_output=True, text=True, timeout=120)
     one_error_line(res, "KM503", "called sys.exit(2)")
     assert not (project / "w").exists()
+
+
+def test_a_file_size_limit_in_kmodel_itself_is_named_and_leaves_nothing(project: Path) -> None:
+    """kmodel's own HDF5 writes (here `kmodel data`) hit the limit: one line, no crash."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    res = subprocess.run([*KMODEL, "data", "breast_cancer", "--train", "d/tr.h5", "--test",
+                          "d/te.h5"], capture_output=True, text=True, preexec_fn=limit,
+                         timeout=120)
+    assert res.returncode == 1, (res.returncode, res.stderr)  # not 139: no crash at exit
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error [KM402]: cannot write output d/tr.h5: the file size limit"), \
+        line
+    assert list((project / "d").iterdir()) == []

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from kmodel import _subprocess
-from kmodel.errors import KmodelError
+from kmodel.errors import ToolMissingError
 
 _MAP = {"index-url": "UV_INDEX_URL", "extra-index-url": "UV_EXTRA_INDEX_URL",
         "find-links": "UV_FIND_LINKS", "cert": "SSL_CERT_FILE"}
@@ -25,8 +25,9 @@ def pip_config() -> dict[str, str]:
     found: dict[str, str] = {}
     try:
         out = _subprocess.run([sys.executable, "-m", "pip", "config", "list"], timeout=30).stdout
-    except (KmodelError, subprocess.SubprocessError):
-        out = ""  # no pip in this interpreter: PIP_* variables still count
+    except (ToolMissingError, subprocess.SubprocessError):
+        out = ""  # no pip in this interpreter: PIP_* variables still count (an interrupt
+        # is not caught here: it stops the command)
     for line in out.splitlines():
         key, _, value = line.partition("=")
         name = key.rsplit(".", 1)[-1]

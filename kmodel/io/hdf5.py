@@ -10,6 +10,7 @@ because the in-env runner loads it by file path (nothing of kmodel is installed 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,12 +52,53 @@ def as_ids(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
     return np.char.encode(arr, "utf-8")
 
 
+#: files whose write failed: never closed or freed (HDF5 may crash doing either); the
+#: process is expected to exit without cleanup (kmodel's CLI uses os._exit then)
+_FAILED: list[h5py.File] = []
+
+
+def check_room(path: Path, nbytes: int) -> None:
+    """Raise OSError (ENOSPC or EFBIG, naming ``path``) if a file of about ``nbytes`` cannot
+    be written there: HDF5 reports a failed write only when the file is closed, and then
+    may crash, so kmodel checks before writing what it can."""
+    import errno
+    import os
+    import resource
+
+    need = int(nbytes * 1.05) + (1 << 16)  # chunk index and metadata
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+    st = os.statvfs(path.parent)
+    if need > st.f_bavail * st.f_frsize:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@contextlib.contextmanager
+def _writing(path: Path, mode: str) -> Iterator[h5py.File]:
+    """h5py.File for writing, flushed before it is closed so that a failed write (a full
+    disk, ulimit -f) raises OSError; the file is then left open rather than closed, because
+    HDF5 can crash closing it."""
+    f = h5py.File(path, mode)
+    try:
+        yield f
+        f.flush()
+    except OSError:
+        _FAILED.append(f)
+        raise
+    f.close()
+
+
 def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
                 ids: Sequence[Any] | np.ndarray, attrs: Mapping[str, Any] | None = None,
                 chunk_rows: int = 8192) -> None:
-    """Write whole arrays, e.g. ``{"inputs": {"x": X}, "targets": {"y": y}}``, plus ids."""
+    """Write whole arrays, e.g. ``{"inputs": {"x": X}, "targets": {"y": y}}``, plus ids.
+
+    The file is built in memory and written with plain file I/O, so a full disk or a file
+    size limit is an OSError here, never a crash inside HDF5 (which reports failed writes
+    only when it closes a file, and may crash doing so)."""
     ids = as_ids(ids)
-    with h5py.File(path, "w") as f:
+    with h5py.File(f"in-memory-{id(groups)}", "w", driver="core", backing_store=False) as f:
         f.attrs["schema_version"] = SCHEMA_VERSION
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
@@ -68,6 +110,10 @@ def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
                                  chunks=(min(chunk_rows, max(len(arr), 1)), *arr.shape[1:]))
         f.create_dataset("metadata/id", data=ids, maxshape=(None,),
                          chunks=(min(chunk_rows, max(len(ids), 1)),))
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "wb") as out:
+        out.write(image)
 
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -146,12 +192,14 @@ def read_group(path: Path, group: str, names: Sequence[str] | None = None,
 
 
 def read_attrs(path: Path) -> dict[str, Any]:
+    """Root attributes as Python values (scalars unwrapped, arrays as lists)."""
     with h5py.File(path, "r") as f:
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        return {k: (v.item() if getattr(v, "size", 0) == 1 and hasattr(v, "item") else
+                    v.tolist() if hasattr(v, "tolist") else v) for k, v in f.attrs.items()}
 
 
 def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
-    with h5py.File(path, "r+") as f:
+    with _writing(path, "r+") as f:
         for k, v in attrs.items():
             f.attrs[k] = v
 
@@ -233,12 +281,14 @@ def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
     with h5py.File(sources[0], "r") as first:
         layout = {name: (d.dtype, d.shape[1:]) for name, d in first["preds"].items()}
         id_dtype = first["metadata/id"].dtype
-    rows = 0
+    rows = size = 0
     for src in sources:
         with h5py.File(src, "r") as f:
             rows += len(f["metadata/id"])
+            size += f["metadata/id"].nbytes + sum(d.nbytes for d in f["preds"].values())
+    check_room(path, size)
     chunk = max(1, min(chunk_rows, rows))
-    with h5py.File(path, "x") as out:
+    with _writing(path, "x") as out:
         out.attrs["schema_version"] = SCHEMA_VERSION
         for k, v in attrs.items():
             out.attrs[k] = v
