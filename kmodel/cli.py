@@ -374,6 +374,29 @@ def env_status(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(1)
 
 
+@env.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.pass_context
+def env_gc(ctx: click.Context, dry_run: bool) -> None:
+    """Remove env builds in KMODEL_HOME that no current lockfile refers to.
+
+    A build is kept while the lockfile it was made from, or a lockfile in the env folder
+    (--envs, KMODEL_ENVS, ./envs), still gives its key; builds left by interrupted builds
+    go too.
+    """
+    from kmodel.envs.gc import garbage, remove
+
+    items = garbage(_registry(ctx))
+    for item in items:
+        if not dry_run:
+            remove(item)
+        click.echo(f"{'would remove' if dry_run else 'removed'} {item.path} "
+                   f"({item.size / 1e6:.0f} MB): {item.reason}")
+    total = sum(i.size for i in items) / 1e6
+    click.echo(f"{'would free' if dry_run else 'freed'} {total:.0f} MB in {len(items)} "
+               f"build(s)" if items else "nothing to remove")
+
+
 # --- predictions ------------------------------------------------------------------
 
 
@@ -637,6 +660,15 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
     t0 = time.perf_counter()
     plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args,
                         echo=lambda line: click.echo(line, err=True))
+    if DRY_RUN.intersection(snakemake_args):
+        from kmodel.status import status as outputs
+
+        entries = [e for e in outputs(plan, _registry(ctx)) if e.state != "fresh"]
+        click.echo(f"\n{plan.config.name}: dry run, nothing was run; "
+                   + (f"{len(entries)} output(s) to make:" if entries else "all outputs fresh"))
+        for e in entries:
+            click.echo(_status_line(e))
+        return
     click.echo(f"\n{plan.config.name}: finished in {time.perf_counter() - t0:.1f} s; "
                f"results in {plan.root}/")
     if plan.scores.is_file():
@@ -644,6 +676,110 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
         click.echo(f"  ensemble     {plan.ensemble}")
         click.echo(f"  scores       {plan.scores}\n")
         click.echo(_score_table(workflow.read_scores(plan)))
+
+
+DRY_RUN = {"-n", "--dry-run", "--dryrun"}
+
+
+def _status_line(e: Any) -> str:
+    why = f"  ({', '.join(e.reasons)})" if e.reasons else ""
+    return f"{e.state:<8} {e.path}{why}"
+
+
+@cli.command("status")
+@click.argument("config", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def status_(ctx: click.Context, config: Path, as_json: bool) -> None:
+    """Say for every output of a composition whether it is fresh, stale (and why: spec,
+    model code, weights, env lock, input, kmodel version, an upstream output) or missing.
+
+    Reads recorded provenance and hashes only: no env is built, no model runs. Exits 1
+    when any output is stale or missing.
+    """
+    from kmodel.plan import load_plan
+    from kmodel.status import status as outputs
+
+    reg = _registry(ctx)
+    plan = load_plan(config, reg)
+    entries = outputs(plan, reg)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+    else:
+        for e in entries:
+            click.echo(_status_line(e))
+    if any(e.state != "fresh" for e in entries):
+        ctx.exit(1)
+
+
+@cli.command("test")
+@click.argument("models", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every model that has a test: in its spec.")
+@json_option
+@click.pass_context
+def test_(ctx: click.Context, models: tuple[str, ...], all_: bool, as_json: bool) -> None:
+    """Run each model on the example in its spec's `test:` and compare with the expected
+    output within its rtol/atol (agreement across CPUs is within tolerance, not bit for bit).
+
+    A failure names the output, how many rows are off, and the worst row: its id, the
+    values, the absolute and relative differences. Exits 1 if any test fails.
+    """
+    from kmodel.modeltest import run_test
+
+    reg = _registry(ctx)
+    if all_ == bool(models):
+        raise UsageError("give model names, or --all (not both)")
+    every = reg.models() if all_ else [reg.model(n) for n in models]
+    report: list[dict[str, Any]] = []
+    failed = False
+    for m in every:
+        if m.spec.test is None and all_:
+            report.append({"model": m.name, "state": "no test"})
+            continue
+        try:
+            for c in run_test(reg, m.name):
+                failed |= not c.ok
+                report.append({"model": m.name, "state": "ok" if c.ok else "FAIL",
+                               "output": c.output, "rows": c.rows, "bad": c.bad,
+                               "detail": c.detail})
+        except KmodelError as e:
+            failed = True
+            report.append({"model": m.name, "state": "ERROR", "detail": f"[{e.code}] {e}"})
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    for r in [] if as_json else report:
+        if "output" not in r:
+            click.echo(f"{r['state']:<8} {r['model']}  {r.get('detail', '')}".rstrip())
+        elif r["state"] == "ok":
+            click.echo(f"ok       {r['model']} /preds/{r['output']}: {r['rows']} rows within "
+                       "tolerance")
+        else:
+            click.echo(f"FAIL     {r['model']} /preds/{r['output']}: {r['bad']} of {r['rows']} "
+                       f"rows out of tolerance; {r['detail']}")
+    if failed:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("prediction", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, prediction: Path, as_json: bool) -> None:
+    """Recompute what PREDICTION records (the model's spec, code, weights, env lock, the
+    input's sha256) and say what no longer matches. Exits 1 if anything differs."""
+    from kmodel._fs import check_input_file
+    from kmodel.provenance import verify as run_verify
+
+    check_input_file(prediction)
+    checks = run_verify(_registry(ctx), prediction)
+    if as_json:
+        click.echo(json.dumps([{"check": w, "ok": ok, "detail": d} for w, ok, d in checks],
+                              indent=2))
+    else:
+        for what, ok, detail in checks:
+            click.echo(f"{'ok' if ok else 'CHANGED':<8} {what:<15} {detail}")
+    if not all(ok for _, ok, _ in checks):
+        ctx.exit(1)
 
 
 def _terminate(signum: int, frame: Any) -> None:

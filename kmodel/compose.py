@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from kmodel import predict as predict_mod
-from kmodel._fs import atomic_write_text, check_input_file, guard_output
+from kmodel import provenance
+from kmodel._fs import atomic_write_text, cached_sha256, check_input_file, guard_output
 from kmodel.errors import (
     IdAlignmentError,
     InputSchemaError,
@@ -155,12 +156,24 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
     guard_output(weights_out, [*preds, targets], folder=True)
     y, ids = _targets(targets, target_name)
     x, _, sources = stack(preds, ids, allow_mixed_inputs=allow_mixed_inputs)
+    model = registry.model(ensembler)
+    record = {**provenance.of_model(registry, model, None), **upstream(preds, targets)}
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         table = Path(tmp) / "train.h5"
         hdf5.write_table(table, {"inputs": {"x": x}, "targets": {target_name: y}}, ids)
         return predict_mod.train(registry, ensembler, table, target_name, weights_out,
-                                 extra={SOURCES: json.dumps(sources, indent=2) + "\n"},
+                                 extra={SOURCES: json.dumps(sources, indent=2) + "\n",
+                                        provenance.FOLDER_RECORD: json.dumps(
+                                            record, indent=2, sort_keys=True) + "\n"},
                                  progress=progress, inputs=(*preds, targets))
+
+
+def upstream(preds: Sequence[Path], targets: Path | None = None) -> dict[str, str]:
+    """The sha256 of every file a composer step read, recorded in what it writes: a JSON
+    object {path: sha256} (``kmodel status`` compares it with the files as they are)."""
+    files = [*preds, *([targets] if targets else [])]
+    return {"upstream_sha256": json.dumps({str(p): cached_sha256(p) for p in files},
+                                          sort_keys=True)}
 
 
 def _trained_on(weights: Weights, default: list[str]) -> list[str]:
@@ -191,7 +204,7 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
         table = Path(tmp) / "apply.h5"
         hdf5.write_table(table, {"inputs": {"x": x}}, ids)
         return predict_mod.predict(registry, ensembler, table, output, weights=w,
-                                   progress=progress)
+                                   progress=progress, attrs=upstream(preds))
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:

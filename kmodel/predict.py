@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kmodel import __version__, _lock
+from kmodel import _lock, provenance
 from kmodel._fs import (
     atomic_dir,
     cached_sha256,
@@ -194,8 +194,8 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
             raise ResumeMismatchError(
                 f"{partial} was written from a different input (or {input_path} changed "
                 "since); refusing to append to it: delete it or run without --resume")
-    for key in ("model", "spec_sha256", "weights_sha256", "lock_sha256", "batch_size",
-                "rows_start", "rows_stop"):
+    for key in ("model", "spec_sha256", "code_sha256", "weights_sha256", "lock_sha256",
+                "batch_size", "rows_start", "rows_stop"):
         if found.get(key) != attrs[key]:
             raise ResumeMismatchError(
                 f"{partial} was written by another run (different {key}); refusing to "
@@ -275,19 +275,21 @@ class _Pending:
 def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
             batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
             progress: Progress | None = None, rows: Rows | None = None,
-            shard: Shard | None = None) -> Path:
+            shard: Shard | None = None, attrs: dict[str, Any] | None = None) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
     return predict_many(registry, name, [(input_path, output)], batch_size=batch_size,
                         resume=resume, weights=weights, progress=progress, rows=rows,
-                        shard=shard)[0]
+                        shard=shard, attrs=attrs)[0]
 
 
 def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path]], *,
                  batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
                  progress: Progress | None = None, rows: Rows | None = None,
-                 shard: Shard | None = None) -> list[Path]:
+                 shard: Shard | None = None, attrs: dict[str, Any] | None = None,
+                 ) -> list[Path]:
     """Run model ``name`` on each (input, output) pair with one runner process (one env
-    start-up, one model build); each output appears only when complete."""
+    start-up, one model build); each output appears only when complete. ``attrs`` are
+    recorded in every output besides the provenance (kmodel/provenance.py)."""
     model = registry.model(name)
     weights = weights or Weights.of(model)
     inputs, outputs = [i for i, _ in pairs], [o for _, o in pairs]
@@ -305,14 +307,11 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         for output in outputs:
             held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
             _adopt_killed(output)
-        env, lockfile = ensure_env(registry, model)
-        common = {
-            "kmodel_version": __version__, "model": model.name,
-            "model_version": model.spec.version, "spec_sha256": sha256_file(model.path),
-            "weights_sha256": weights.digest if weights else "",
-            "lock_sha256": sha256_file(lockfile), "env_key": env.key,
-            "batch_size": batch_size,
-        }
+        env, _ = ensure_env(registry, model)
+        common = {**provenance.of_model(registry, model, weights), **(attrs or {}),
+                  "model": model.name, "model_version": model.spec.version, "env_key": env.key,
+                  "batch_size": batch_size,
+                  "weights_dir": str(weights.folder.resolve()) if weights else ""}
         pending = [_prepare(model, i, o, span, n, common, resume, batch_size)
                    for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
         job = Job(mode="predict", model_name=model.name,

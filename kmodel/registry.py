@@ -122,10 +122,17 @@ class Registry:
         return found
 
     def model(self, name: str) -> Model:
+        if name in self._models:
+            return self._models[name]
         paths = self._model_paths
         if name not in paths:
             raise UnknownModelError(name, self.spec_dirs or [Path("model_specs")], sorted(paths))
-        return Model(_load(paths[name]), paths[name])
+        model = self._models[name] = Model(_load(paths[name]), paths[name])
+        return model
+
+    @cached_property
+    def _models(self) -> dict[str, Model]:
+        return {}
 
     def models(self) -> list[Model]:
         return [self.model(n) for n in self.model_paths()]

@@ -103,10 +103,15 @@ class TrainSpec(StrictModel):
 
 
 class TestSpec(StrictModel):
+    """`kmodel test`: run the model on ``inputs`` and compare with ``expected`` (files in the
+    model's folder) within rtol/atol; ``weights``: a trained weights folder to use, for a
+    model whose weights are trained by kmodel (an ensembler)."""
+
     inputs: str
     expected: str
-    rtol: float = 1e-5
-    atol: float = 1e-6
+    weights: str | None = None
+    rtol: Annotated[float, Field(ge=0)] = 1e-5
+    atol: Annotated[float, Field(ge=0)] = 1e-6
 
 
 class ModelSpec(StrictModel):
@@ -482,6 +487,8 @@ def check_model_paths(spec: ModelSpec, path: Path) -> None:
     if spec.test:
         check_inside(folder, spec.test.inputs, path, "test.inputs")
         check_inside(folder, spec.test.expected, path, "test.expected")
+        if spec.test.weights:
+            check_inside(folder, spec.test.weights, path, "test.weights")
 
 
 def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:

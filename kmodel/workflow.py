@@ -16,20 +16,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmodel import _lock, _subprocess
-from kmodel._fs import check_input_file, ensure_parent
+from kmodel._fs import ensure_parent
 from kmodel.errors import Interrupted, WorkflowError, signum_of
+from kmodel.plan import Plan, load_plan
 from kmodel.registry import Registry
-from kmodel.spec import ComposeConfig, load_compose_config
 
 log = logging.getLogger("kmodel")
 
 #: the workflows folder as shipped inside the package (wheel installs) or the source tree
 _CANDIDATES = (Path(__file__).parent / "_workflows", Path(__file__).parents[1] / "workflows")
-SPLITS = ("train", "test")
 
 
 def workflows_dir() -> Path:
@@ -50,73 +48,6 @@ def profile(name: str) -> Path | None:
     return path if (path / "config.yaml").is_file() else None
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Every file of a composition, derived from its config."""
-
-    config: ComposeConfig
-
-    @property
-    def root(self) -> Path:
-        return Path(self.config.results) / self.config.name
-
-    def data(self, split: str) -> Path:
-        given = getattr(self.config.data, split)
-        return Path(given) if given else self.root / "data" / f"{split}.h5"
-
-    def env_record(self, env: str) -> Path:
-        return self.root / "envs" / f"{env}.json"
-
-    def preds(self, model: str, split: str) -> Path:
-        return self.root / "preds" / model / f"{split}.h5"
-
-    def shard(self, model: str, split: str, k: int | str) -> Path:
-        return self.root / "preds" / model / "shards" / f"{split}-{k}.h5"
-
-    def registry(self, base: Registry | None = None) -> Registry:
-        """Where models and envs are found: the config's ``specs``/``envs`` first, then
-        ``base`` (the command line's), then KMODEL_PATH/KMODEL_ENVS and ./model_specs, ./envs."""
-        base = base or Registry()
-        specs = [Path(s) for s in self.config.specs] + list(base.specs)
-        return Registry(specs, Path(self.config.envs) if self.config.envs else base.envs_dir)
-
-    @property
-    def ensembler_weights(self) -> Path:
-        return self.root / "ensembler" / self.config.ensembler
-
-    @property
-    def ensemble(self) -> Path:
-        return self.root / "ensemble" / "test.h5"
-
-    @property
-    def scores(self) -> Path:
-        return self.root / "scores.json"
-
-    def log(self, *parts: str) -> Path:
-        return self.root / "logs" / ("_".join(parts) + ".log")
-
-    def check(self, registry: Registry) -> None:
-        """Fail early (before Snakemake starts) on unknown models or envs, and on a missing
-        or stale lockfile (KM200/KM201), which no job could get past."""
-        from kmodel.envs import backend_for
-
-        for split in SPLITS:  # given data files must exist: Snakemake might not rerun a job
-            if given := getattr(self.config.data, split):
-                check_input_file(Path(given))
-        envs = {}
-        for name in [*self.config.models, self.config.ensembler]:
-            ref = registry.env_of(registry.model(name))
-            envs[ref.name] = ref
-        for ref in envs.values():
-            backend_for(ref).checked_lockfile(ref)
-
-
-def load_plan(path: Path, registry: Registry) -> Plan:
-    plan = Plan(load_compose_config(path))
-    plan.check(plan.registry(registry))
-    return plan
-
-
 _FAILED_RULE = re.compile(r"Error in rule (\S+?):")
 _LOG = re.compile(r"^\s*log: (\S+)")
 REAPER = Path(__file__).with_name("_reaper.py")
@@ -133,6 +64,12 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
     """
     plan = load_plan(config, registry)
     extra = _with_profile(extra)
+    from kmodel.status import forced, status
+
+    if plan.root.exists() and (remake := forced(plan, status(plan, registry))):
+        # stale for reasons Snakemake cannot see (a kmodel version, a weight file's bytes)
+        log.info("remaking %d stale output(s): %s", len(remake), ", ".join(remake))
+        extra = [*extra, "--forcerun", *remake]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile()), "--configfile",
            str(config), "--cores", str(cores)]
     env = dict(os.environ)

@@ -1,0 +1,106 @@
+"""`kmodel env gc`: remove env builds that no current lockfile refers to.
+
+Every build records the lockfile it was made from (in its completion marker). A build is
+kept while that lockfile still gives the build's key (it exists, with its env spec beside
+it), or while a lockfile of the current env folder gives it (envs are keyed by content, so
+several projects may share one build); otherwise it is garbage. Build folders that no env
+links to (left by killed builds) are garbage too, unless a build holds their lock now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kmodel._fs import kmodel_home
+from kmodel.envs import backend_for
+from kmodel.envs.base import MARKER
+from kmodel.errors import KmodelError
+from kmodel.registry import EnvRef, Registry
+from kmodel.spec import load_env_spec
+
+
+@dataclass(frozen=True)
+class Garbage:
+    path: Path
+    reason: str
+    size: int
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _why_unused(marker: dict[str, object]) -> str | None:
+    """None if the build's lockfile still gives its key; else why it is garbage."""
+    lockfile = Path(str(marker.get("lockfile", "")))
+    name = str(marker.get("name", ""))
+    spec = lockfile.with_name(f"{name}.yaml")
+    if not lockfile.is_file() or not spec.is_file():
+        return f"its lockfile {lockfile} is gone"
+    try:
+        ref = EnvRef(name, spec, load_env_spec(spec))
+        if ref.lockfile != lockfile:
+            return f"{lockfile} is not the lockfile of {spec} any more"
+        key = backend_for(ref).key(ref)
+    except KmodelError as e:
+        return f"its env spec or lock no longer loads ({e.code})"
+    return None if key == marker.get("key") else f"{lockfile} changed since it was built"
+
+
+def _current_keys(registry: Registry) -> set[str]:
+    keys = set()
+    for name in registry.env_names():
+        try:
+            ref = registry.env(name)
+            keys.add(backend_for(ref).key(ref))
+        except KmodelError:
+            continue  # not locked, or stale: refers to no build
+    return keys
+
+
+def garbage(registry: Registry) -> list[Garbage]:
+    envs = kmodel_home() / "envs"
+    if not envs.is_dir():
+        return []
+    current = _current_keys(registry)
+    found, linked = [], set()
+    for link in sorted(envs.iterdir()):
+        if not link.is_symlink():
+            continue
+        target = link.resolve()
+        linked.add(target)
+        try:
+            marker = json.loads((target / MARKER).read_text())
+        except (OSError, ValueError):
+            found.append(Garbage(link, "its build is damaged (no marker)", _size(target)))
+            continue
+        if marker.get("key") not in current and (why := _why_unused(marker)):
+            found.append(Garbage(link, why, _size(target)))
+    builds = envs / ".builds"
+    for build in sorted(builds.iterdir()) if builds.is_dir() else []:
+        prefix = build.name.rsplit("-", 2)[0]
+        if build.resolve() in linked or (envs / f"{prefix}.lock").exists():
+            continue  # in use, or being built right now
+        found.append(Garbage(build, "left by an interrupted build", _size(build)))
+    return found
+
+
+def remove(item: Garbage) -> None:
+    """Unlink the env's name first (it stops being found), then delete its build."""
+    if item.path.is_symlink():
+        target = item.path.resolve()
+        item.path.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        shutil.rmtree(item.path, ignore_errors=True)

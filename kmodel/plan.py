@@ -1,0 +1,91 @@
+"""A composition's plan: every file it reads and writes, derived from its config.
+
+Shared by the Snakefile (which turns it into rules), `kmodel run` and `kmodel status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from kmodel._fs import check_input_file
+from kmodel.registry import Registry
+from kmodel.spec import ComposeConfig, load_compose_config
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every file of a composition, derived from its config."""
+
+    config: ComposeConfig
+    #: where models and envs are found besides the config's ``specs``/``envs`` (the CLI's)
+    base: Registry = field(default_factory=Registry, compare=False)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.results) / self.config.name
+
+    def data(self, split: str) -> Path:
+        given = getattr(self.config.data, split)
+        return Path(given) if given else self.root / "data" / f"{split}.h5"
+
+    def env_record(self, env: str) -> Path:
+        return self.root / "envs" / f"{env}.json"
+
+    def preds(self, model: str, split: str) -> Path:
+        return self.root / "preds" / model / f"{split}.h5"
+
+    def shard(self, model: str, split: str, k: int | str) -> Path:
+        return self.root / "preds" / model / "shards" / f"{split}-{k}.h5"
+
+    def registry(self, base: Registry | None = None) -> Registry:
+        """Where models and envs are found: the config's ``specs``/``envs`` first, then
+        ``base`` (the command line's), then KMODEL_PATH/KMODEL_ENVS and ./model_specs, ./envs.
+        One Registry per plan (it caches what it has read)."""
+        if base is None or base is self.base:
+            return self._registry
+        return Plan(self.config, base)._registry
+
+    @cached_property
+    def _registry(self) -> Registry:
+        specs = [Path(s) for s in self.config.specs] + list(self.base.specs)
+        return Registry(specs, Path(self.config.envs) if self.config.envs else self.base.envs_dir)
+
+    @property
+    def ensembler_weights(self) -> Path:
+        return self.root / "ensembler" / self.config.ensembler
+
+    @property
+    def ensemble(self) -> Path:
+        return self.root / "ensemble" / "test.h5"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.json"
+
+    def log(self, *parts: str) -> Path:
+        return self.root / "logs" / ("_".join(parts) + ".log")
+
+    def check(self, registry: Registry) -> None:
+        """Fail early (before Snakemake starts) on unknown models or envs, and on a missing
+        or stale lockfile (KM200/KM201), which no job could get past."""
+        from kmodel.envs import backend_for
+
+        for split in SPLITS:  # given data files must exist: Snakemake might not rerun a job
+            if given := getattr(self.config.data, split):
+                check_input_file(Path(given))
+        envs = {}
+        for name in [*self.config.models, self.config.ensembler]:
+            ref = registry.env_of(registry.model(name))
+            envs[ref.name] = ref
+        for ref in envs.values():
+            backend_for(ref).checked_lockfile(ref)
+
+
+def load_plan(path: Path, registry: Registry) -> Plan:
+    plan = Plan(load_compose_config(path), registry)
+    plan.check(plan.registry())
+    return plan

@@ -1,0 +1,127 @@
+"""Provenance: what a stored output was made from, recorded when it is written and compared
+when it is read again (``--resume``, ``kmodel status``, ``kmodel verify``).
+
+A prediction file records, as root attributes, the sha256 of the model's spec, of its code
+(every .py file in the model's folder), of its weights (the digest of their manifest), of
+the env's lockfile and of the input file, and kmodel's version. The ensembler's weights
+folder records the same in ``provenance.json``, with the sha256 of every prediction file it
+was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kmodel import __version__
+from kmodel._fs import cached_sha256, sha256_file
+from kmodel.registry import Model, Registry
+from kmodel.weights import Weights
+
+#: the recorded keys, and the word `kmodel status` uses when one no longer matches
+REASONS = {
+    "spec_sha256": "spec",
+    "code_sha256": "model code",
+    "weights_sha256": "weights",
+    "lock_sha256": "env lock",
+    "input_sha256": "input",
+    "kmodel_version": "kmodel version",
+}
+FOLDER_RECORD = "provenance.json"
+
+
+def code_sha256(model: Model) -> str:
+    """One digest of the model's code: every .py file of its folder, by name and content."""
+    h = hashlib.sha256()
+    for path in sorted(model.folder.rglob("*.py")):
+        rel = path.relative_to(model.folder)
+        if any(part.startswith((".", "__pycache__")) for part in rel.parts):
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + sha256_file(path).encode() + b"\0")
+    return h.hexdigest()
+
+
+def of_model(registry: Registry, model: Model, weights: Weights | None) -> dict[str, str]:
+    """What the model's outputs must record now (everything but the input)."""
+    ref = registry.env_of(model)
+    return {
+        "kmodel_version": __version__,
+        "spec_sha256": sha256_file(model.path),
+        "code_sha256": code_sha256(model),
+        "weights_sha256": weights.digest if weights else "",
+        "lock_sha256": sha256_file(ref.lockfile) if ref.lockfile.is_file() else "",
+    }
+
+
+def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """The reasons (spec, model code, ...) for which ``recorded`` no longer matches."""
+    return [REASONS.get(key, key) for key, value in expected.items()
+            if recorded.get(key) != value]
+
+
+def input_record(path: Path) -> dict[str, str]:
+    return {"input_sha256": cached_sha256(path)}
+
+
+def write_folder_record(folder: Path, record: Mapping[str, Any]) -> None:
+    (folder / FOLDER_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_folder_record(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / FOLDER_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def verify(registry: Registry, path: Path) -> list[tuple[str, bool, str]]:
+    """Recompute what prediction file ``path`` records: (what, matches, detail) for the
+    model's spec, code, weights, env lock, input (or upstream files) and completeness."""
+    from kmodel.errors import KmodelError
+    from kmodel.io import hdf5
+
+    attrs = hdf5.read_attrs(path)
+    checks: list[tuple[str, bool, str]] = []
+    done, rows = attrs.get(hdf5.ROWS_DONE), None
+    try:
+        _, rows = hdf5.describe(path, "preds")
+    except (OSError, ValueError) as e:
+        checks.append(("file", False, f"unreadable: {e}"))
+    checks.append(("complete", bool(attrs.get(hdf5.COMPLETE)) and done == rows,
+                   f"{done} of {rows} rows written"))
+    try:
+        model = registry.model(str(attrs.get("model")))
+    except KmodelError as e:
+        return [*checks, ("model", False, str(e))]
+    folder = attrs.get("weights_dir")
+    weights = Weights.from_folder(Path(folder)) if folder and (
+        Path(folder) / "hashes.json").is_file() else Weights.of(model)
+    for key, now in of_model(registry, model, weights).items():
+        then = attrs.get(key)
+        checks.append((REASONS[key], then == now, f"recorded {str(then)[:16]}, now {now[:16]}"
+                       if then != now else str(now)[:16]))
+    if weights is not None:
+        bad = [n for n, d in weights.sha256.items() if not (weights.folder / n).is_file()
+               or sha256_file(weights.folder / n) != d]
+        checks.append(("weight files", not bad, f"differ from their manifest: {bad}" if bad
+                       else f"{len(weights.sha256)} files match"))
+    if "upstream_sha256" in attrs:
+        then = json.loads(str(attrs["upstream_sha256"]))
+        changed = [p for p, d in then.items() if not Path(p).is_file()
+                   or cached_sha256(Path(p)) != d]
+        checks.append(("upstream files", not changed, f"changed or missing: {changed}"
+                       if changed else f"{len(then)} files match"))
+    else:
+        source = Path(str(attrs.get("input_signature", "")).split("|")[0])
+        if not source.is_file():
+            checks.append(("input", False, f"{source} is missing"))
+        else:
+            now = cached_sha256(source)
+            checks.append(("input", now == attrs.get("input_sha256"), f"{source}: " + (
+                now[:16] if now == attrs.get("input_sha256") else
+                f"recorded {str(attrs.get('input_sha256'))[:16]}, now {now[:16]}")))
+    return checks

@@ -1,0 +1,181 @@
+"""Which outputs of a composition are fresh, stale (and why) or missing.
+
+Reads provenance only: the attributes recorded in each prediction file, the ensembler's
+``provenance.json``, and the sha256 of specs, code, weights, lockfiles and inputs (cached by
+file identity). No env is built and no model runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmodel import provenance
+from kmodel._fs import cached_sha256, sha256_file
+from kmodel.io import hdf5
+from kmodel.plan import SPLITS, Plan
+from kmodel.registry import Model, Registry
+from kmodel.weights import Weights, read_manifest
+
+UPSTREAM = "upstream output"
+
+
+@dataclass
+class Entry:
+    path: Path
+    what: str
+    reasons: list[str] = field(default_factory=list)
+    missing: bool = False
+
+    @property
+    def state(self) -> str:
+        return "missing" if self.missing else "stale" if self.reasons else "fresh"
+
+    @property
+    def own_reasons(self) -> list[str]:
+        """Reasons Snakemake cannot see itself (not just a changed upstream output)."""
+        return [r for r in self.reasons if not r.startswith(UPSTREAM)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "what": self.what, "state": self.state,
+                "reasons": self.reasons}
+
+
+def _weights_reasons(model: Model, weights: Weights | None) -> list[str]:
+    """Weight files that no longer match the hashes their manifest lists."""
+    if weights is None:
+        return []
+    for name, digest in weights.sha256.items():
+        path = weights.folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return [f"weights ({name} changed; `kmodel hash {model.name} --write` records it)"]
+    return []
+
+
+def _prediction(path: Path, what: str, expected: Callable[[], dict[str, str]],
+                inputs: dict[str, Path]) -> Entry:
+    """A prediction file against what it must record now (``expected``, computed only for
+    files that exist); ``inputs``: the input file (for base models) or the upstream
+    prediction files (for the ensemble)."""
+    entry = Entry(path, what)
+    if not path.is_file():
+        entry.missing = True
+        return entry
+    try:
+        attrs = hdf5.read_attrs(path)
+    except (OSError, ValueError):
+        entry.reasons.append("unreadable")
+        return entry
+    if not attrs.get(hdf5.COMPLETE):
+        entry.reasons.append("incomplete")
+    entry.reasons += provenance.differences(attrs, expected())
+    if "input" in inputs:
+        source = inputs["input"]
+        if not source.is_file():
+            entry.reasons.append(f"input ({source} is missing)")
+        elif attrs.get("input_sha256") != cached_sha256(source):
+            entry.reasons.append("input")
+    else:
+        entry.reasons += _upstream(attrs.get("upstream_sha256"), inputs)
+    return entry
+
+
+def _upstream(recorded: Any, files: dict[str, Path]) -> list[str]:
+    try:
+        then = json.loads(recorded) if isinstance(recorded, str) else {}
+    except ValueError:
+        then = {}
+    now = {str(p): cached_sha256(p) if p.is_file() else None for p in files.values()}
+    changed = sorted(p for p in now if then.get(p) != now[p])
+    return [f"{UPSTREAM} ({', '.join(changed)})"] if changed else []
+
+
+def status(plan: Plan, registry: Registry) -> list[Entry]:
+    """Every output of the composition, in the order the workflow makes them."""
+    reg = plan.registry(registry)
+    cfg = plan.config
+    entries: list[Entry] = []
+    fresh: dict[str, bool] = {}
+    for name in cfg.models:
+        model = reg.model(name)
+        weights = Weights.of(model)
+        expected = functools.cache(lambda m=model, w=weights: provenance.of_model(reg, m, w))
+        for split in SPLITS:
+            entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
+                                expected, {"input": plan.data(split)})
+            if not entry.missing:
+                entry.reasons += _weights_reasons(model, weights)
+            entries.append(entry)
+            fresh[str(entry.path)] = entry.state == "fresh"
+
+    ensembler = reg.model(cfg.ensembler)
+    train_preds = {str(plan.preds(m, "train")): plan.preds(m, "train") for m in cfg.models}
+    test_preds = {str(plan.preds(m, "test")): plan.preds(m, "test") for m in cfg.models}
+    folder = plan.ensembler_weights
+    trained = Entry(folder, f"{cfg.ensembler} weights (trained)")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        trained.missing = True
+    else:
+        record = provenance.read_folder_record(folder)
+        trained.reasons += provenance.differences(
+            record, provenance.of_model(reg, ensembler, None))
+        trained.reasons += _weights_reasons(ensembler, Weights(folder, manifest))
+        trained.reasons += _upstream(record.get("upstream_sha256"),
+                                     {**train_preds, "targets": plan.data("train")})
+        stale_up = [p for p in train_preds if not fresh[p]]
+        if stale_up and not any(r.startswith(UPSTREAM) for r in trained.reasons):
+            trained.reasons.append(f"{UPSTREAM} ({', '.join(stale_up)} not fresh)")
+    entries.append(trained)
+
+    if trained.missing:
+        ensemble = Entry(plan.ensemble, f"{cfg.ensembler} predictions (test)",
+                         missing=not plan.ensemble.is_file())
+        if not ensemble.missing:
+            ensemble.reasons.append(f"{UPSTREAM} ({folder} is missing)")
+    else:
+        assert manifest is not None
+        ensemble = _prediction(plan.ensemble, f"{cfg.ensembler} predictions (test)",
+                               lambda: provenance.of_model(reg, ensembler,
+                                                           Weights(folder, manifest)),
+                               test_preds)
+        if trained.state != "fresh" and not ensemble.missing:
+            ensemble.reasons.append(f"{UPSTREAM} ({folder} not fresh)")
+    entries.append(ensemble)
+
+    scores = Entry(plan.scores, "scores")
+    if not plan.scores.is_file():
+        scores.missing = True
+    else:
+        inputs = [ensemble, *[e for e in entries if str(e.path) in test_preds]]
+        made = plan.scores.stat().st_mtime
+        behind = [str(e.path) for e in inputs if e.state != "fresh"
+                  or e.path.stat().st_mtime > made]
+        if behind:
+            scores.reasons.append(f"{UPSTREAM} ({', '.join(behind)})")
+    entries.append(scores)
+    return entries
+
+
+def forced(plan: Plan, entries: list[Entry]) -> list[str]:
+    """Files `kmodel run` must force Snakemake to remake: stale for reasons Snakemake cannot
+    see (a kmodel version, a weight file's bytes). A sharded model's shards are remade."""
+    out = []
+    for entry in entries:
+        if entry.missing or not entry.own_reasons:
+            continue
+        model = next((m for m in plan.config.models
+                      if entry.path in (plan.preds(m, s) for s in SPLITS)), None)
+        if model is not None and plan.config.shards_of(model) > 1:
+            out += [str(plan.shard(model, s, k)) for s in SPLITS
+                    for k in range(plan.config.shards_of(model))]
+        else:
+            out.append(str(entry.path))
+    return sorted(set(out))
+
+
+__all__ = ["Entry", "forced", "status"]

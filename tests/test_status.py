@@ -1,0 +1,204 @@
+"""CI that regenerates predictions: `kmodel status` says what is stale and why, `kmodel run`
+remakes exactly that (status is fresh after it), `kmodel run -n` says what would run,
+`kmodel verify`, `kmodel test`, `kmodel env gc`, and reproducibility from empty envs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from kmodel.io import hdf5
+
+pytestmark = pytest.mark.slow
+KMODEL = [sys.executable, "-m", "kmodel"]
+CONFIG = """\
+name: small
+results: out
+data:
+  builtin: breast_cancer
+models: [logreg, mlp]
+ensembler: stacker
+batch_size: 64
+"""
+
+
+def kmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KMODEL, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def status(path: str = "c.yaml") -> dict[str, tuple[str, list[str]]]:
+    res = kmodel("status", path, "--json")
+    assert res.returncode in (0, 1), res.stderr
+    return {Path(e["path"]).relative_to("out/small").as_posix(): (e["state"], e["reasons"])
+            for e in json.loads(res.stdout)}
+
+
+def stale(report: dict[str, tuple[str, list[str]]]) -> dict[str, list[str]]:
+    return {k: v[1] for k, v in report.items() if v[0] != "fresh"}
+
+
+@pytest.fixture
+def composed(project: Path) -> Path:
+    (project / "c.yaml").write_text(CONFIG)
+    res = kmodel("status", "c.yaml")
+    assert res.returncode == 1 and res.stdout.count("missing") == 7  # 4 preds, 3 composer
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert kmodel("status", "c.yaml").returncode == 0
+    return project
+
+
+def rerun_and_expect_fresh() -> str:
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert stale(status()) == {}
+    return res.stderr
+
+
+def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed: Path) -> None:
+    mlp = composed / "model_specs" / "mlp"
+    (mlp / "model.py").write_text((mlp / "model.py").read_text() + "\n# a comment\n")
+    spec = composed / "model_specs" / "logreg" / "model.yaml"
+    spec.write_text(spec.read_text().replace("description: ", "description: Tuned. "))
+    report = stale(status())
+    assert report["preds/mlp/train.h5"] == ["model code"]
+    assert report["preds/logreg/test.h5"] == ["spec"]
+    assert report["ensembler/stacker"][0].startswith("upstream output")
+    assert report["scores.json"][0].startswith("upstream output")
+    rerun_and_expect_fresh()
+
+    # new weights (recorded with `kmodel hash --write`), and the input changed
+    from kmodel.hashes import write_hashes
+    from kmodel.registry import Registry
+
+    w = mlp / "weights" / "mlp-bias-1.npy"
+    np.save(w, np.load(w) + 0.25)
+    write_hashes(Registry().model("mlp"))
+    with h5py.File(composed / "out/small/data/test.h5", "r+") as f:
+        f["inputs/x"][0] = f["inputs/x"][0] * 1.5
+    report = stale(status())
+    # (the hashes live in the spec, so it changed too)
+    assert report["preds/mlp/train.h5"] == ["spec", "weights"]
+    assert report["preds/mlp/test.h5"] == ["spec", "weights", "input"]
+    assert report["preds/logreg/test.h5"] == ["input"]
+    rerun_and_expect_fresh()
+
+    # what Snakemake cannot see: a weight file changed under its recorded hash, and
+    # predictions made by another kmodel version
+    with h5py.File(composed / "out/small/preds/logreg/train.h5", "r+") as f:
+        f.attrs["kmodel_version"] = "0.0.1"
+    report = stale(status())
+    assert report["preds/logreg/train.h5"] == ["kmodel version"]
+    dry = kmodel("run", "c.yaml", "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run, nothing was run" in dry.stdout and "finished" not in dry.stdout
+    assert "roc_auc" not in dry.stdout  # no score table from old files
+    assert "stale    out/small/preds/logreg/train.h5  (kmodel version)" in dry.stdout
+    log = rerun_and_expect_fresh()
+    assert "remaking 1 stale output(s): out/small/preds/logreg/train.h5" in log
+
+
+def test_a_changed_lockfile_is_named_and_run_refuses_a_stale_one(composed: Path) -> None:
+    lock = composed / "envs" / "numpy2.lock"
+    lock.write_text(lock.read_text() + "# reviewed\n")
+    report = stale(status())
+    assert report["preds/mlp/train.h5"] == ["env lock"]
+    assert report["ensembler/stacker"][0] == "env lock"
+    rerun_and_expect_fresh()
+
+    env_spec = composed / "envs" / "numpy2.yaml"
+    env_spec.write_text(env_spec.read_text() + "# edited, not relocked\n")
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("Error [KM201]: envs/numpy2.lock is "
+                                                          "stale"), res.stderr
+    assert "kmodel env lock numpy2" in res.stderr and "Nothing to be done" not in res.stderr
+
+
+def test_verify_says_what_no_longer_matches(composed: Path) -> None:
+    pred = "out/small/preds/mlp/test.h5"
+    ok = kmodel("verify", pred)
+    assert ok.returncode == 0 and "CHANGED" not in ok.stdout, ok.stdout
+    assert kmodel("verify", "out/small/ensemble/test.h5").returncode == 0
+    code = composed / "model_specs/mlp/model.py"
+    code.write_text(code.read_text() + "\n# edited\n")
+    with h5py.File(composed / "out/small/data/test.h5", "r+") as f:
+        f["inputs/x"][1] = 0
+    bad = kmodel("verify", pred)
+    assert bad.returncode == 1
+    changed = [ln.split()[1:3] for ln in bad.stdout.splitlines() if ln.startswith("CHANGED")]
+    assert changed == [["model", "code"], ["input", str(composed / "out/small/data/test.h5:")]]
+
+
+def test_model_tests_pass_and_a_failure_names_the_worst_row(project: Path) -> None:
+    res = kmodel("test", "--all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for model in ("logreg", "gnb", "mlp", "stacker"):
+        assert f"ok       {model} /preds/proba: 20 rows within tolerance" in res.stdout
+    assert "no test  toy" in res.stdout
+    expected = project / "model_specs/mlp/example/expected.h5"
+    preds, ids = hdf5.read_group(expected, "preds")
+    preds["proba"][7] += 1e-3  # one row off by far more than rtol 1e-5
+    preds["proba"][3] += 0.5 * (1e-6 + 1e-5 * abs(preds["proba"][3]))  # one just inside
+    hdf5.write_table(expected, {"preds": preds}, ids)
+    res = kmodel("test", "mlp")
+    assert res.returncode == 1
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("FAIL"))
+    worst = ids[7].decode()
+    assert line.startswith("FAIL     mlp /preds/proba: 1 of 20 rows out of tolerance; "
+                           f"worst row id '{worst}': got "), line
+    assert "abs diff 0.001" in line and "rel diff" in line and "rtol 1e-05" in line
+
+
+def test_env_gc_removes_builds_no_lock_refers_to(project: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "KMODEL_HOME": str(home)}
+    spec = project / "envs" / "tiny.yaml"
+    spec.write_text('python: "3.11"\npip: [numpy>=2.2]\n')
+    assert kmodel("env", "lock", "tiny", env=env).returncode == 0
+    assert kmodel("env", "create", "tiny", env=env).returncode == 0
+    old = {p.name for p in (home / "envs").iterdir() if p.is_symlink()}
+    spec.write_text('python: "3.11"\npip: [numpy>=2.2, six]\n')
+    assert kmodel("env", "lock", "tiny", env=env).returncode == 0
+    assert kmodel("env", "create", "tiny", env=env).returncode == 0
+    new = {p.name for p in (home / "envs").iterdir() if p.is_symlink()} - old
+    dry = kmodel("env", "gc", "--dry-run", env=env)
+    assert dry.returncode == 0 and f"would remove {home / 'envs' / next(iter(old))}" in dry.stdout
+    assert "changed since it was built" in dry.stdout
+    assert {p.name for p in (home / "envs").iterdir() if p.is_symlink()} == old | new
+    res = kmodel("env", "gc", env=env)
+    assert res.returncode == 0 and "removed" in res.stdout
+    assert {p.name for p in (home / "envs").iterdir() if p.is_symlink()} == new
+    assert list((home / "envs" / ".builds").iterdir()) == [(home / "envs" / next(iter(new)))
+                                                          .resolve()]
+    assert kmodel("env", "gc", env=env).stdout.strip() == "nothing to remove"
+
+
+def test_two_runs_from_empty_envs_give_bit_identical_predictions(project: Path,
+                                                                   tmp_path: Path) -> None:
+    """Same machine, same locks: bit-identical (across CPUs: within the tests' tolerance)."""
+    (project / "c.yaml").write_text(CONFIG)
+    found = []
+    for run in ("a", "b"):
+        env = {**os.environ, "KMODEL_HOME": str(tmp_path / f"home-{run}")}
+        res = kmodel("run", "c.yaml", "--cores", "2", env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        data: dict[str, np.ndarray] = {}
+        for path in sorted((project / "out/small").rglob("*.h5")):
+            with h5py.File(path, "r") as f:
+                for group in ("preds", "metadata"):
+                    for name, ds in f.get(group, {}).items():
+                        data[f"{path.relative_to(project)}/{group}/{name}"] = ds[()]
+        found.append(data)
+        subprocess.run(["rm", "-rf", str(project / "out"), str(project / ".snakemake")],
+                       check=True)
+    a, b = found
+    assert a.keys() == b.keys() and len(a) == 12  # 4 prediction files, ensemble, data ids
+    assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
