@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,10 @@ from kmodel.weights import MANIFEST, Weights
 
 #: in the ensembler's weights folder: the models (and outputs) it was trained on, in order
 SOURCES = "sources.json"
+#: rows per batch when applying the ensembler: each batch reads one slab of every
+#: prediction file, so larger batches mean fewer, larger reads (64 Ki rows x 20 models of
+#: float32 is 5 MB)
+BATCH = 1 << 16
 
 
 def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -149,23 +154,109 @@ def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return y, ids
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Prediction files as the ensembler's input columns, aligned to a reference's ids."""
+
+    columns: list[tuple[Path, str]]  # (file, 1-D dataset), in order
+    labels: list[str]  # each column's origin (file:/dataset), for error messages
+    names: list[str]  # what each file holds, ``model:output,...``
+    dtype: str  # float64 if any column is (converted per batch in the runner)
+    rows: int
+
+
+def _layout(path: Path) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    try:
+        layout = hdf5.preds_layout(path)
+    except hdf5.LayoutError as e:
+        raise InputSchemaError(f"{path}: {e}; is it a kmodel prediction file?") from None
+    except (OSError, KeyError, TypeError, RuntimeError) as e:
+        raise InputSchemaError(f"{path}: not an HDF5 prediction file ({e}); give kmodel "
+                               "prediction files") from None
+    if not layout:
+        raise InputSchemaError(f"{path}: no datasets in /preds; is it a prediction file?")
+    return layout
+
+
+def _count(path: Path) -> int:
+    """Rows of a file (its ids), or a clear error."""
+    try:
+        rows = hdf5.count_ids(path)
+    except hdf5.LayoutError as e:
+        raise InputSchemaError(f"{path}: {e}; is it a kmodel file?") from None
+    except (OSError, KeyError, TypeError, RuntimeError) as e:
+        raise InputSchemaError(f"{path}: not a kmodel HDF5 file ({e})") from None
+    if rows == 0:
+        raise IdAlignmentError(f"{path}: no rows; predict on a non-empty input")
+    return rows
+
+
+def sources(preds: Sequence[Path], reference: Path, tmp: Path, *,
+            allow_mixed_inputs: bool = False) -> Sources:
+    """Check the prediction files and line their columns up with ``reference``'s ids.
+
+    The common case (every file holds the reference's ids in its order, checked a block at
+    a time) reads nothing else: the ensembler then reads the files' own datasets through a
+    virtual file. A file in another order, or with rows of more than one dimension, is
+    copied to ``tmp`` in the reference's order first (which needs its ids in memory).
+    """
+    for path in preds:
+        check_input_file(path)  # before anything opens it (a FIFO would block)
+    if not allow_mixed_inputs:
+        check_same_input(preds)
+    rows = _count(reference)
+    columns: list[tuple[Path, str]] = []
+    labels: list[str] = []
+    names, wide = [], False
+    for k, path in enumerate(preds):
+        layout = _layout(path)
+        if _count(path) == 0:
+            raise IdAlignmentError(f"{path}: no rows; predict on a non-empty input")
+        flat = all(len(shape) == 1 for _, shape, _ in layout)
+        if flat and hdf5.same_ids(reference, path):
+            columns += [(path, name) for name, _, _ in layout]
+            labels += [f"{path}:/{name}" for name, _, _ in layout]
+        else:  # another order, or several values a row: a copy, in order, one column each
+            copy = tmp / f"aligned-{k}.h5"
+            order = None if hdf5.same_ids(reference, path) else align(
+                hdf5.read_ids(reference), hdf5.read_ids(path), path)
+            made = hdf5.write_aligned(path, copy, order)
+            columns += [(copy, name) for name in made]
+            labels += [f"{path}:/{name}" for name in made]
+        wide |= any(dtype.itemsize > 4 or dtype.kind != "f" for _, _, dtype in layout)
+        model = hdf5.read_attrs(path).get("model", path.stem)
+        names.append(f"{model}:{','.join(name.split('/')[-1] for name, _, _ in layout)}")
+    return Sources(columns, labels, names, "float64" if wide else "float32", rows)
+
+
 def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Path,
           weights_out: Path, *, target_name: str = "y", allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Weights:
-    """Fit the ensembler on stored predictions aligned to the targets' ids."""
+    """Fit the ensembler on stored predictions aligned to the targets' ids.
+
+    Nothing is stacked in this process: the ensembler's runner reads the prediction files'
+    columns through a small virtual HDF5 file, into its training matrix.
+    """
     guard_output(weights_out, [*preds, targets], folder=True)
-    y, ids = _targets(targets, target_name)
-    x, _, sources = stack(preds, ids, allow_mixed_inputs=allow_mixed_inputs)
+    _targets(targets, target_name)  # there, numbers, finite (before any env starts)
     model = registry.model(ensembler)
     record = {**provenance.of_model(registry, model, None), **upstream(preds, targets)}
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
+        found = sources(preds, targets, Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
         table = Path(tmp) / "train.h5"
-        hdf5.write_table(table, {"inputs": {"x": x}, "targets": {target_name: y}}, ids)
+        hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=targets,
+                           extra={f"targets/{target_name}": (targets,
+                                                              f"targets/{target_name}")})
         return predict_mod.train(registry, ensembler, table, target_name, weights_out,
-                                 extra={SOURCES: json.dumps(sources, indent=2) + "\n",
+                                 extra={SOURCES: json.dumps(found.names, indent=2) + "\n",
                                         provenance.FOLDER_RECORD: json.dumps(
                                             record, indent=2, sort_keys=True) + "\n"},
-                                 progress=progress, inputs=(*preds, targets))
+                                 progress=progress, inputs=(*preds, targets),
+                                 columns=_column_names(found))
+
+
+def _column_names(found: Sources) -> list[str]:
+    return found.labels
 
 
 def upstream(preds: Sequence[Path], targets: Path | None = None) -> dict[str, str]:
@@ -190,21 +281,44 @@ def _trained_on(weights: Weights, default: list[str]) -> list[str]:
 def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Path,
           output: Path, *, allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Path:
-    """Run the trained ensembler on stored predictions; write ``output`` atomically."""
+    """Run the trained ensembler on stored predictions; write ``output`` atomically.
+
+    Streamed: the ensembler's runner reads the prediction files batch by batch through a
+    small virtual HDF5 file (rows aligned to the first file's ids)."""
     w = Weights.from_folder(weights)
     guard_output(output, [*preds, *w.files, w.folder / MANIFEST, *registry.owned_files()],
                  siblings=(".partial", ".lock"))
-    x, ids, sources = stack(preds, allow_mixed_inputs=allow_mixed_inputs)
-    trained_on = _trained_on(w, sources)
-    if sources != trained_on:
-        raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
-                               f"order), got {', '.join(sources)}; pass the same models' "
-                               "predictions in the training order")
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
+        found = sources(preds, preds[0], Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
+        trained_on = _trained_on(w, found.names)
+        if found.names != trained_on:
+            raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
+                                   f"order), got {', '.join(found.names)}; pass the same "
+                                   "models' predictions in the training order")
         table = Path(tmp) / "apply.h5"
-        hdf5.write_table(table, {"inputs": {"x": x}}, ids)
+        hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=preds[0])
         return predict_mod.predict(registry, ensembler, table, output, weights=w,
-                                   progress=progress, attrs=upstream(preds))
+                                   progress=progress, attrs_later=lambda: upstream(preds),
+                                   columns=_column_names(found), batch_size=BATCH)
+
+
+def _first_column(path: Path, reference: Path) -> np.ndarray:
+    """The first prediction column of ``path`` in ``reference``'s row order, checked finite.
+
+    One column at a time: when the ids are in the reference's order (checked cheaply),
+    only that column is read; otherwise the file is aligned in memory."""
+    check_input_file(path)
+    layout = _layout(path)
+    _count(path)
+    name, shape, _ = layout[0]
+    if len(shape) == 1 and hdf5.same_ids(reference, path):
+        with np.errstate(over="ignore", invalid="ignore"):
+            column = hdf5.read_column(path, name).astype(np.float32)
+        if not np.isfinite(column).all():  # the ids only to name the first bad row
+            _finite(path, f"/{name}", column, hdf5.read_ids(path))
+        return column
+    x, _, _ = stack([path], hdf5.read_ids(reference))  # checked in stack
+    return x[:, 0]
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -224,11 +338,10 @@ def score(preds: dict[str, Path], targets: Path, target_name: str = "y",
     also written as JSON to ``output`` if given. AUC is None when the targets hold one class."""
     if output is not None:
         guard_output(output, [targets, *preds.values()])
-    y, ids = _targets(targets, target_name)
+    y, _ = _targets(targets, target_name)
     out: dict[str, dict[str, float | None]] = {}
     for label, path in preds.items():
-        x, _, _ = stack([path], ids)
-        p = x[:, 0]
+        p = _first_column(path, targets)
         auc = roc_auc(y, p)
         out[label] = {"auc": None if np.isnan(auc) else round(auc, 4),
                       "accuracy": round(float(np.mean((p > 0.5) == y.astype(bool))), 4),

@@ -49,6 +49,9 @@ class Job:
     batch_size: int = 8192
     host_pid: int = 0
     tasks: list[Task] = field(default_factory=list)
+    #: the input's columns are stored predictions (the composer): their names, for errors;
+    #: NaN or inf in them is refused
+    columns: list[str] = field(default_factory=list)
     # train only
     input: str = ""
     targets: str = ""

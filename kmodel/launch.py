@@ -162,10 +162,11 @@ def _failure(env: Env, job: Job, current: int, code: int, events: list[dict[str,
                                  detail=detail)
     if kind == "job":
         return RunnerError(f"model {model!r}: {first}; reinstall kmodel", detail=detail)
+    where = "" if job.columns or not job.input else f"{job.input}: "  # not a temporary file
     if kind == "targets":
-        return TargetLengthError(f"{job.input}: {first}")
+        return TargetLengthError(f"{where}{first}")
     if kind == "inputs":
-        return InputSchemaError(f"{job.input}: {first}")
+        return InputSchemaError(f"{where}{first}")
     return SpecError(Path(job.model_dir) / "model.yaml", first, field=kind,
                      fix="fix the model code or its spec")
 

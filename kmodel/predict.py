@@ -204,23 +204,23 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
     return True
 
 
-class _Hash:
-    """The input's sha256, computed in a daemon thread alongside the runner (never waited
-    for when the run is interrupted)."""
+class _Background:
+    """A value (an input's sha256, say) computed in a daemon thread alongside the runner;
+    never waited for when the run is interrupted."""
 
-    def __init__(self, path: Path) -> None:
-        self.value: str | None = None
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self.value: Any = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(compute,), daemon=True)
         self.thread.start()
 
-    def _run(self, path: Path) -> None:
+    def _run(self, compute: Callable[[], Any]) -> None:
         try:
-            self.value = cached_sha256(path)
+            self.value = compute()
         except BaseException as e:
             self.error = e
 
-    def result(self, timeout: float | None = None) -> str | None:
+    def result(self, timeout: float | None = None) -> Any:
         self.thread.join(timeout)
         if self.error is not None:
             raise self.error
@@ -259,9 +259,10 @@ class _Pending:
     task: Task
     resumed: bool
     signature: str
-    hash: _Hash
+    hash: _Background
     again: str  # the command that resumes it
     outputs: list[str]  # the spec's output names
+    later: _Background | None = None  # attributes computed alongside the runner
 
     @property
     def work(self) -> Path:
@@ -275,21 +276,27 @@ class _Pending:
 def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
             batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
             progress: Progress | None = None, rows: Rows | None = None,
-            shard: Shard | None = None, attrs: dict[str, Any] | None = None) -> Path:
+            shard: Shard | None = None, attrs: dict[str, Any] | None = None,
+            columns: Sequence[str] = (),
+            attrs_later: Callable[[], dict[str, Any]] | None = None) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
     return predict_many(registry, name, [(input_path, output)], batch_size=batch_size,
                         resume=resume, weights=weights, progress=progress, rows=rows,
-                        shard=shard, attrs=attrs)[0]
+                        shard=shard, attrs=attrs, columns=columns,
+                        attrs_later=attrs_later)[0]
 
 
 def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path]], *,
                  batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
                  progress: Progress | None = None, rows: Rows | None = None,
                  shard: Shard | None = None, attrs: dict[str, Any] | None = None,
-                 ) -> list[Path]:
+                 columns: Sequence[str] = (),
+                 attrs_later: Callable[[], dict[str, Any]] | None = None) -> list[Path]:
     """Run model ``name`` on each (input, output) pair with one runner process (one env
     start-up, one model build); each output appears only when complete. ``attrs`` are
-    recorded in every output besides the provenance (kmodel/provenance.py)."""
+    recorded in every output besides the provenance (kmodel/provenance.py), and those
+    ``attrs_later`` returns (computed while the model runs, e.g. hashes of large files);
+    ``columns`` names the input's columns when they are stored predictions (the composer)."""
     model = registry.model(name)
     weights = weights or Weights.of(model)
     inputs, outputs = [i for i, _ in pairs], [o for _, o in pairs]
@@ -322,8 +329,11 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
                   weights_dir=str(weights.folder.resolve()) if weights else None,
                   weights=sorted(weights.sha256) if weights else [],
                   batch_size=batch_size, host_pid=os.getpid(),
-                  tasks=[p.task for p in pending])
+                  tasks=[p.task for p in pending], columns=list(columns))
         outcome = Outcome()
+        later = _Background(attrs_later or dict)
+        for p in pending:
+            p.later = later
         try:
             run_job(env, job, progress, outcome)
         except (Interrupted, KeyboardInterrupt) as e:
@@ -358,7 +368,8 @@ def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int]
     subset = ["--rows", f"{span[0]}:{span[1]}"] if span != (0, total) else []
     again = shlex.join(["kmodel", "predict", model.name, "-i", str(input_path), "-o",
                         str(output), "--batch-size", str(batch_size), *subset, "--resume"])
-    return _Pending(input_path, output, task, resumed, signature, _Hash(input_path), again,
+    digest = _Background(lambda: cached_sha256(input_path))  # overlaps with the runner
+    return _Pending(input_path, output, task, resumed, signature, digest, again,
                     [o.name for o in model.spec.outputs])
 
 
@@ -383,6 +394,7 @@ def _finish(p: _Pending, name: str) -> None:
                 f"{p.input} changed while model {name!r} was predicting; the predictions "
                 "would mix two inputs, so none were kept: rerun")
         hdf5.set_attrs(p.work, {"input_sha256": p.hash.result(),
+                                **(p.later.result() if p.later else {}),
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         os.replace(p.work, p.output)
     except OSError as e:
@@ -425,7 +437,7 @@ def _unchanged(path: Path, signature: str) -> bool:
         return False  # deleted or replaced
 
 
-def _keep_partial(work: Path, partial: Path, input_hash: _Hash,
+def _keep_partial(work: Path, partial: Path, input_hash: _Background,
                   resumed: bool) -> tuple[int, Path]:
     """Keep an interrupted run's rows as OUT.partial for --resume; return how many, where."""
     try:
@@ -477,7 +489,8 @@ def _check_complete(path: Path, model: str, rows: int, outputs: Sequence[str]) -
 
 def train(registry: Registry, name: str, input_path: Path, targets: str, weights_out: Path,
           *, manifest: bool = True, extra: dict[str, str] | None = None,
-          progress: Progress | None = None, inputs: tuple[Path, ...] = ()) -> Weights:
+          progress: Progress | None = None, inputs: tuple[Path, ...] = (),
+          columns: Sequence[str] = ()) -> Weights:
     """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
 
     The weights folder appears whole when training succeeded; with ``manifest`` it also
@@ -504,7 +517,7 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
                       args=model.spec.args, input=str(input_path.resolve()),
                       inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
                       train_args=model.spec.train.args, weights_out=str(tmp.resolve()),
-                      output_name=str(weights_out))
+                      output_name=str(weights_out), columns=list(columns))
             error = run_job(env, job, progress).error
             if error is not None:
                 raise error

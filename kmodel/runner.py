@@ -165,7 +165,7 @@ def _predict_task(job: Any, task: Any, model: Any, outputs: dict[str, Any]) -> N
                                                 task.start + writer.rows_done, task.stop):
             if job.host_pid and os.getppid() != job.host_pid:
                 raise JobError("orphaned", "kmodel (the host process) is gone; stopping")
-            batch = {k: v.astype(dtypes[k], copy=False) for k, v in batch.items()}
+            batch = {k: _cast(v, dtypes[k], job.columns, ids) for k, v in batch.items()}
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             preds = _as_outputs(result, outputs, len(ids))
             try:
@@ -184,10 +184,41 @@ def _predict_task(job: Any, task: Any, model: Any, outputs: dict[str, Any]) -> N
             _write_failed(e, out_path)
 
 
+def _cast(values: np.ndarray, dtype: str, columns: list[str], ids: np.ndarray) -> np.ndarray:
+    """A batch in the dtype the spec promises; for stored predictions (the composer's
+    columns), NaN or inf (also from float64 beyond float32) is refused, naming the column."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(dtype, copy=False)
+    if columns and out.dtype.kind == "f":
+        bad = ~np.isfinite(out.reshape(len(out), -1))
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            name = columns[col] if col < len(columns) else f"column {col}"
+            where = bytes(hdf5.as_ids(ids[row:row + 1])[0]).decode(errors="replace")
+            raise JobError("inputs", f"{name} has NaN or inf (or a value beyond {dtype}) at "
+                           f"id {where!r}; drop or fix those rows")
+    return out
+
+
+def _read_whole(path: Path, group: str, name: str, dtype: str, columns: list[str],
+                block: int = 1 << 18) -> np.ndarray:
+    """A whole dataset in ``dtype``, read ``block`` rows at a time into one array (no
+    second copy in another dtype), checked as _cast checks batches."""
+    out = None
+    for lo, ids, batch in hdf5.iter_batches(path, [name], block, group=group):
+        part = _cast(batch[name], dtype, columns, ids)
+        if out is None:
+            out = np.empty((hdf5.count_ids(path), *part.shape[1:]), part.dtype)
+        out[lo:lo + len(part)] = part
+    assert out is not None
+    return out
+
+
 def train(job: Any, model: Any) -> None:
     names = list(job.inputs)
-    arrays, _ = hdf5.read_group(Path(job.input), "inputs", names)
-    targets, _ = hdf5.read_group(Path(job.input), "targets", [job.targets])
+    path = Path(job.input)
+    arrays = {n: _read_whole(path, "inputs", n, job.inputs[n], job.columns) for n in names}
+    targets, _ = hdf5.read_group(path, "targets", [job.targets])
     for group, found in (("inputs", arrays), ("targets", targets)):
         for name, arr in found.items():
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():

@@ -247,11 +247,11 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, si
         p = np.clip(0.6 * y + rng.uniform(0, 0.4, n), 0.01, 0.99).astype(np.float32)
         hdf5.write_table(project / f"p{k}.h5", {"preds": {"proba": p}}, ids)
     code = project / "model_specs" / "stacker" / "model.py"
-    code.write_text(code.read_text().replace(
-        '        """Newton\'s method (IRLS) on [1, logit(x)]."""',
-        '        """Newton\'s method (IRLS) on [1, logit(x)]."""\n'
-        '        import os, time\n        if os.environ.get("SLOW_FIT"):\n'
-        '            open("fitting", "w").close()\n            time.sleep(30)'))
+    slow = ('        import os, time\n        if os.environ.get("SLOW_FIT"):\n'
+            '            open("fitting", "w").close()\n            time.sleep(30)\n')
+    lines = code.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if "Newton's method" in line) + 1
+    code.write_text("".join([*lines[:at], slow, *lines[at:]]))
     cmd = [*KMODEL, "compose", "train", "stacker", "p0.h5", "p1.h5", "p2.h5", "--targets",
            "t.h5", "-o", "w"]
     proc = subprocess.Popen(cmd, env={**os.environ, "SLOW_FIT": "1"},

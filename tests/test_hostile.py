@@ -696,7 +696,7 @@ CASES = [
          success=anything, prep=lambda p: (preds_h5(p / "x.h5", IDS, labels(), "m1"),
                                            _set_attr(p / "x.h5", "model", np.arange(3)))),
     case("compose-train-float64-overflow",
-         "compose train stacker a.h5 big.h5 --targets t.h5 -o Wn", "KM601", "big.h5",
+         "compose train stacker a.h5 big.h5 --targets t.h5 -o Wn", ("KM401", "KM601"), "big.h5",
          prep=h5("big.h5", {"preds/proba": np.full(ROWS, 1e300),  # float64, beyond float32
                             "metadata/id": ids_array(IDS)}),
          sub=True),

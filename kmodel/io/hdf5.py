@@ -11,6 +11,7 @@ because the in-env runner loads it by file path (nothing of kmodel is installed 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -154,13 +155,59 @@ def _datasets(f: h5py.File, group: str, numeric: bool = True) -> dict[str, h5py.
     return out
 
 
+#: on a 2-D dataset stored columns first, (columns, rows): the composer's virtual input,
+#: whose columns are 1-D datasets of separate files, listed (JSON [[file, dataset], ...])
+COLUMNS_FIRST = "kmodel_columns_first"
+COLUMNS = "kmodel_columns"
+
+
+def _rows(d: h5py.Dataset) -> int:
+    return int(d.shape[1] if d.attrs.get(COLUMNS_FIRST) else d.shape[0])
+
+
+def _row_shape(d: h5py.Dataset) -> tuple[int, ...]:
+    return (int(d.shape[0]),) if d.attrs.get(COLUMNS_FIRST) else tuple(d.shape[1:])
+
+
+class _Columns:
+    """Reads rows of a columns-first virtual dataset from its source files directly: one
+    slab per file per batch. Each file is read once, front to back, so without a chunk
+    cache: 20 open files' caches fragment the heap until it holds every byte read (160 MB
+    for 2M rows x 20 columns, through HDF5's virtual-dataset reads too)."""
+
+    def __init__(self, d: h5py.Dataset) -> None:
+        self.dtype = d.dtype
+        self.files: dict[str, h5py.File] = {}
+        self.sources = []
+        for file, name in json.loads(d.attrs[COLUMNS]):
+            if file not in self.files:
+                self.files[file] = h5py.File(file, "r", rdcc_nbytes=0)
+            self.sources.append(self.files[file][name])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        out = np.empty((len(range(*rows.indices(self.sources[0].shape[0]))),
+                        len(self.sources)), self.dtype)
+        for k, source in enumerate(self.sources):
+            out[:, k] = source[rows]
+        return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _reader(d: h5py.Dataset) -> Any:
+    """Something to slice rows [lo:hi] of, (rows, ...), whichever way ``d`` is stored."""
+    return _Columns(d) if d.attrs.get(COLUMNS_FIRST) and COLUMNS in d.attrs else d
+
+
 def describe(path: Path, group: str = "inputs") -> tuple[Schema, int]:
     """``({name: (dtype, per-row shape)}, rows)`` of one group; raises LayoutError."""
     with h5py.File(path, "r") as f:
         n_ids = len(_ids(f))
         datasets = _datasets(f, group, numeric=False)  # the caller names the dtype it wants
-        out = {n: (str(d.dtype), tuple(d.shape[1:])) for n, d in datasets.items()}
-        rows = {n: d.shape[0] for n, d in datasets.items()}
+        out = {n: (str(d.dtype), _row_shape(d)) for n, d in datasets.items()}
+        rows = {n: _rows(d) for n, d in datasets.items()}
     if set(rows.values()) - {n_ids}:
         raise LengthError(f"/{group} datasets and /metadata/id differ in length: "
                           f"{dict(rows, **{'metadata/id': n_ids})}")
@@ -205,17 +252,22 @@ def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
 
 
 def iter_batches(path: Path, names: Sequence[str], batch_size: int, start: int = 0,
-                 stop: int | None = None,
+                 stop: int | None = None, group: str = "inputs",
                  ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
-    """Yield ``(offset, ids, {name: rows})`` for consecutive batches of /inputs, rows
+    """Yield ``(offset, ids, {name: rows})`` for consecutive batches of /<group>, rows
     [start, stop)."""
     with h5py.File(path, "r") as f:
         ids = f["metadata/id"]
-        datasets = {n: f[f"inputs/{n}"] for n in names}
+        datasets = {n: _reader(f[f"{group}/{n}"]) for n in names}
         n = len(ids) if stop is None else min(stop, len(ids))
-        for lo in range(start, n, batch_size):
-            hi = min(lo + batch_size, n)
-            yield lo, ids[lo:hi], {k: d[lo:hi] for k, d in datasets.items()}
+        try:
+            for lo in range(start, n, batch_size):
+                hi = min(lo + batch_size, n)
+                yield lo, ids[lo:hi], {k: d[lo:hi] for k, d in datasets.items()}
+        finally:
+            for d in datasets.values():
+                if isinstance(d, _Columns):
+                    d.close()
 
 
 class PredictionWriter:
@@ -309,3 +361,129 @@ def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
                 offset += n
         out.attrs[ROWS_DONE] = rows
         out.attrs[COMPLETE] = True
+
+
+def read_ids(path: Path) -> np.ndarray:
+    """All ids of a file, as bytes."""
+    with h5py.File(path, "r") as f:
+        return as_ids(_ids(f)[()])
+
+
+def read_column(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        values: np.ndarray = f[name][()]
+    return values
+
+
+def count_ids(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return len(_ids(f))
+
+
+_PROVENANCE_ORDER = ("input_sha256", "rows_start", "rows_stop")
+
+
+def same_ids(a: Path, b: Path, block: int = 1 << 20, probe: int = 4096) -> bool:
+    """True if both files hold the same ids in the same order.
+
+    Files kmodel predicted from one input (same input_sha256 and row range) hold its ids in
+    its order: then three probes of ``probe`` ids (start, middle, end) confirm it. Other
+    files are compared whole, ``block`` ids at a time, so memory stays bounded."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        ia, ib = _ids(fa), _ids(fb)
+        n = len(ia)
+        if n != len(ib):
+            return False
+        recorded = [tuple(f.attrs.get(k) for k in _PROVENANCE_ORDER) for f in (fa, fb)]
+        trusted = recorded[0] == recorded[1] and None not in recorded[0] and \
+            fa.attrs.get(COMPLETE) and fb.attrs.get(COMPLETE)
+        spans = ([(0, probe), (max(0, n // 2 - probe // 2), n // 2 + probe // 2),
+                  (max(0, n - probe), n)] if trusted else
+                 [(lo, lo + block) for lo in range(0, n, block)])
+        return all(np.array_equal(as_ids(ia[lo:hi]), as_ids(ib[lo:hi])) for lo, hi in spans)
+
+
+def preds_layout(path: Path) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """The prediction datasets of ``path`` (sorted by name; Kipoi's single /preds too):
+    (dataset path, shape, dtype), each checked to hold numbers, one row per id."""
+    with h5py.File(path, "r") as f:
+        n = len(_ids(f))
+        found = _datasets(f, "preds")
+        out = []
+        for name in sorted(found):
+            d = found[name]
+            if d.shape[0] != n:
+                raise LengthError(f"/preds/{name} has {d.shape[0]} rows but /metadata/id has "
+                                  f"{n}")
+            out.append((d.name.lstrip("/"), tuple(d.shape), d.dtype))
+    return out
+
+
+def write_virtual(path: Path, rows: int, columns: Sequence[tuple[Path, str]], dtype: Any,
+                  ids_from: Path, extra: Mapping[str, tuple[Path, str]] | None = None) -> None:
+    """A small file whose /inputs/x is a virtual dataset: the 1-D ``columns`` (file,
+    dataset), each read from its own file when read (nothing is copied); stored columns
+    first, so that a batch of rows is one slab of each file. /metadata/id and ``extra``
+    datasets (e.g. ``{"targets/y": (file, "targets/y")}``) are mapped from their files too.
+    All sources must have ``rows`` rows, in the same order."""
+    def source(file: Path, name: str) -> tuple[Any, tuple[int, ...], np.dtype]:
+        with h5py.File(file, "r") as f:
+            d = f[name]
+            return (h5py.VirtualSource(str(Path(file).resolve()), name, shape=d.shape,
+                                       dtype=d.dtype), tuple(d.shape), d.dtype)
+
+    layout = h5py.VirtualLayout(shape=(len(columns), rows), dtype=dtype)
+    for k, (file, name) in enumerate(columns):
+        vs, shape, _ = source(file, name)
+        if shape != (rows,):
+            raise LayoutError(f"{file}: /{name} has shape {shape}, not ({rows},)")
+        layout[k, :] = vs
+    with _writing(path, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.create_virtual_dataset("inputs/x", layout)
+        f["inputs/x"].attrs[COLUMNS_FIRST] = True
+        f["inputs/x"].attrs[COLUMNS] = json.dumps(
+            [[str(Path(file).resolve()), name] for file, name in columns])
+        for target, (file, name) in {"metadata/id": (ids_from, "metadata/id"),
+                                     **(extra or {})}.items():
+            vs, shape, sdtype = source(file, name)
+            one = h5py.VirtualLayout(shape=shape, dtype=sdtype)
+            one[...] = vs
+            f.create_virtual_dataset(target, one)
+
+
+def write_aligned(source: Path, target: Path, rows: np.ndarray | None,
+                  block: int = 1 << 18) -> list[str]:
+    """``target``: every column of the prediction datasets of ``source`` as a 1-D dataset
+    (``preds/<name>`` or ``preds/<name>.<j>``), rows in the order ``rows`` (indices into
+    ``source``; None: as stored), and the ids in that order. For a file whose ids are not in
+    the reference's order, or whose rows have more than one value. Written ``block`` rows
+    at a time, reading a block's rows in sorted order, as HDF5 requires. Returns the
+    column datasets' names, in order."""
+    names = []
+    with h5py.File(source, "r") as f, _writing(target, "x") as out:
+        ids = _ids(f)
+        n = len(ids) if rows is None else len(rows)
+        chunk = max(1, min(block, n))
+        plan: list[tuple[str, h5py.Dataset, int | None]] = [("metadata/id", ids, None)]
+        for key, d in sorted(_datasets(f, "preds").items()):
+            width = int(np.prod(d.shape[1:]))
+            for j in range(width):
+                name = f"preds/{key}" if d.ndim == 1 else f"preds/{key}.{j}"
+                plan.append((name, d, j if d.ndim > 1 else None))
+                names.append(name)
+        for name, d, col in plan:
+            dst = out.create_dataset(name, shape=(n,), dtype=d.dtype, chunks=(chunk,))
+            for lo in range(0, n, block):
+                if rows is None:
+                    values = d[lo:lo + block]
+                else:
+                    want = rows[lo:lo + block]
+                    order = np.argsort(want, kind="stable")
+                    got = d[want[order]]
+                    values = np.empty_like(got)
+                    values[order] = got
+                if col is not None:
+                    values = values.reshape(len(values), -1)[:, col]
+                dst[lo:lo + len(values)] = values
+    return names

@@ -1,6 +1,6 @@
 """Benchmark: `kmodel predict` against a bare loop in the same env.
 
-    python tests/bench_predict.py [--rows 1000000] [--features 30] [--batch-size 65536]
+    python tests/bench/bench_predict.py [--rows 1000000] [--features 30] [--batch-size 65536]
 
 Both sides load the weights, read the input in batches, predict with the same cheap linear
 model and write a chunked HDF5 dataset. Prints the best of --repeat runs for each, at N and 4N rows,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 MODEL = """\
 import numpy as np
