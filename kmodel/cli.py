@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +30,9 @@ from kmodel.errors import (
     WeightsChangedError,
     signum_of,
 )
-from kmodel.registry import Model, Registry
+
+if TYPE_CHECKING:  # imported where needed: pydantic alone costs 20 ms of every start
+    from kmodel.registry import Model, Registry
 
 log = logging.getLogger("kmodel")
 _WRITE_FAILED = False  # set when a command failed writing a file (see main)
@@ -106,6 +108,11 @@ def _as_error(e: BaseException) -> KmodelError | None:
 
 
 def _registry(ctx: click.Context) -> Registry:
+    """The command's Registry, made on first use (--specs/--envs of the group)."""
+    if "registry" not in ctx.obj:
+        from kmodel.registry import Registry
+
+        ctx.obj["registry"] = Registry(*ctx.obj.pop("where"))
     reg: Registry = ctx.obj["registry"]
     return reg
 
@@ -137,7 +144,7 @@ def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: Path | 
     """
     logging.basicConfig(format="kmodel: %(message)s",
                         level=logging.DEBUG if verbose > 1 else logging.INFO, force=True)
-    ctx.obj = {"verbose": verbose, "registry": Registry(list(specs), envs)}
+    ctx.obj = {"verbose": verbose, "where": (list(specs), envs)}
 
 
 # --- specs ------------------------------------------------------------------------
