@@ -63,7 +63,7 @@ def popen(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
           die_with_parent: bool = True) -> subprocess.Popen[Any]:
     """Start ``cmd`` in its own process group (so Ctrl-C handling stays with kmodel).
 
-    Output pipes are binary: read them with :func:`drain`, which keeps a bounded tail.
+    Output pipes are binary: read them with :class:`Tail`, which keeps a bounded tail.
     """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
@@ -77,18 +77,15 @@ class Tail:
     """The last ``limit`` bytes of a child's output, read in a thread: a model that writes
     300 MB of logs costs 64 KB of memory here, and never blocks on a full pipe."""
 
-    def __init__(self, stream: IO[bytes], limit: int = 64 * 1024,
-                 echo: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, stream: IO[bytes], limit: int = 64 * 1024) -> None:
         self.data = bytearray()
-        self.limit, self.echo = limit, echo
+        self.limit = limit
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
     def _read(self, stream: IO[bytes]) -> None:
         fd = stream.fileno()
         while chunk := os.read(fd, 1 << 16):
-            if self.echo:
-                self.echo(chunk)
             self.data += chunk
             if len(self.data) > 2 * self.limit:
                 del self.data[: len(self.data) - self.limit]

@@ -59,12 +59,11 @@ from kmodel.errors import (
 )
 from kmodel.io import hdf5
 from kmodel.job import Job, Task
-from kmodel.launch import Outcome, run_job
+from kmodel.launch import Outcome, Progress, run_job
 from kmodel.registry import Model, Registry
 from kmodel.weights import MANIFEST, Weights, written_by_kmodel
 
 log = logging.getLogger("kmodel")
-Progress = Callable[[int, int], None]
 __all__ = ["Progress", "Weights", "check_input", "ensure_env", "predict", "predict_many",
            "row_range", "train"]
 

@@ -84,7 +84,7 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
         "wait for it to finish")
     with _lock.held(lock, busy):
         if "--unlock" not in extra:
-            _clear_stale_lock(cmd, env, echo)
+            _clear_stale_lock(cmd, env)
         flags = [] if "--unlock" in extra else ["--rerun-incomplete"]
         _snakemake([*cmd, *flags, *extra], env, echo)
     return plan
@@ -152,8 +152,7 @@ def _live_snakemakes(folder: Path) -> list[int] | None:
     return found
 
 
-def _clear_stale_lock(cmd: list[str], env: dict[str, str],
-                      echo: Callable[[str], None] | None, wait: float = 60.0) -> None:
+def _clear_stale_lock(cmd: list[str], env: dict[str, str], wait: float = 60.0) -> None:
     """Remove Snakemake's lock if a killed run left it (no Snakemake alive in this folder).
 
     A killed run's Snakemake may still be shutting down (its reaper stops it): wait for it.

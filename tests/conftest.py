@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,12 @@ def make_input(path: Path, rows: int = 100, dim: int = 3, seed: int = 0,
         groups["targets"] = {"y": targets}
     hdf5.write_table(path, groups, ids if ids is not None else [f"r{i}" for i in range(rows)])
     return x
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll until ``predicate()`` is true (a process reached a moment), or fail."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)

@@ -21,7 +21,7 @@ import pytest
 
 from kmodel.io import hdf5
 
-from .conftest import make_input
+from .conftest import make_input, wait_for
 
 pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
@@ -31,14 +31,6 @@ def slow_toy(project: Path, sleep: float) -> None:
     spec = project / "model_specs" / "toy" / "model.yaml"
     text = spec.read_text()
     spec.write_text(text.replace("factor: 2.0", f"factor: 2.0\n  sleep: {sleep}"))
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
 
 
 def rows_done(path: Path | None) -> int:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 
 from kmodel.workflow import _failure
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
@@ -69,14 +70,6 @@ def processes_in(folder: Path) -> list[str]:
         except OSError:
             continue
     return found
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
