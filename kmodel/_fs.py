@@ -147,7 +147,9 @@ def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = Fa
         raise OutputNotWritableError(output, "its name is not valid UTF-8", "rename it")
     with contextlib.suppress(OSError):
         mode = os.lstat(output).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or (folder and stat.S_ISDIR(mode))):
+        if stat.S_ISDIR(mode) and not folder:
+            raise OutputNotWritableError(output, "it is a folder", "give a file name")
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
             raise OutputNotWritableError(output, "it exists and is not a regular file (a "
                                          "device, FIFO or socket)", "choose a file name")
     name_max = _name_max(output.parent)

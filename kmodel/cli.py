@@ -667,7 +667,9 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
     t0 = time.perf_counter()
     plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args,
                         echo=lambda line: click.echo(line, err=True))
-    if DRY_RUN.intersection(snakemake_args):
+    if _asks(snakemake_args, INFO_ONLY):  # Snakemake printed what was asked; nothing ran
+        return
+    if _asks(snakemake_args, DRY_RUN, "n"):
         from kmodel.status import status as outputs
 
         entries = [e for e in outputs(plan, _registry(ctx)) if e.state != "fresh"]
@@ -678,14 +680,25 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
         return
     click.echo(f"\n{plan.config.name}: finished in {time.perf_counter() - t0:.1f} s; "
                f"results in {plan.root}/")
-    if plan.scores.is_file():
+    scores = workflow.read_scores(plan)
+    if scores is not None:
         click.echo(f"  predictions  {plan.root / 'preds'}/<model>/<split>.h5")
         click.echo(f"  ensemble     {plan.ensemble}")
         click.echo(f"  scores       {plan.scores}\n")
-        click.echo(_score_table(workflow.read_scores(plan)))
+        click.echo(_score_table(scores))
 
 
 DRY_RUN = {"-n", "--dry-run", "--dryrun"}
+INFO_ONLY = {"--summary", "-S", "--detailed-summary", "-D", "--list-rules", "--list", "-l",
+             "--list-target-rules", "--lt", "--dag", "--rulegraph", "--filegraph",
+             "--list-changes", "--lc", "--unlock", "--cleanup-metadata", "--cm", "--lint",
+             "--print-compilation", "--version", "--help", "-h"}
+
+
+def _asks(args: tuple[str, ...], flags: set[str], short: str = "") -> bool:
+    """Whether Snakemake arguments hold one of ``flags`` (or ``short`` in a group: -np)."""
+    return any(a.split("=", 1)[0] in flags or (short and a.startswith("-")
+               and not a.startswith("--") and short in a[1:]) for a in args)
 
 
 def _status_line(e: Any) -> str:
@@ -749,9 +762,12 @@ def test_(ctx: click.Context, models: tuple[str, ...], all_: bool, as_json: bool
                 report.append({"model": m.name, "state": "ok" if c.ok else "FAIL",
                                "output": c.output, "rows": c.rows, "bad": c.bad,
                                "detail": c.detail})
-        except KmodelError as e:
+        except (KmodelError, OSError) as e:  # this model's test; the others still run
+            error = _as_error(e)
+            assert error is not None
             failed = True
-            report.append({"model": m.name, "state": "ERROR", "detail": f"[{e.code}] {e}"})
+            report.append({"model": m.name, "state": "ERROR",
+                           "detail": f"[{error.code}] {' '.join(str(error).split())}"})
     if as_json:
         click.echo(json.dumps(report, indent=2))
     for r in [] if as_json else report:
@@ -801,13 +817,14 @@ def _terminate(signum: int, frame: Any) -> None:
 @cli.command()
 @click.option("--profiles", is_flag=True, help="Print the folder of shipped cluster profiles.")
 def snakefile(profiles: bool) -> None:
-    """Print the path of kmodel's Snakefile, to use as a module in your own pipeline.
+    """Print the path of kmodel's Snakefile, to use as a module in your own pipeline
+    (after your own `rule all`: the first rule is Snakemake's default target).
 
     \b
     module kmodel:
         snakefile: "<this path>"
         config: config["kmodel"]
-    use rule * from kmodel as kmodel_*
+    use rule * from kmodel exclude all as kmodel_*
     """
     from kmodel.workflow import snakefile as path
     from kmodel.workflow import workflows_dir

@@ -263,7 +263,7 @@ def upstream(preds: Sequence[Path], targets: Path | None = None) -> dict[str, st
     """The sha256 of every file a composer step read, recorded in what it writes: a JSON
     object {path: sha256} (``kmodel status`` compares it with the files as they are)."""
     files = [*preds, *([targets] if targets else [])]
-    return {"upstream_sha256": json.dumps({str(p): cached_sha256(p) for p in files},
+    return {"upstream_sha256": json.dumps({str(p.resolve()): cached_sha256(p) for p in files},
                                           sort_keys=True)}
 
 

@@ -22,8 +22,8 @@ from kmodel.errors import InputSchemaError, OutputNotWritableError, ShardError
 from kmodel.io import hdf5
 
 #: what every shard of one prediction must share
-SAME = ("model", "model_version", "spec_sha256", "weights_sha256", "lock_sha256", "env_key",
-        "input_sha256", "input_rows", "batch_size")
+SAME = ("model", "model_version", "spec_sha256", "code_sha256", "weights_sha256",
+        "lock_sha256", "env_key", "kmodel_version", "input_sha256", "input_rows", "batch_size")
 
 
 def _shard(path: Path) -> dict[str, Any]:
@@ -33,7 +33,8 @@ def _shard(path: Path) -> dict[str, Any]:
         hdf5.describe(path, "preds")
     except (OSError, hdf5.LayoutError) as e:
         raise InputSchemaError(f"{path}: not a kmodel prediction file ({e})") from None
-    missing = [k for k in (*SAME, "rows_start", "rows_stop") if k not in attrs]
+    missing = [k for k in (*SAME, "rows_start", "rows_stop", "input_signature")
+               if k not in attrs]
     if missing:
         raise ShardError(f"{path}: no {missing[0]} attribute; merge takes files written by "
                          "`kmodel predict --rows` or `--shard`")
@@ -74,8 +75,10 @@ def merge(shards: Sequence[Path], output: Path) -> Path:
     """Write ``output`` from ``shards`` (checked, streamed); it appears only when complete."""
     guard_output(output, shards, siblings=(".lock",))
     ordered, common = check(shards)
+    source = Path(str(common["input_signature"]).split("|")[0])
+    guard_output(output, [*shards, source], siblings=(".lock",))  # nor the shards' input
     attrs = {k: common[k] for k in common if k not in (
-        hdf5.ROWS_DONE, hdf5.COMPLETE, "schema_version", "input_signature", "created")}
+        hdf5.ROWS_DONE, hdf5.COMPLETE, "schema_version", "created")}
     attrs.update(rows_start=0, rows_stop=int(common["input_rows"]), merged_shards=len(shards),
                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     busy = lambda who: OutputNotWritableError(  # noqa: E731

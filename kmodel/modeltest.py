@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmodel.errors import SpecError
+from kmodel._fs import check_input_file
+from kmodel.errors import InputSchemaError, SpecError
 from kmodel.io import hdf5
 from kmodel.predict import predict
 from kmodel.registry import Registry
@@ -70,7 +71,12 @@ def run_test(registry: Registry, name: str) -> list[Comparison]:
                         fix="add `test: {inputs: example/in.h5, expected: example/expected.h5}`")
     weights = Weights.from_folder(model.folder / test.weights) if test.weights else None
     expected_path = model.folder / test.expected
-    want, want_ids = hdf5.read_group(expected_path, "preds")
+    check_input_file(expected_path)  # a FIFO would block
+    try:
+        want, want_ids = hdf5.read_group(expected_path, "preds")
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise InputSchemaError(f"{expected_path}: not an expected-output file ({e}); "
+                               "regenerate it") from None
     with tempfile.TemporaryDirectory(prefix="kmodel-test-") as tmp:
         out = predict(registry, name, model.folder / test.inputs, Path(tmp) / "out.h5",
                       weights=weights)
@@ -78,9 +84,10 @@ def run_test(registry: Registry, name: str) -> list[Comparison]:
     order = {bytes(i): k for k, i in enumerate(hdf5.as_ids(got_ids))}
     ids = hdf5.as_ids(want_ids)
     rows = np.array([order.get(bytes(i), -1) for i in ids])
+    same_rows = len(ids) == len(order) == len(got_ids) and len(set(map(bytes, ids))) == len(ids)
     results = []
     for output in sorted(set(want) | set(got)):
-        if output not in got or output not in want or (rows < 0).any():
+        if output not in got or output not in want or (rows < 0).any() or not same_rows:
             results.append(Comparison(name, output, len(ids), len(ids),
                                       f"{expected_path} and the prediction differ in outputs "
                                       "or ids; regenerate the expected file"))

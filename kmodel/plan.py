@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from kmodel._fs import check_input_file
+from kmodel.errors import SpecError
 from kmodel.registry import Registry
 from kmodel.spec import ComposeConfig, load_compose_config
 
@@ -69,23 +70,33 @@ class Plan:
     def log(self, *parts: str) -> Path:
         return self.root / "logs" / ("_".join(parts) + ".log")
 
-    def check(self, registry: Registry) -> None:
-        """Fail early (before Snakemake starts) on unknown models or envs, and on a missing
-        or stale lockfile (KM200/KM201), which no job could get past."""
+    def check(self, registry: Registry, source: Path | str = "the composition") -> None:
+        """Fail early (before Snakemake starts: a job that fails loses its old outputs) on
+        missing folders or data, unknown models or envs, a missing or stale lockfile
+        (KM200/KM201) and weight files that differ from their spec's hashes (KM301)."""
         from kmodel.envs import backend_for
+        from kmodel.weights import Weights
 
+        for key, folder in [*(("specs", d) for d in self.config.specs),
+                            *([("envs", self.config.envs)] if self.config.envs else [])]:
+            if not Path(folder).is_dir():
+                raise SpecError(source, f"{folder} is not a folder (relative to {Path.cwd()})",
+                                field=key, fix="give an existing folder")
         for split in SPLITS:  # given data files must exist: Snakemake might not rerun a job
             if given := getattr(self.config.data, split):
                 check_input_file(Path(given))
         envs = {}
         for name in [*self.config.models, self.config.ensembler]:
-            ref = registry.env_of(registry.model(name))
+            model = registry.model(name)
+            ref = registry.env_of(model)
             envs[ref.name] = ref
+            if weights := Weights.of(model):
+                weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
         for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
 
 
 def load_plan(path: Path, registry: Registry) -> Plan:
     plan = Plan(load_compose_config(path), registry)
-    plan.check(plan.registry())
+    plan.check(plan.registry(), path)
     return plan

@@ -81,10 +81,17 @@ def read_folder_record(folder: Path) -> dict[str, Any]:
 def verify(registry: Registry, path: Path) -> list[tuple[str, bool, str]]:
     """Recompute what prediction file ``path`` records: (what, matches, detail) for the
     model's spec, code, weights, env lock, input (or upstream files) and completeness."""
-    from kmodel.errors import KmodelError
+    from kmodel.errors import InputSchemaError, KmodelError
     from kmodel.io import hdf5
 
-    attrs = hdf5.read_attrs(path)
+    try:
+        attrs = hdf5.read_attrs(path)
+    except (OSError, RuntimeError) as e:
+        raise InputSchemaError(f"{path}: not an HDF5 file ({e}); give a prediction file "
+                               "kmodel wrote") from None
+    if "model" not in attrs or "spec_sha256" not in attrs:
+        raise InputSchemaError(f"{path}: no kmodel provenance (no model or spec_sha256 "
+                               "attribute); verify checks files written by kmodel predict")
     checks: list[tuple[str, bool, str]] = []
     done, rows = attrs.get(hdf5.ROWS_DONE), None
     try:
@@ -110,7 +117,12 @@ def verify(registry: Registry, path: Path) -> list[tuple[str, bool, str]]:
         checks.append(("weight files", not bad, f"differ from their manifest: {bad}" if bad
                        else f"{len(weights.sha256)} files match"))
     if "upstream_sha256" in attrs:
-        then = json.loads(str(attrs["upstream_sha256"]))
+        try:
+            then = json.loads(str(attrs["upstream_sha256"]))
+        except ValueError:
+            then = None
+        if not isinstance(then, dict):
+            return [*checks, ("upstream files", False, "upstream_sha256 is not a JSON object")]
         changed = [p for p, d in then.items() if not Path(p).is_file()
                    or cached_sha256(Path(p)) != d]
         checks.append(("upstream files", not changed, f"changed or missing: {changed}"

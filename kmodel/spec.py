@@ -432,7 +432,8 @@ _FIXES = {
 def _spec_error(path: Path, node: yaml.Node | None, err: ValidationError,
                 drop: int = 0) -> SpecError:
     e = err.errors()[0]
-    loc = tuple(x for x in e["loc"] if x not in ("pip", "conda"))[drop:]
+    loc = tuple(x for x in e["loc"] if x not in ("pip", "conda") and not (
+        isinstance(x, str) and any(c in x for c in "[-,")))[drop:]  # union members' names
     if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = ()
     field = ".".join(str(x) for x in loc) or None
@@ -499,6 +500,17 @@ def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:
 def load_compose_config(path: Path) -> ComposeConfig:
     cfg: ComposeConfig = _validate(ComposeConfig, path)
     return cfg
+
+
+def compose_config(data: Any, source: str = "the kmodel config") -> ComposeConfig:
+    """A composition given as data (a Snakemake module's config), with the same errors."""
+    if not isinstance(data, dict):
+        raise SpecError(source, "expected a mapping (the composition)",
+                        fix="pass the composition as the module's config")
+    try:
+        return ComposeConfig.model_validate(data)
+    except ValidationError as err:
+        raise _spec_error(Path(source), None, err) from None
 
 
 def check_inside(folder: Path, rel: str, spec_path: Path, field: str) -> Path:

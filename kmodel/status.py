@@ -45,15 +45,25 @@ class Entry:
                 "reasons": self.reasons}
 
 
-def _weights_reasons(model: Model, weights: Weights | None) -> list[str]:
+def _weights_reasons(model: Model, weights: Weights | None, trained: bool = False,
+                     ) -> list[str]:
     """Weight files that no longer match the hashes their manifest lists."""
     if weights is None:
         return []
     for name, digest in weights.sha256.items():
         path = weights.folder / name
         if not path.is_file() or sha256_file(path) != digest:
+            if trained:
+                return [f"weights ({name} changed since training)"]
             return [f"weights ({name} changed; `kmodel hash {model.name} --write` records it)"]
     return []
+
+
+def _stale_upstream(entry: Entry, upstream: list[Entry]) -> None:
+    """An output made from outputs that are not fresh is not fresh either (one reason)."""
+    behind = [str(e.path) for e in upstream if e.state != "fresh"]
+    if behind and not entry.missing and not any(r.startswith(UPSTREAM) for r in entry.reasons):
+        entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)} not fresh)")
 
 
 def _prediction(path: Path, what: str, expected: Callable[[], dict[str, str]],
@@ -89,7 +99,7 @@ def _upstream(recorded: Any, files: dict[str, Path]) -> list[str]:
         then = json.loads(recorded) if isinstance(recorded, str) else {}
     except ValueError:
         then = {}
-    now = {str(p): cached_sha256(p) if p.is_file() else None for p in files.values()}
+    now = {str(p.resolve()): cached_sha256(p) if p.is_file() else None for p in files.values()}
     changed = sorted(p for p in now if then.get(p) != now[p])
     return [f"{UPSTREAM} ({', '.join(changed)})"] if changed else []
 
@@ -124,12 +134,10 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
         record = provenance.read_folder_record(folder)
         trained.reasons += provenance.differences(
             record, provenance.of_model(reg, ensembler, None))
-        trained.reasons += _weights_reasons(ensembler, Weights(folder, manifest))
+        trained.reasons += _weights_reasons(ensembler, Weights(folder, manifest), trained=True)
         trained.reasons += _upstream(record.get("upstream_sha256"),
                                      {**train_preds, "targets": plan.data("train")})
-        stale_up = [p for p in train_preds if not fresh[p]]
-        if stale_up and not any(r.startswith(UPSTREAM) for r in trained.reasons):
-            trained.reasons.append(f"{UPSTREAM} ({', '.join(stale_up)} not fresh)")
+        _stale_upstream(trained, [e for e in entries if str(e.path) in train_preds])
     entries.append(trained)
 
     if trained.missing:
@@ -143,13 +151,14 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
                                lambda: provenance.of_model(reg, ensembler,
                                                            Weights(folder, manifest)),
                                test_preds)
-        if trained.state != "fresh" and not ensemble.missing:
-            ensemble.reasons.append(f"{UPSTREAM} ({folder} not fresh)")
+        _stale_upstream(ensemble, [trained, *(e for e in entries if str(e.path) in test_preds)])
     entries.append(ensemble)
 
     scores = Entry(plan.scores, "scores")
     if not plan.scores.is_file():
         scores.missing = True
+    elif not _valid_scores(plan.scores):
+        scores.reasons.append("unreadable")
     else:
         inputs = [ensemble, *[e for e in entries if str(e.path) in test_preds]]
         made = plan.scores.stat().st_mtime
@@ -161,12 +170,26 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     return entries
 
 
+def _valid_scores(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data) and all(
+        isinstance(v, dict) and "auc" in v for v in data.values())
+
+
 def forced(plan: Plan, entries: list[Entry]) -> list[str]:
-    """Files `kmodel run` must force Snakemake to remake: stale for reasons Snakemake cannot
-    see (a kmodel version, a weight file's bytes). A sharded model's shards are remade."""
+    """Files `kmodel run` must have Snakemake remake: missing ones (Snakemake would not make
+    a deleted intermediate file while what follows it exists) and stale ones (kmodel run
+    turns Snakemake's mtime trigger off: content, not timestamps, decides). A sharded
+    model's stale predictions are remade from new shards; missing ones are merged again."""
     out = []
     for entry in entries:
-        if entry.missing or not entry.own_reasons:
+        if entry.missing:
+            out.append(str(entry.path))
+            continue
+        if not entry.own_reasons:
             continue
         model = next((m for m in plan.config.models
                       if entry.path in (plan.preds(m, s) for s in SPLITS)), None)

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kmodel import _lock, _subprocess
 from kmodel._fs import ensure_parent
@@ -86,6 +87,10 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
         if "--unlock" not in extra:
             _clear_stale_lock(cmd, env)
         flags = [] if "--unlock" in extra else ["--rerun-incomplete"]
+        if not any(a.startswith("--rerun-triggers") for a in extra):
+            # content, not timestamps: what `kmodel status` calls stale is forced above, so a
+            # fresh checkout (every file touched) reruns nothing that is still fresh
+            flags += ["--rerun-triggers", "code", "input", "params", "software-env"]
         _snakemake([*cmd, *flags, *extra], env, echo)
     return plan
 
@@ -220,6 +225,13 @@ def _full_log() -> str:
     return f"; full log: {logs[-1]}" if logs else ""
 
 
-def read_scores(plan: Plan) -> dict[str, dict[str, float]]:
-    result: dict[str, dict[str, float]] = json.loads(plan.scores.read_text())
-    return result
+def read_scores(plan: Plan) -> dict[str, dict[str, Any]] | None:
+    """The composition's scores, or None if there are none (or they are not a score table)."""
+    try:
+        data = json.loads(plan.scores.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and {"auc", "accuracy", "rows"} <= set(v) for v in data.values()):
+        return None
+    return data

@@ -158,3 +158,20 @@ def test_a_composition_fans_shards_out_and_merges_them(project: Path) -> None:
     scores = [json.loads((project / f"out/{c}/scores.json").read_text())
               for c in ("plain", "sharded")]
     assert scores[0] == scores[1]
+
+
+def test_merge_refuses_shards_of_other_code_and_an_output_over_their_input(
+        project: Path, rows_3000: Path) -> None:
+    for k in range(2):
+        assert kmodel("predict", "toy", "-i", "in.h5", "-o", f"s{k}.h5", "--shard",
+                      f"{k}/2").returncode == 0
+    ok = kmodel("merge", "s0.h5", "s1.h5", "-o", "m.h5")
+    assert ok.returncode == 0 and kmodel("verify", "m.h5").returncode == 0
+    over = kmodel("merge", "s0.h5", "s1.h5", "-o", "in.h5")
+    assert over.returncode == 1 and over.stderr.startswith("Error [KM402]"), over.stderr
+    code = project / "model_specs/toy/model.py"
+    code.write_text(code.read_text() + "\n# changed\n")
+    assert kmodel("predict", "toy", "-i", "in.h5", "-o", "s1.h5", "--shard", "1/2"
+                  ).returncode == 0
+    res = kmodel("merge", "s0.h5", "s1.h5", "-o", "mixed.h5")
+    assert res.returncode == 1 and "differ in code_sha256" in res.stderr, res.stderr

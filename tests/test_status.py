@@ -202,3 +202,54 @@ def test_two_runs_from_empty_envs_give_bit_identical_predictions(project: Path,
     a, b = found
     assert a.keys() == b.keys() and len(a) == 12  # 4 prediction files, ensemble, data ids
     assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_deleted_outputs_are_remade_and_a_touched_checkout_reruns_nothing(
+        composed: Path) -> None:
+    (composed / "out/small/preds/mlp/test.h5").unlink()
+    subprocess.run(["rm", "-r", str(composed / "out/small/ensembler/stacker")], check=True)
+    report = status()
+    assert report["preds/mlp/test.h5"][0] == "missing"
+    assert report["ensembler/stacker"][0] == "missing"
+    rerun_and_expect_fresh()
+    # a fresh checkout: every source file newer than every output, nothing changed
+    for path in (composed / "model_specs").rglob("*"):
+        os.utime(path)
+    for path in (composed / "envs").iterdir():
+        os.utime(path)
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 0 and "Nothing to be done" in res.stderr, res.stderr[-2000:]
+
+
+def test_changed_weights_without_their_hashes_stop_before_snakemake(composed: Path) -> None:
+    w = composed / "model_specs/mlp/weights/mlp-bias-1.npy"
+    np.save(w, np.load(w) + 1.0)  # `kmodel hash mlp --write` not run
+    before = (composed / "out/small/preds/mlp/test.h5").read_bytes()
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("Error [KM301]: "), res.stderr
+    assert "Building DAG" not in res.stderr  # refused before Snakemake, which would delete
+    assert (composed / "out/small/preds/mlp/test.h5").read_bytes() == before
+
+
+@pytest.mark.parametrize("flags", [["-np"], ["--dry-run"], ["--summary"], ["--list-rules"]])
+def test_informational_runs_print_no_finished_line_nor_old_scores(composed: Path,
+                                                                  flags: list[str]) -> None:
+    res = kmodel("run", "c.yaml", *flags)
+    assert res.returncode == 0, res.stderr
+    assert "finished" not in res.stdout and "roc_auc" not in res.stdout
+
+
+def test_model_test_files_that_cannot_serve_are_errors_not_hangs(project: Path) -> None:
+    expected = project / "model_specs/mlp/example/expected.h5"
+    preds, ids = hdf5.read_group(expected, "preds")
+    hdf5.write_table(expected, {"preds": {k: v[:5] for k, v in preds.items()}}, ids[:5])
+    res = kmodel("test", "mlp")
+    assert res.returncode == 1 and "FAIL     mlp /preds/proba" in res.stdout, res.stdout
+    gnb = project / "model_specs/gnb/example/expected.h5"
+    gnb.unlink()
+    os.mkfifo(gnb)
+    res = kmodel("test", "--all")  # would block reading the FIFO
+    assert res.returncode == 1
+    assert any(ln.startswith("ERROR    gnb  [KM400]") for ln in res.stdout.splitlines()), res.stdout
+    assert "ok       logreg /preds/proba" in res.stdout  # the other models still ran

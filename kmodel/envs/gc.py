@@ -31,14 +31,33 @@ class Garbage:
 
 
 def _size(path: Path) -> int:
+    """Bytes that deleting ``path`` frees: files linked from elsewhere too (uv links a
+    build's files from its cache) are not counted."""
     total = 0
     for folder, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(folder, name)).st_size
+                st = os.lstat(os.path.join(folder, name))
             except OSError:
-                pass
+                continue
+            if st.st_nlink == 1:
+                total += st.st_size
     return total
+
+
+def _in_use(build: Path) -> bool:
+    """A live process was started with this build's python (Linux: /proc; elsewhere
+    assumed not). A venv's python links to its base interpreter, so the folder of the
+    command's first word is what tells."""
+    root = str(build.resolve()) + os.sep
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv0 = cmdline.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv0.startswith("/") and os.path.realpath(os.path.dirname(argv0)).startswith(root):
+            return True
+    return False
 
 
 def _why_unused(marker: dict[str, object]) -> str | None:
@@ -85,13 +104,14 @@ def garbage(registry: Registry) -> list[Garbage]:
         except (OSError, ValueError):
             found.append(Garbage(link, "its build is damaged (no marker)", _size(target)))
             continue
-        if marker.get("key") not in current and (why := _why_unused(marker)):
+        if marker.get("key") not in current and (why := _why_unused(marker)) \
+                and not _in_use(target):
             found.append(Garbage(link, why, _size(target)))
     builds = envs / ".builds"
     for build in sorted(builds.iterdir()) if builds.is_dir() else []:
         prefix = build.name.rsplit("-", 2)[0]
-        if build.resolve() in linked or (envs / f"{prefix}.lock").exists():
-            continue  # in use, or being built right now
+        if build.resolve() in linked or (envs / f"{prefix}.lock").exists() or _in_use(build):
+            continue  # linked, being built right now, or running
         found.append(Garbage(build, "left by an interrupted build", _size(build)))
     return found
 
