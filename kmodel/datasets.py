@@ -33,4 +33,5 @@ def breast_cancer(train: Path, test: Path, *, seed: int = 0, test_fraction: floa
             hdf5.write_table(tmp, {"inputs": {"x": x[rows].astype(np.float32)},
                                    "targets": {"y": y[rows].astype(np.int64)}},
                              ids[rows], attrs={"dataset": "sklearn breast_cancer",
-                                               "seed": seed})
+                                               "builtin": "breast_cancer", "seed": seed,
+                                               "test_fraction": test_fraction})

@@ -39,7 +39,7 @@ MAX_DEPTH = 64
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 # --- model spec --------------------------------------------------------------------

@@ -99,9 +99,33 @@ def _upstream(recorded: Any, files: dict[str, Path]) -> list[str]:
         then = json.loads(recorded) if isinstance(recorded, str) else {}
     except ValueError:
         then = {}
-    now = {str(p.resolve()): cached_sha256(p) if p.is_file() else None for p in files.values()}
-    changed = sorted(p for p in now if then.get(p) != now[p])
+    changed = sorted(str(p) for p in files.values()
+                     if then.get(str(p.resolve())) != (cached_sha256(p) if p.is_file() else None))
     return [f"{UPSTREAM} ({', '.join(changed)})"] if changed else []
+
+
+def _data(plan: Plan) -> dict[str, Entry]:
+    """The example data a composition generates (``data: builtin:``), against its config:
+    a file made with another seed or split is stale. Data files the user gives are inputs."""
+    data = plan.config.data
+    if not data.builtin:
+        return {}
+    want = {"builtin": data.builtin, "seed": data.seed, "test_fraction": data.test_fraction}
+    entries = {}
+    for split in SPLITS:
+        entry = entries[split] = Entry(plan.data(split), f"{split} data ({data.builtin})")
+        if not entry.path.is_file():
+            entry.missing = True
+            continue
+        try:
+            attrs = hdf5.read_attrs(entry.path)
+        except (OSError, ValueError):
+            entry.reasons.append("unreadable")
+            continue
+        changed = [k for k, v in want.items() if attrs.get(k) != v]
+        if changed:
+            entry.reasons.append(f"data config ({', '.join(changed)})")
+    return entries
 
 
 def status(plan: Plan, registry: Registry) -> list[Entry]:
@@ -109,7 +133,8 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     reg = plan.registry(registry)
     cfg = plan.config
     entries: list[Entry] = []
-    fresh: dict[str, bool] = {}
+    data = _data(plan)
+    entries += data.values()
     for name in cfg.models:
         model = reg.model(name)
         weights = Weights.of(model)
@@ -119,8 +144,9 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
                                 expected, {"input": plan.data(split)})
             if not entry.missing:
                 entry.reasons += _weights_reasons(model, weights)
+                if split in data and not data[split].missing:
+                    _stale_upstream(entry, [data[split]])
             entries.append(entry)
-            fresh[str(entry.path)] = entry.state == "fresh"
 
     ensembler = reg.model(cfg.ensembler)
     train_preds = {str(plan.preds(m, "train")): plan.preds(m, "train") for m in cfg.models}

@@ -72,3 +72,17 @@ def test_resumed_writer_continues_where_it_stopped(tmp_path: Path) -> None:
 def test_as_ids_accepts_ints_and_text() -> None:
     assert list(hdf5.as_ids([1, 22])) == [b"1", b"22"]
     assert list(hdf5.as_ids(["é", "b"])) == ["é".encode(), b"b"]
+
+
+@given(batch=st.integers(1, 1 << 22), row_bytes=st.integers(0, 1 << 24),
+       rows=st.integers(1, 1 << 40))
+def test_chunks_are_one_batch_when_that_is_neither_tiny_nor_huge(batch: int, row_bytes: int,
+                                                                 rows: int) -> None:
+    n = hdf5.chunk_len(batch, row_bytes, rows)
+    size = n * max(1, row_bytes)
+    assert 1 <= n <= rows
+    assert size <= max(hdf5.CHUNK_MAX, row_bytes)  # never more than one row over the cap
+    if hdf5.CHUNK_MIN <= batch * max(1, row_bytes) <= hdf5.CHUNK_MAX:
+        assert n == min(batch, rows)  # each batch write fills whole chunks
+    elif n < rows and size < hdf5.CHUNK_MIN:
+        raise AssertionError(f"{n} rows of {row_bytes} B: a tiny chunk")

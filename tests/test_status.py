@@ -48,7 +48,7 @@ def stale(report: dict[str, tuple[str, list[str]]]) -> dict[str, list[str]]:
 def composed(project: Path) -> Path:
     (project / "c.yaml").write_text(CONFIG)
     res = kmodel("status", "c.yaml")
-    assert res.returncode == 1 and res.stdout.count("missing") == 7  # 4 preds, 3 composer
+    assert res.returncode == 1 and res.stdout.count("missing") == 9  # data, preds, composer
     res = kmodel("run", "c.yaml", "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert kmodel("status", "c.yaml").returncode == 0
@@ -103,6 +103,18 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     assert "stale    out/small/preds/logreg/train.h5  (kmodel version)" in dry.stdout
     log = rerun_and_expect_fresh()
     assert "remaking 1 stale output(s): out/small/preds/logreg/train.h5" in log
+
+    # the example data's config changed: the data and everything made from it
+    config = composed / "c.yaml"
+    config.write_text(config.read_text().replace("builtin: breast_cancer",
+                                                 "builtin: breast_cancer\n  seed: 7"))
+    report = stale(status())
+    assert report["data/train.h5"] == report["data/test.h5"] == ["data config (seed)"]
+    assert report["preds/mlp/test.h5"] == ["upstream output (out/small/data/test.h5 not fresh)"]
+    assert report["scores.json"][0].startswith("upstream output")
+    rerun_and_expect_fresh()
+    with h5py.File(composed / "out/small/data/test.h5") as f:
+        assert f.attrs["seed"] == 7
 
 
 def test_a_changed_lockfile_is_named_and_run_refuses_a_stale_one(composed: Path) -> None:

@@ -24,6 +24,30 @@ SCHEMA_VERSION = 1
 ROWS_DONE = "kmodel_rows_done"  # rows fully written; lets a partial file be resumed
 COMPLETE = "kmodel_complete"
 
+# Chunks. A chunk is the unit HDF5 stores, indexes and reads: reading one row reads its whole
+# chunk, and every chunk costs an index entry and a call into the I/O layer. Prediction files
+# are written one batch at a time, so a chunk is one batch whenever that is between
+# CHUNK_MIN and CHUNK_MAX bytes: each write then fills whole chunks, straight to disk. Larger
+# batches are cut into CHUNK_MAX chunks (a 64 MB chunk wrote at half the speed of 1 MB ones
+# here, and HDF5 refuses chunks over 4 GiB); smaller ones share CHUNK_MIN chunks, filled in
+# the chunk cache (CHUNK_CACHE, which holds a few of them) before they are written (1,024-row
+# batches of one float32 wrote 88 MB/s in 4 KB chunks). No compression: predictions are
+# floats with little redundancy (gzip saves ~10% on them at a fraction of the write speed);
+# h5repack can compress a finished file. tests/bench/bench_hdf5.py measures the choice.
+CHUNK_MIN, CHUNK_MAX = 64 << 10, 1 << 20
+CHUNK_CACHE = 4 * CHUNK_MAX
+
+
+def chunk_len(batch: int, row_bytes: int, rows: int) -> int:
+    """Rows per chunk for ``rows`` rows of ``row_bytes`` each, written ``batch`` at a time."""
+    row_bytes = max(1, row_bytes)
+    n = batch
+    if batch * row_bytes > CHUNK_MAX:
+        n = CHUNK_MAX // row_bytes
+    elif batch * row_bytes < CHUNK_MIN:
+        n = -(-CHUNK_MIN // row_bytes)
+    return max(1, min(n, rows))
+
 
 class LayoutError(ValueError):
     """The file is HDF5 but not laid out as kmodel (or Kipoi) files are; says what is wrong."""
@@ -280,26 +304,29 @@ class PredictionWriter:
     """
 
     def __init__(self, path: Path, outputs: Mapping[str, tuple[str, tuple[int, ...]]],
-                 rows: int, id_dtype: np.dtype, chunk_rows: int,
+                 rows: int, id_dtype: np.dtype, batch: int,
                  attrs: Mapping[str, Any] | None = None, resume: bool = False,
                  checkpoint_every: float = 0.5) -> None:
         self.path = path
         if resume:
-            self.f = h5py.File(path, "r+")
+            self.f = h5py.File(path, "r+", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
         else:
-            self.f = h5py.File(path, "x")  # exclusive: never over a file or through a link
+            # exclusive: never over a file or through a link
+            self.f = h5py.File(path, "x", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = 0
             self.f.attrs["schema_version"] = SCHEMA_VERSION
             for k, v in (attrs or {}).items():
                 self.f.attrs[k] = v
             self.f.attrs[ROWS_DONE] = 0
-            chunk = max(1, min(chunk_rows, rows))
             for name, (dtype, shape) in outputs.items():
+                row = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
                 self.f.create_dataset(f"preds/{name}", shape=(rows, *shape), dtype=dtype,
-                                      maxshape=(None, *shape), chunks=(chunk, *shape))
+                                      maxshape=(None, *shape),
+                                      chunks=(chunk_len(batch, row, rows), *shape))
             self.f.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype,
-                                  maxshape=(None,), chunks=(chunk,))
+                                  maxshape=(None,),
+                                  chunks=(chunk_len(batch, id_dtype.itemsize, rows),))
         self.checkpoint_every, self.checkpointed = checkpoint_every, time.monotonic()
         self.preds = {name: self.f[f"preds/{name}"] for name in self.f["preds"]}
         self.ids = self.f["metadata/id"]
@@ -327,9 +354,10 @@ class PredictionWriter:
 
 
 def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
-           chunk_rows: int, block: int = 1 << 20) -> None:
+           batch: int, block: int = 1 << 20) -> None:
     """Write ``path`` (which must not exist) with /preds/* and /metadata/id of ``sources``
-    one after the other, streamed ``block`` rows at a time, and the root ``attrs``."""
+    one after the other, streamed ``block`` rows at a time, and the root ``attrs``; chunked
+    as a run with ``batch`` would have written it."""
     with h5py.File(sources[0], "r") as first:
         layout = {name: (d.dtype, d.shape[1:]) for name, d in first["preds"].items()}
         id_dtype = first["metadata/id"].dtype
@@ -339,16 +367,18 @@ def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
             rows += len(f["metadata/id"])
             size += f["metadata/id"].nbytes + sum(d.nbytes for d in f["preds"].values())
     check_room(path, size)
-    chunk = max(1, min(chunk_rows, rows))
     with _writing(path, "x") as out:
         out.attrs["schema_version"] = SCHEMA_VERSION
         for k, v in attrs.items():
             out.attrs[k] = v
-        targets = {name: out.create_dataset(f"preds/{name}", shape=(rows, *shape), dtype=dtype,
-                                            maxshape=(None, *shape), chunks=(chunk, *shape))
-                   for name, (dtype, shape) in layout.items()}
+        targets = {}
+        for name, (dtype, shape) in layout.items():
+            chunk = chunk_len(batch, dtype.itemsize * int(np.prod(shape, dtype=np.int64)), rows)
+            targets[name] = out.create_dataset(f"preds/{name}", shape=(rows, *shape),
+                                               dtype=dtype, maxshape=(None, *shape),
+                                               chunks=(chunk, *shape))
         ids = out.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype, maxshape=(None,),
-                                 chunks=(chunk,))
+                                 chunks=(chunk_len(batch, id_dtype.itemsize, rows),))
         offset = 0
         for src in sources:
             with h5py.File(src, "r") as f:
