@@ -665,11 +665,18 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
     from kmodel import workflow
 
     t0 = time.perf_counter()
-    plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args,
-                        echo=lambda line: click.echo(line, err=True))
-    if _asks(snakemake_args, INFO_ONLY):  # Snakemake printed what was asked; nothing ran
-        return
-    if _asks(snakemake_args, DRY_RUN, "n"):
+    did: set[str] = set()
+
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+        if mark := workflow.marks(line):
+            did.add(mark)
+
+    plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args, echo=echo)
+    dry = "dry" in did or _asks(snakemake_args, DRY_RUN, "n")
+    if not dry and ("ran" not in did or _asks(snakemake_args, INFO_ONLY)):
+        return  # Snakemake printed what was asked (--summary, --list-rules, ...); nothing ran
+    if dry:
         from kmodel.status import status as outputs
 
         entries = [e for e in outputs(plan, _registry(ctx)) if e.state != "fresh"]

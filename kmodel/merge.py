@@ -26,34 +26,50 @@ SAME = ("model", "model_version", "spec_sha256", "code_sha256", "weights_sha256"
         "lock_sha256", "env_key", "kmodel_version", "input_sha256", "input_rows", "batch_size")
 
 
-def _shard(path: Path) -> dict[str, Any]:
+def _shard(path: Path) -> tuple[dict[str, Any], hdf5.Schema]:
+    """A shard's attributes and /preds layout, checked against what they claim."""
     check_input_file(path)
+    written_by = "merge takes files written by `kmodel predict --rows` or `--shard`"
     try:
         attrs = hdf5.read_attrs(path)
-        hdf5.describe(path, "preds")
+        layout, rows = hdf5.describe(path, "preds")
     except (OSError, hdf5.LayoutError) as e:
-        raise InputSchemaError(f"{path}: not a kmodel prediction file ({e})") from None
+        raise InputSchemaError(f"{path}: not a kmodel prediction file ({e}); {written_by}"
+                               ) from None
     missing = [k for k in (*SAME, "rows_start", "rows_stop", "input_signature")
                if k not in attrs]
     if missing:
-        raise ShardError(f"{path}: no {missing[0]} attribute; merge takes files written by "
-                         "`kmodel predict --rows` or `--shard`")
+        raise ShardError(f"{path}: no {missing[0]} attribute; {written_by}")
     if not attrs.get(hdf5.COMPLETE):
         raise ShardError(f"{path} is not complete; finish it with `kmodel predict ... "
                          "--resume`")
-    return attrs
+    try:
+        start, stop, total = (int(attrs[k]) for k in ("rows_start", "rows_stop", "input_rows"))
+        done = int(attrs.get(hdf5.ROWS_DONE, -1))
+    except (TypeError, ValueError):
+        raise ShardError(f"{path}: its row range attributes are not whole numbers; "
+                         f"{written_by}") from None
+    if not 0 <= start <= stop <= total or rows != stop - start or done != rows or not layout:
+        raise ShardError(f"{path} holds {rows} rows with {len(layout)} output(s) but records "
+                         f"rows {start}:{stop} of {total} ({done} written); predict that "
+                         "shard again")
+    return attrs, layout
 
 
 def check(shards: Sequence[Path]) -> tuple[list[Path], dict[str, Any]]:
     """The shards in row order, and their common attributes; or a ShardError that names the
     shards that differ, overlap or leave rows out."""
-    found = [(p, _shard(p)) for p in shards]
-    first_path, first = found[0]
-    for path, attrs in found[1:]:
+    checked = [(p, *_shard(p)) for p in shards]
+    first_path, first, first_layout = checked[0]
+    for path, attrs, layout in checked[1:]:
         for key in SAME:
             if attrs[key] != first[key]:
                 raise ShardError(f"{path} and {first_path} differ in {key} ({attrs[key]!r} vs "
                                  f"{first[key]!r}); merge shards of one prediction only")
+        if layout != first_layout:
+            raise ShardError(f"{path} and {first_path} differ in their /preds datasets "
+                             f"({layout} vs {first_layout}); predict both shards again")
+    found = [(p, a) for p, a, _ in checked]
     found.sort(key=lambda item: (int(item[1]["rows_start"]), int(item[1]["rows_stop"])))
     total, at, previous = int(first["input_rows"]), 0, None
     for path, attrs in found:

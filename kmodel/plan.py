@@ -91,7 +91,7 @@ class Plan:
             ref = registry.env_of(model)
             envs[ref.name] = ref
             if weights := Weights.of(model):
-                weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
+                weights.verify(name, weights.fix(name))
         for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
 

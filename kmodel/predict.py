@@ -308,7 +308,7 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     ranges = [row_range(i, n, batch_size, rows, shard) for i, n in zip(inputs, totals,
                                                                          strict=True)]
     if weights:
-        weights.verify(name, f"restore the file or run `kmodel hash {name} --write`")
+        weights.verify(name, weights.fix(name))
     with contextlib.ExitStack() as held:
         for output in outputs:
             held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
@@ -525,7 +525,7 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
             hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             if manifest:
                 (tmp / MANIFEST).write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
-    return Weights(weights_out, hashes)
+    return Weights(weights_out, hashes, in_spec=False)
 
 
 def _same_folder(a: Path, b: Path) -> bool:

@@ -62,6 +62,37 @@ def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> lis
             if recorded.get(key) != value]
 
 
+def incomplete(path: Path, attrs: Mapping[str, Any], model: Model,
+               input_rows: int | None = None) -> str | None:
+    """Why prediction file ``path`` (with root ``attrs``) is not a whole prediction of
+    ``model`` (over ``input_rows`` rows when given, else the rows it records), or None.
+    Looks at the datasets themselves, not only at what the attributes claim."""
+    from kmodel.io import hdf5
+
+    if attrs.get("model") != model.name:
+        return f"made by model {attrs.get('model')!r}, not {model.name!r}"
+    if not attrs.get(hdf5.COMPLETE):
+        return "incomplete (the run that wrote it did not finish)"
+    try:
+        found, rows = hdf5.describe(path, "preds")
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    want = {o.name for o in model.spec.outputs}
+    if set(found) != want:
+        return f"datasets {sorted(found)} in /preds, the spec's outputs are {sorted(want)}"
+    try:
+        start, stop = int(attrs.get("rows_start", 0)), int(attrs.get("rows_stop", rows))
+        total = int(attrs.get("input_rows", rows)) if input_rows is None else input_rows
+        done = int(attrs.get(hdf5.ROWS_DONE, -1))
+    except (TypeError, ValueError):
+        return "its row range attributes are not numbers"
+    if (start, stop) != (0, total):
+        return f"a shard (rows {start}:{stop} of {total}); merge the shards with kmodel merge"
+    if rows != total or done != total:
+        return f"{rows} rows ({done} recorded as written) of {total}"
+    return None
+
+
 def input_record(path: Path) -> dict[str, str]:
     return {"input_sha256": cached_sha256(path)}
 
@@ -93,17 +124,13 @@ def verify(registry: Registry, path: Path) -> list[tuple[str, bool, str]]:
         raise InputSchemaError(f"{path}: no kmodel provenance (no model or spec_sha256 "
                                "attribute); verify checks files written by kmodel predict")
     checks: list[tuple[str, bool, str]] = []
-    done, rows = attrs.get(hdf5.ROWS_DONE), None
-    try:
-        _, rows = hdf5.describe(path, "preds")
-    except (OSError, ValueError) as e:
-        checks.append(("file", False, f"unreadable: {e}"))
-    checks.append(("complete", bool(attrs.get(hdf5.COMPLETE)) and done == rows,
-                   f"{done} of {rows} rows written"))
     try:
         model = registry.model(str(attrs.get("model")))
     except KmodelError as e:
-        return [*checks, ("model", False, str(e))]
+        return [("model", False, str(e))]
+    problem = incomplete(path, attrs, model)
+    checks.append(("complete", problem is None,
+                   problem or f"{attrs.get(hdf5.ROWS_DONE)} rows, every output of the spec"))
     folder = attrs.get("weights_dir")
     weights = Weights.from_folder(Path(folder)) if folder and (
         Path(folder) / "hashes.json").is_file() else Weights.of(model)

@@ -7,6 +7,7 @@ file identity). No env is built and no model runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable
@@ -66,11 +67,11 @@ def _stale_upstream(entry: Entry, upstream: list[Entry]) -> None:
         entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)} not fresh)")
 
 
-def _prediction(path: Path, what: str, expected: Callable[[], dict[str, str]],
+def _prediction(path: Path, what: str, model: Model, expected: Callable[[], dict[str, str]],
                 inputs: dict[str, Path]) -> Entry:
-    """A prediction file against what it must record now (``expected``, computed only for
-    files that exist); ``inputs``: the input file (for base models) or the upstream
-    prediction files (for the ensemble)."""
+    """A prediction file of ``model`` against what it must record now (``expected``,
+    computed only for files that exist); ``inputs``: the input file (for base models) or
+    the upstream prediction files (for the ensemble)."""
     entry = Entry(path, what)
     if not path.is_file():
         entry.missing = True
@@ -80,11 +81,15 @@ def _prediction(path: Path, what: str, expected: Callable[[], dict[str, str]],
     except (OSError, ValueError):
         entry.reasons.append("unreadable")
         return entry
-    if not attrs.get(hdf5.COMPLETE):
-        entry.reasons.append("incomplete")
+    source = inputs.get("input")
+    rows = None
+    if source is not None and source.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            rows = hdf5.count_ids(source)
+    if problem := provenance.incomplete(path, attrs, model, rows):
+        entry.reasons.append(problem)
     entry.reasons += provenance.differences(attrs, expected())
-    if "input" in inputs:
-        source = inputs["input"]
+    if source is not None:
         if not source.is_file():
             entry.reasons.append(f"input ({source} is missing)")
         elif attrs.get("input_sha256") != cached_sha256(source):
@@ -99,9 +104,14 @@ def _upstream(recorded: Any, files: dict[str, Path]) -> list[str]:
         then = json.loads(recorded) if isinstance(recorded, str) else {}
     except ValueError:
         then = {}
-    changed = sorted(str(p) for p in files.values()
-                     if then.get(str(p.resolve())) != (cached_sha256(p) if p.is_file() else None))
-    return [f"{UPSTREAM} ({', '.join(changed)})"] if changed else []
+    # by content, not by path: a project moved to another folder (paths are recorded
+    # absolute) is still fresh; a file changed, or a model added or dropped, is not
+    now = {str(p): cached_sha256(p) if p.is_file() else None for p in files.values()}
+    if sorted(map(str, then.values())) == sorted(str(d) for d in now.values()):
+        return []
+    recorded = set(then.values())
+    changed = [p for p, d in now.items() if d is None or d not in recorded]
+    return [f"{UPSTREAM} ({', '.join(changed) or 'other files than it was made from'})"]
 
 
 def _data(plan: Plan) -> dict[str, Entry]:
@@ -122,7 +132,8 @@ def _data(plan: Plan) -> dict[str, Entry]:
         except (OSError, ValueError):
             entry.reasons.append("unreadable")
             continue
-        changed = [k for k, v in want.items() if attrs.get(k) != v]
+        # (files of older versions record no builtin or test_fraction: not held against them)
+        changed = [k for k, v in want.items() if k in attrs and attrs[k] != v]
         if changed:
             entry.reasons.append(f"data config ({', '.join(changed)})")
     return entries
@@ -141,7 +152,7 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
         expected = functools.cache(lambda m=model, w=weights: provenance.of_model(reg, m, w))
         for split in SPLITS:
             entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
-                                expected, {"input": plan.data(split)})
+                                model, expected, {"input": plan.data(split)})
             if not entry.missing:
                 entry.reasons += _weights_reasons(model, weights)
                 if split in data and not data[split].missing:
@@ -160,7 +171,8 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
         record = provenance.read_folder_record(folder)
         trained.reasons += provenance.differences(
             record, provenance.of_model(reg, ensembler, None))
-        trained.reasons += _weights_reasons(ensembler, Weights(folder, manifest), trained=True)
+        fitted = Weights(folder, manifest, in_spec=False)
+        trained.reasons += _weights_reasons(ensembler, fitted, trained=True)
         trained.reasons += _upstream(record.get("upstream_sha256"),
                                      {**train_preds, "targets": plan.data("train")})
         _stale_upstream(trained, [e for e in entries if str(e.path) in train_preds])
@@ -174,8 +186,7 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     else:
         assert manifest is not None
         ensemble = _prediction(plan.ensemble, f"{cfg.ensembler} predictions (test)",
-                               lambda: provenance.of_model(reg, ensembler,
-                                                           Weights(folder, manifest)),
+                               ensembler, lambda: provenance.of_model(reg, ensembler, fitted),
                                test_preds)
         _stale_upstream(ensemble, [trained, *(e for e in entries if str(e.path) in test_preds)])
     entries.append(ensemble)
@@ -183,8 +194,8 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     scores = Entry(plan.scores, "scores")
     if not plan.scores.is_file():
         scores.missing = True
-    elif not _valid_scores(plan.scores):
-        scores.reasons.append("unreadable")
+    elif problem := _scores_problem(plan.scores, [*cfg.models, "ensemble"]):
+        scores.reasons.append(problem)
     else:
         inputs = [ensemble, *[e for e in entries if str(e.path) in test_preds]]
         made = plan.scores.stat().st_mtime
@@ -196,13 +207,23 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     return entries
 
 
-def _valid_scores(path: Path) -> bool:
+def _scores_problem(path: Path, labels: list[str]) -> str | None:
+    """Why a scores file is not a score table of ``labels`` (as `kmodel score` writes it)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and bool(data) and all(
-        isinstance(v, dict) and "auc" in v for v in data.values())
+        return "unreadable"
+    if not isinstance(data, dict) or sorted(data) != sorted(labels):
+        return f"not a score table of {', '.join(labels)}"
+
+    def fraction(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+    for label, row in data.items():
+        if not (isinstance(row, dict) and (row.get("auc") is None or fraction(row["auc"]))
+                and fraction(row.get("accuracy")) and isinstance(row.get("rows"), int)):
+            return f"its scores of {label} are not numbers as `kmodel score` writes them"
+    return None
 
 
 def forced(plan: Plan, entries: list[Entry]) -> list[str]:

@@ -26,6 +26,14 @@ class Weights:
 
     folder: Path
     sha256: dict[str, str]
+    #: the hashes are the spec's (else a hashes.json that kmodel wrote beside the files)
+    in_spec: bool = True
+
+    def fix(self, model: str) -> str:
+        """How to repair a weight file that no longer matches its hash."""
+        if self.in_spec:
+            return f"restore the file or run `kmodel hash {model} --write`"
+        return f"restore the file, or make {self.folder} again ({MANIFEST} there lists it)"
 
     @property
     def digest(self) -> str:
@@ -44,7 +52,7 @@ class Weights:
         if manifest is None:
             raise WeightsMissingError(folder.name, folder / MANIFEST,
                                       "train them first (kmodel compose train)")
-        return cls(folder, manifest)
+        return cls(folder, manifest, in_spec=False)
 
     @property
     def files(self) -> list[Path]:

@@ -192,7 +192,7 @@ def _failure(lines: list[str], code: int) -> WorkflowError:
                     log_path = lm.group(1)
                     break
     if rule is None:
-        return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log()}")
+        return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log(lines)}")
     reason = ""
     if log_path and Path(log_path).is_file():
         errs = [ln.strip() for ln in Path(log_path).read_text(errors="replace").splitlines()
@@ -219,10 +219,23 @@ def _reason(lines: list[str], code: int) -> str:
     return last or f"exit code {code}"
 
 
-def _full_log() -> str:
-    logs = sorted(Path(".snakemake", "log").glob("*.snakemake.log"),
-                  key=lambda p: p.stat().st_mtime)
-    return f"; full log: {logs[-1]}" if logs else ""
+def _full_log(lines: list[str]) -> str:
+    """Where this run's whole log is, as Snakemake said (never an older run's log)."""
+    found = next((ln.split(":", 1)[1].strip() for ln in reversed(lines)
+                  if ln.startswith("Complete log:")), None)
+    return f"; full log: {found}" if found else ""
+
+
+_RAN = re.compile(r"^(Nothing to be done|\d+ of \d+ steps \(100%\) done|Complete log: )")
+
+
+def marks(line: str) -> str | None:
+    """What a line of Snakemake's log says it did: "dry" (a dry run, however it was asked
+    for: -n, an abbreviation such as --dry-r, a profile), "ran" (it ran or had nothing to
+    do), or None. Neither after a whole log: it only printed what was asked (--summary)."""
+    if line.startswith("This was a dry-run"):
+        return "dry"
+    return "ran" if _RAN.match(line) else None
 
 
 def read_scores(plan: Plan) -> dict[str, dict[str, Any]] | None:

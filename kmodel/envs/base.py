@@ -9,6 +9,7 @@ half-way (no link) or damaged later (no python) is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kmodel import _lock
 from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_file, tmp_sibling
@@ -96,9 +98,11 @@ class EnvBackend(ABC):
     def _build(self, ref: EnvRef, prefix: Path) -> None:
         """Create the env at ``prefix`` (which does not exist) from the lockfile."""
 
-    def key(self, ref: EnvRef) -> str:
-        """The env's identity: sha256 of its lockfile (backends may add more)."""
-        return sha256_file(self.checked_lockfile(ref))
+    def key(self, ref: EnvRef, fresh: bool = True) -> str:
+        """The env's identity: sha256 of its lockfile (backends may add more). With
+        ``fresh=False`` a lockfile older than its spec still gives a key (`env gc` keeps
+        the build such a lock names)."""
+        return sha256_file(self.checked_lockfile(ref) if fresh else ref.lockfile)
 
     # -- shared protocol ------------------------------------------------------------
 
@@ -113,19 +117,24 @@ class EnvBackend(ABC):
         return kmodel_home() / "envs" / f"{ref.name}-{(key or self.key(ref))[:16]}"
 
     def is_built(self, prefix: Path, key: str) -> bool:
-        marker = prefix / MARKER
+        return self._marker(prefix, key) is not None
+
+    def _marker(self, prefix: Path, key: str) -> dict[str, Any] | None:
+        """The completion marker of the build at ``prefix`` if it is built with ``key``."""
         try:
-            ok = json.loads(marker.read_text()).get("key") == key
+            marker = json.loads((prefix / MARKER).read_text())
         except (OSError, ValueError):
-            return False
-        return ok and (prefix / "bin" / "python").exists()
+            return None
+        ok = isinstance(marker, dict) and marker.get("key") == key
+        return marker if ok and (prefix / "bin" / "python").exists() else None
 
     def ensure(self, ref: EnvRef) -> Env:
         """Return the built env, building it first if needed (idempotent, concurrency-safe)."""
         key = self.key(ref)
         prefix = self.prefix(ref, key)
         env = Env(ref.name, key, prefix)
-        if self.is_built(prefix, key):
+        if (marker := self._marker(prefix, key)) is not None:
+            _record_user(prefix, marker, ref.lockfile)
             return env
         builds = home_folder("envs", ".builds")
         busy = lambda who: EnvBuildError(  # noqa: E731
@@ -187,6 +196,19 @@ class EnvBackend(ABC):
         target = env.prefix.resolve()
         env.prefix.unlink(missing_ok=True)
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _record_user(prefix: Path, marker: dict[str, Any], lockfile: Path) -> None:
+    """Add ``lockfile`` to the lockfiles the build's marker names (once per lockfile), so
+    that `env gc` keeps a build that several projects share. Best effort: a build in a
+    read-only KMODEL_HOME is still used."""
+    path = str(lockfile.absolute())
+    users = [marker.get("lockfile"), *marker.get("lockfiles", [])]
+    if path in users:
+        return
+    with contextlib.suppress(OSError):
+        atomic_write_text(prefix.resolve() / MARKER, json.dumps(
+            {**marker, "lockfiles": [*marker.get("lockfiles", []), path]}))
 
 
 def write_lock(ref: EnvRef, text: str) -> Path:

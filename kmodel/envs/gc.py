@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kmodel._fs import kmodel_home
 from kmodel.envs import backend_for
@@ -60,21 +61,27 @@ def _in_use(build: Path) -> bool:
     return False
 
 
-def _why_unused(marker: dict[str, object]) -> str | None:
-    """None if the build's lockfile still gives its key; else why it is garbage."""
-    lockfile = Path(str(marker.get("lockfile", "")))
-    name = str(marker.get("name", ""))
-    spec = lockfile.with_name(f"{name}.yaml")
-    if not lockfile.is_file() or not spec.is_file():
-        return f"its lockfile {lockfile} is gone"
-    try:
-        ref = EnvRef(name, spec, load_env_spec(spec))
-        if ref.lockfile != lockfile:
-            return f"{lockfile} is not the lockfile of {spec} any more"
-        key = backend_for(ref).key(ref)
-    except KmodelError as e:
-        return f"its env spec or lock no longer loads ({e.code})"
-    return None if key == marker.get("key") else f"{lockfile} changed since it was built"
+def _why_unused(marker: dict[str, Any]) -> str | None:
+    """None if a lockfile that used the build still gives its key; else why it is garbage."""
+    users = [marker.get("lockfile"), *marker.get("lockfiles", [])]
+    why = "it records no lockfile"
+    for lockfile in (Path(str(u)) for u in users if u):
+        name = str(marker.get("name", ""))
+        spec = lockfile.with_name(f"{name}.yaml")
+        if not lockfile.is_file() or not spec.is_file():
+            why = f"its lockfile {lockfile} is gone"
+            continue
+        try:
+            ref = EnvRef(name, spec, load_env_spec(spec))
+            if ref.lockfile != lockfile:
+                why = f"{lockfile} is not the lockfile of {spec} any more"
+                continue
+            if backend_for(ref).key(ref, fresh=False) == marker.get("key"):
+                return None
+            why = f"{lockfile} changed since it was built"
+        except KmodelError as e:
+            why = f"its env spec or lock no longer loads ({e.code})"
+    return why
 
 
 def _current_keys(registry: Registry) -> set[str]:
@@ -82,9 +89,10 @@ def _current_keys(registry: Registry) -> set[str]:
     for name in registry.env_names():
         try:
             ref = registry.env(name)
-            keys.add(backend_for(ref).key(ref))
+            if ref.lockfile.is_file():  # a lock older than its spec still names its build
+                keys.add(backend_for(ref).key(ref, fresh=False))
         except KmodelError:
-            continue  # not locked, or stale: refers to no build
+            continue  # the env spec does not load: refers to no build
     return keys
 
 
@@ -97,7 +105,9 @@ def garbage(registry: Registry) -> list[Garbage]:
     for link in sorted(envs.iterdir()):
         if not link.is_symlink():
             continue
-        target = link.resolve()
+        target = _build_of(link)
+        if target is None:
+            continue  # not a link kmodel made: never followed, never removed
         linked.add(target)
         try:
             marker = json.loads((target / MARKER).read_text())
@@ -110,17 +120,32 @@ def garbage(registry: Registry) -> list[Garbage]:
     builds = envs / ".builds"
     for build in sorted(builds.iterdir()) if builds.is_dir() else []:
         prefix = build.name.rsplit("-", 2)[0]
-        if build.resolve() in linked or (envs / f"{prefix}.lock").exists() or _in_use(build):
-            continue  # linked, being built right now, or running
+        if build.is_symlink() or not build.is_dir() or build in linked \
+                or (envs / f"{prefix}.lock").exists() or _in_use(build):
+            continue  # not kmodel's, linked, being built right now, or running
         found.append(Garbage(build, "left by an interrupted build", _size(build)))
     return found
 
 
+def _build_of(link: Path) -> Path | None:
+    """The build folder an env's name links to, if it is one kmodel made: a folder right
+    inside KMODEL_HOME/envs/.builds (anything else, e.g. a link a user put there, is not
+    kmodel's to delete)."""
+    builds = link.parent / ".builds"
+    target = Path(os.path.realpath(link))
+    if target.parent != Path(os.path.realpath(builds)) or target.is_symlink() \
+            or not target.is_dir():
+        return None
+    return builds / target.name
+
+
 def remove(item: Garbage) -> None:
-    """Unlink the env's name first (it stops being found), then delete its build."""
+    """Unlink the env's name first (it stops being found), then delete its build; only
+    ever inside KMODEL_HOME/envs."""
     if item.path.is_symlink():
-        target = item.path.resolve()
+        target = _build_of(item.path)
         item.path.unlink()
-        shutil.rmtree(target, ignore_errors=True)
-    else:
+        if target is not None:
+            shutil.rmtree(target, ignore_errors=True)
+    elif item.path.is_dir():
         shutil.rmtree(item.path, ignore_errors=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kmodel import _subprocess
-from kmodel._fs import sha256_bytes, sha256_file
+from kmodel._fs import sha256_bytes
 from kmodel.envs.base import EnvBackend, header, write_lock
 from kmodel.envs.pip_sources import uv_environment
 from kmodel.errors import EnvBuildError, KmodelError, LockResolveError, ToolMissingError
@@ -61,10 +61,10 @@ class _PipBackend(EnvBackend):
 
     tool: str
 
-    def key(self, ref: EnvRef) -> str:
+    def key(self, ref: EnvRef, fresh: bool = True) -> str:
         assert isinstance(ref.spec, PipEnvSpec)
         python = find_python(ref.spec.python)
-        return sha256_bytes(sha256_file(self.checked_lockfile(ref)).encode()
+        return sha256_bytes(super().key(ref, fresh).encode()
                             + f"{python}|{python.resolve()}".encode())
 
     def lock(self, ref: EnvRef) -> Path:
