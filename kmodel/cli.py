@@ -703,9 +703,16 @@ INFO_ONLY = {"--summary", "-S", "--detailed-summary", "-D", "--list-rules", "--l
 
 
 def _asks(args: tuple[str, ...], flags: set[str], short: str = "") -> bool:
-    """Whether Snakemake arguments hold one of ``flags`` (or ``short`` in a group: -np)."""
-    return any(a.split("=", 1)[0] in flags or (short and a.startswith("-")
-               and not a.startswith("--") and short in a[1:]) for a in args)
+    """Whether Snakemake arguments hold one of ``flags``: whole, abbreviated as argparse
+    allows (--dry-r; Snakemake refused it already if it was ambiguous), or ``short`` in a
+    group of short options (-np)."""
+    def named(arg: str) -> bool:
+        name = arg.split("=", 1)[0]
+        return name in flags or (len(name) > 3 and name.startswith("--")
+                                 and any(f.startswith(name) for f in flags))
+
+    return any(named(a) or (short and a.startswith("-") and not a.startswith("--")
+                            and short in a[1:]) for a in args)
 
 
 def _status_line(e: Any) -> str:

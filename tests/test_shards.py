@@ -90,6 +90,19 @@ def test_explicit_row_ranges_and_their_mistakes(project: Path, rows_3000: Path) 
         assert res.stderr.startswith("Error [KM603]: ") and part in res.stderr, res.stderr
         assert not (project / "bad.h5").exists()
 
+    # shards whose attributes claim other rows than they hold, or that lost their datasets
+    tampered = {"rows_stop": lambda f: f.attrs.__setitem__("rows_stop", 2048 + 20),
+                "range": lambda f: f.attrs.__setitem__("rows_stop", "abc"),
+                "preds": lambda f: f.__delitem__("preds")}
+    for what, change in tampered.items():
+        shutil.copy(project / "b.h5", project / "t.h5")
+        with h5py.File(project / "t.h5", "a") as f:
+            change(f)
+        res = kmodel("merge", "a.h5", "t.h5", "c.h5", "-o", "bad.h5")
+        assert res.returncode == 1, (what, res.stderr)
+        assert res.stderr.startswith("Error [KM603]: t.h5"), (what, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and not (project / "bad.h5").exists()
+
     bad = kmodel("predict", "toy", "-i", "in.h5", "-o", "x.h5", "--rows", "2000:4000")
     assert bad.returncode == 2 and "Error [KM002]: --rows 2000:4000 is not a range" in bad.stderr
 

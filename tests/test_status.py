@@ -244,7 +244,75 @@ def test_changed_weights_without_their_hashes_stop_before_snakemake(composed: Pa
     assert (composed / "out/small/preds/mlp/test.h5").read_bytes() == before
 
 
-@pytest.mark.parametrize("flags", [["-np"], ["--dry-run"], ["--summary"], ["--list-rules"]])
+def test_status_looks_at_what_files_hold_not_only_what_they_claim(composed: Path,
+                                                                 tmp_path: Path) -> None:
+    out = composed / "out/small"
+    # a shard (rows 0:100) put where the whole prediction belongs
+    part = tmp_path / "part.h5"
+    res = kmodel("predict", "mlp", "-i", str(out / "data/test.h5"), "-o", str(part),
+                 "--rows", "0:100", "--batch-size", "64")
+    assert res.returncode == 0, res.stderr
+    whole = out / "preds/mlp/test.h5"
+    saved = whole.read_bytes()
+    whole.write_bytes(part.read_bytes())
+    assert stale(status())["preds/mlp/test.h5"][0].startswith("a shard (rows 0:100 of ")
+    assert kmodel("verify", str(whole)).returncode == 1
+    whole.write_bytes(saved)
+    with h5py.File(whole, "a") as f:  # its datasets gone, its attributes intact
+        del f["preds"]
+    assert stale(status())["preds/mlp/test.h5"] == [
+        "datasets [] in /preds, the spec's outputs are ['proba']"]
+    whole.write_bytes(saved)
+    (out / "scores.json").write_text('{"a": {"auc": "x"}}')
+    assert stale(status())["scores.json"] == ["not a score table of logreg, mlp, ensemble"]
+    rerun_and_expect_fresh()
+
+    # one model dropped: the ensembler was trained on other files
+    config = composed / "c.yaml"
+    config.write_text(config.read_text().replace("[logreg, mlp]", "[mlp]"))
+    report = stale(status())
+    assert report["ensembler/stacker"] == ["upstream output (other files than it was made "
+                                           "from)"]
+    config.write_text(CONFIG)
+    # the project moved to another folder (provenance records absolute paths): still fresh
+    moved = tmp_path.with_name(f"{tmp_path.name} moved here")
+    subprocess.run(["cp", "-a", str(composed), str(moved)], check=True)
+    os.chdir(moved)
+    assert stale(status()) == {}
+
+
+def test_env_gc_never_leaves_kmodel_home_and_keeps_builds_others_use(
+        project: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "KMODEL_HOME": str(home)}
+    spec = project / "envs" / "tiny.yaml"
+    spec.write_text('python: "3.11"\npip: [numpy>=2.2]\n')
+    assert kmodel("env", "lock", "tiny", env=env).returncode == 0
+    assert kmodel("env", "create", "tiny", env=env).returncode == 0
+    other = tmp_path / "other project"  # the same lock in a second project
+    subprocess.run(["cp", "-r", str(project / "envs"), str(other)], check=True)
+    os.chdir(other.parent)
+    res = subprocess.run([*KMODEL, "--envs", str(other), "env", "create", "tiny"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    os.chdir(project)
+    user = tmp_path / "user data"
+    user.mkdir()
+    (user / "thesis.txt").write_text("precious")
+    (home / "envs" / "mine").symlink_to(user)
+    spec.write_text(spec.read_text() + "# edited, not relocked\n")  # the lock still names it
+    assert kmodel("env", "gc", env=env).stdout.strip() == "nothing to remove"
+    subprocess.run(["rm", "-r", str(project / "envs")], check=True)  # this project is gone
+    assert kmodel("env", "gc", env=env).stdout.strip() == "nothing to remove"  # other uses it
+    subprocess.run(["rm", "-r", str(other)], check=True)  # and so is the other
+    res = kmodel("env", "gc", env=env)
+    assert res.returncode == 0 and "removed" in res.stdout, res.stdout
+    assert (user / "thesis.txt").read_text() == "precious"
+    assert [p.name for p in (home / "envs").iterdir() if p.is_symlink()] == ["mine"]
+
+
+@pytest.mark.parametrize("flags", [["-np"], ["--dry-run"], ["--dry-r"], ["--summary"],
+                                   ["--summ"], ["--list-rules"]])
 def test_informational_runs_print_no_finished_line_nor_old_scores(composed: Path,
                                                                   flags: list[str]) -> None:
     res = kmodel("run", "c.yaml", *flags)
