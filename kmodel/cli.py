@@ -199,13 +199,25 @@ def _summary(model: Model) -> dict[str, Any]:
 @json_option
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
-    """List the models kmodel can find."""
-    models = [_summary(m) for m in _registry(ctx).models()]
+    """List the models kmodel can find. A spec that does not load is reported (exit 1) and
+    the others are still listed."""
+    registry = _registry(ctx)
+    models, broken = [], []
+    for name in registry.model_paths():
+        try:
+            models.append(_summary(registry.model(name)))
+        except KmodelError as e:
+            broken.append(e)
     if as_json:
         click.echo(json.dumps(models, indent=2))
-        return
-    for m in models:
-        click.echo(f"{m['name']:<16} {m['version']:<8} env={m['env']:<16} {m['description']}")
+    else:
+        for m in models:
+            click.echo(f"{m['name']:<16} {m['version']:<8} env={m['env']:<16} "
+                       f"{m['description']}")
+    for error in broken:
+        click.echo(f"Error [{error.code}]: {error}", err=True)
+    if broken:
+        ctx.exit(1)
 
 
 @cli.command()
@@ -844,6 +856,47 @@ def snakefile(profiles: bool) -> None:
     from kmodel.workflow import workflows_dir
 
     click.echo(workflows_dir() / "profiles" if profiles else path())
+
+
+# --- global options, also after the subcommand -------------------------------------
+
+
+def _more_verbose(ctx: click.Context, _: click.Parameter, value: int) -> None:
+    if value:
+        ctx.obj["verbose"] = ctx.obj.get("verbose", 0) + value
+        logging.getLogger().setLevel(logging.DEBUG if ctx.obj["verbose"] > 1 else logging.INFO)
+
+
+def _more_specs(ctx: click.Context, _: click.Parameter, value: tuple[Path, ...]) -> None:
+    if value:
+        ctx.obj["where"][0].extend(value)
+
+
+def _other_envs(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.obj["where"] = (ctx.obj["where"][0], value)
+
+
+def _global_options(group: click.Group) -> None:
+    """Give every subcommand the group's -v, --specs and --envs, so `kmodel ls --specs DIR`
+    works like `kmodel --specs DIR ls` (not `run`: what follows its CONFIG is Snakemake's)."""
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            _global_options(cmd)
+        elif cmd.name != "run":
+            cmd.params += [
+                click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                             callback=_more_verbose, help="As `kmodel -v`."),
+                click.Option(["--specs"], multiple=True, expose_value=False,
+                             type=click.Path(file_okay=False, path_type=Path),
+                             callback=_more_specs, help="As `kmodel --specs`."),
+                click.Option(["--envs"], expose_value=False, callback=_other_envs,
+                             type=click.Path(file_okay=False, path_type=Path),
+                             help="As `kmodel --envs`."),
+            ]
+
+
+_global_options(cli)
 
 
 def _unraisable(hook: Any) -> Any:

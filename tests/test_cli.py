@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,31 @@ def test_ls_and_info_json(project: Path) -> None:
     assert code == 0 and info["env"] == "numpy2" and info["lockfile"] == "envs/numpy2.lock"
     assert [o["name"] for o in info["outputs"]] == ["y", "norm"]
     assert set(info["weights"]["sha256"]) == {"params.json", "scale-w-0.npy"}
+
+
+def test_global_options_after_the_subcommand(project: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "more"
+    toy = project / "model_specs" / "toy"
+    shutil.copytree(toy, extra / "other")
+    (extra / "other" / "model.yaml").write_text(
+        (toy / "model.yaml").read_text().replace("name: toy", "name: other"))
+    before = invoke("--specs", str(extra), "ls", "--json")
+    after = invoke("ls", "--json", "--specs", str(extra))
+    assert before == after and after[0] == 0
+    assert "other" in {m["name"] for m in json.loads(after[1])}
+    code, _, err = invoke("info", "toy", "--envs", str(tmp_path / "no-envs"))
+    assert code == 1 and err.startswith("Error [KM111]: "), err  # the env is looked up there
+    code, _, err = invoke("info", "nope", "-v")
+    assert code == 1 and "Traceback" in err  # -v after the subcommand: the full traceback
+
+
+def test_ls_lists_the_good_specs_and_reports_a_broken_one(project: Path) -> None:
+    (project / "model_specs" / "gnb" / "model.yaml").write_text("name: [\n")
+    code, out, err = invoke("ls")
+    assert code == 1
+    assert [line.split()[0] for line in out.splitlines()] == ["logreg", "mlp", "stacker", "toy"]
+    assert err.startswith("Error [KM100]: model_specs/gnb/model.yaml:2: invalid YAML"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_unknown_model(project: Path) -> None:
