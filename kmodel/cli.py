@@ -81,7 +81,10 @@ class KmodelGroup(click.Group):
                     click.echo(error.detail.rstrip(), err=True)
                 else:
                     traceback.print_exc()
-            click.echo(f"Error [{error.code}]: {' '.join(str(error).split())}", err=True)
+            more = getattr(error, "more", [])
+            also = f" (and {len(more)} more: `kmodel validate {getattr(error, 'path', '')}` " \
+                "lists them)" if more else ""
+            click.echo(f"Error [{error.code}]: {' '.join(str(error).split())}{also}", err=True)
             ctx.exit(error.exit_code)
 
 
@@ -164,7 +167,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
     reg = _registry(ctx)
     targets = list(paths) or [*reg.model_paths().values(),
                               *(reg.env_dir / f"{n}.yaml" for n in reg.env_names())]
-    results = []
+    results: list[dict[str, Any]] = []
     for path in targets:
         path = path / "model.yaml" if path.is_dir() else path
         try:
@@ -175,15 +178,23 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
             else:
                 load_compose_config(path)
             results.append({"path": str(path), "ok": True})
-        except KmodelError as e:
-            results.append({"path": str(path), "ok": False, "code": e.code, "error": str(e)})
+        except KmodelError as e:  # every problem the file has, not just the first
+            found = [e, *getattr(e, "more", [])]
+            results.append({"path": str(path), "ok": False, "code": e.code, "error": str(e),
+                            "errors": [{"code": x.code, "error": str(x)} for x in found]})
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
-            error = " ".join(str(r.get("error", "")).split())  # one line, whatever it quotes
-            click.echo(f"ok    {r['path']}" if r["ok"] else f"Error [{r['code']}]: {error}",
-                       err=not r["ok"])
+            if r["ok"]:
+                click.echo(f"ok    {r['path']}")
+                continue
+            # one Error line per file; its other problems below it, indented
+            first, *rest = (" ".join(str(x["error"]).split()) for x in r["errors"])
+            also = f" (and {len(rest)} more below)" if rest else ""
+            click.echo(f"Error [{r['code']}]: {first}{also}", err=True)
+            for line in rest:
+                click.echo(f"  also: {line}", err=True)
     if not all(r["ok"] for r in results):
         ctx.exit(1)
 

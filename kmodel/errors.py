@@ -44,6 +44,8 @@ class SpecError(KmodelError):
         where = _where(path, line)
         text = f"{where}: {field}: {problem}" if field else f"{where}: {problem}"
         super().__init__(f"{text}; {fix}" if fix else text)
+        #: the file's other problems, found in the same pass (`kmodel validate` lists all)
+        self.more: list[SpecError] = []
 
 
 class YamlSyntaxError(SpecError):

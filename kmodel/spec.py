@@ -431,7 +431,17 @@ _FIXES = {
 
 def _spec_error(path: Path, node: yaml.Node | None, err: ValidationError,
                 drop: int = 0) -> SpecError:
-    e = err.errors()[0]
+    """The first problem as the error, every other one in its ``more``."""
+    first, *rest = (_one_error(path, node, e, drop) for e in err.errors())
+    seen = {str(first)}
+    for other in rest:
+        if str(other) not in seen:
+            seen.add(str(other))
+            first.more.append(other)
+    return first
+
+
+def _one_error(path: Path, node: yaml.Node | None, e: Any, drop: int) -> SpecError:
     loc = tuple(x for x in e["loc"] if x not in ("pip", "conda") and not (
         isinstance(x, str) and any(c in x for c in "[-,")))[drop:]  # union members' names
     if e["type"] in ("union_tag_invalid", "union_tag_not_found"):

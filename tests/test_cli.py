@@ -36,6 +36,25 @@ def test_validate_reports_bad_spec_in_one_line(project: Path) -> None:
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_validate_reports_every_problem_of_a_file_at_once(project: Path) -> None:
+    spec = project / "model_specs" / "toy" / "model.yaml"
+    text = spec.read_text().replace("dtype: float32\n    shape: [3]",
+                                    "dtype: float33\n    shape: [-3]")
+    spec.write_text(text.replace("name: toy", "name: toy\ncolour: red"))
+    code, _, err = invoke("validate", str(spec))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 3, err
+    assert lines[0].startswith(f"Error [KM101]: {spec}:") and "(and 2 more below)" in lines[0]
+    assert all(line.startswith(f"  also: {spec}:") for line in lines[1:])
+    assert any("colour: unknown key" in ln for ln in lines)
+    assert any("inputs.0.shape.0: Input should be greater than or equal to 1" in ln
+               for ln in lines)
+    code, _, err = invoke("info", "toy")  # other commands: the first, and how to see all
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith("(and 2 more: `kmodel validate model_specs/toy/model.yaml` "
+                                "lists them)"), err
+
+
 def test_validate_json(project: Path) -> None:
     (project / "envs" / "bad.yaml").write_text("python: 3.11\n")
     code, out, _ = invoke("validate", "--json")
