@@ -560,10 +560,20 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
 def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
           output: Path) -> None:
     """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
+    from kmodel.hashes import write_hashes
     from kmodel.predict import train as run_train
 
-    w = run_train(_registry(ctx), model, input_path, target_name, output)
+    registry = _registry(ctx)
+    w = run_train(registry, model, input_path, target_name, output)
     click.echo(f"wrote {len(w.sha256)} weight files to {output}")
+    m = registry.model(model)
+    own = m.folder / (m.spec.weights.path if m.spec.weights else "weights")
+    if output.resolve() == own.resolve():  # the model's own weights: record their hashes
+        write_hashes(m)
+        click.echo(f"recorded their sha256 in {m.path}")
+    else:
+        click.echo(f"to make them {model}'s own weights, train with -o {own} (kmodel then "
+                   f"records their hashes in {m.path})")
 
 
 # --- composition ------------------------------------------------------------------

@@ -151,6 +151,14 @@ class WeightsChangedError(KmodelError):
                          f"`kmodel hash {model} --write` if the change is intended")
 
 
+class WeightsNotHashedError(KmodelError):
+    code = "KM302"
+
+    def __init__(self, model: str, spec: Path) -> None:
+        super().__init__(f"the weights of model {model!r} are not hashed yet (sha256: {{}} in "
+                         f"{spec}); run `kmodel hash {model} --write`")
+
+
 class HashMismatchError(KmodelError):
     code = "KM301"
 

@@ -55,6 +55,7 @@ from kmodel.errors import (
     SpecError,
     TargetLengthError,
     UsageError,
+    WeightsNotHashedError,
     signum_of,
 )
 from kmodel.io import hdf5
@@ -501,7 +502,10 @@ def train(registry: Registry, name: str, input_path: Path, targets: str, weights
     if model.spec.train is None:
         raise SpecError(model.path, "the model has no train: entry, so kmodel will not fit it",
                         field="train", fix="add `train: {args: {}}` if it can be fitted")
-    own = Weights.of(model)
+    try:
+        own = Weights.of(model)
+    except WeightsNotHashedError:  # a new model's first training
+        own = None
     guard_output(weights_out, [input_path, *inputs, *model_files(registry, model, None)],
                  folder=True)
     check_input(model, input_path)

@@ -63,7 +63,7 @@ class WeightsSpec(StrictModel):
     @field_validator("sha256")
     @classmethod
     def _has_params(cls, v: dict[str, str]) -> dict[str, str]:
-        if "params.json" not in v:
+        if v and "params.json" not in v:  # {}: not hashed yet (`kmodel hash MODEL --write`)
             raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
         for name in v:
             if name != "params.json" and not name.endswith(".npy"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmodel._fs import sha256_bytes, sha256_file
-from kmodel.errors import HashMismatchError, WeightsMissingError
+from kmodel.errors import HashMismatchError, WeightsMissingError, WeightsNotHashedError
 from kmodel.registry import Model
 
 MANIFEST = "hashes.json"
@@ -43,6 +43,8 @@ class Weights:
     def of(cls, model: Model) -> Weights | None:
         if model.spec.weights is None or model.weights_dir is None:
             return None
+        if not model.spec.weights.sha256:
+            raise WeightsNotHashedError(model.name, model.path)
         return cls(model.weights_dir, dict(model.spec.weights.sha256))
 
     @classmethod

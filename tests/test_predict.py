@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -166,3 +170,35 @@ def test_inputs_reach_the_model_in_the_spec_dtype(project: Path) -> None:
     out = predict(Registry(), "toy", project / "in64.h5", project / "o.h5")
     preds, _ = hdf5.read_group(out, "preds")
     np.testing.assert_allclose(preds["y"], expected(x.astype(np.float32)), rtol=1e-6)
+
+
+def test_a_new_model_from_unhashed_weights_to_recorded_ones(project: Path) -> None:
+    """`sha256: {}` means "not hashed yet": refused until `kmodel hash --write`, or until
+    `kmodel train -o` writes the model's own weights folder (which records the hashes)."""
+    def kmodel(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kmodel", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    new = project / "model_specs" / "new"
+    shutil.copytree(project / "model_specs" / "mlp", new,
+                    ignore=shutil.ignore_patterns("weights", "example"))
+    text = (new / "model.yaml").read_text().replace("name: mlp", "name: new")
+    text = re.sub(r"test:\n(  .*\n)+", "", text)
+    (new / "model.yaml").write_text(re.sub(r"weights:\n(  .*\n)+",
+                                           "weights: {path: weights, sha256: {}}\n", text))
+    assert kmodel("validate", str(new)).returncode == 0
+    assert kmodel("data", "breast_cancer", "--train", "tr.h5", "--test", "te.h5").returncode == 0
+    res = kmodel("predict", "new", "-i", "te.h5", "-o", "p.h5")
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM302]: the weights of model "
+                                                         "'new' are not hashed yet"), res.stderr
+    res = kmodel("train", "new", "-i", "tr.h5", "-o", str(new / "weights"))
+    assert res.returncode == 0 and "recorded their sha256" in res.stdout, res.stderr
+    assert kmodel("predict", "new", "-i", "te.h5", "-o", "p.h5").returncode == 0
+    assert kmodel("hash", "new").returncode == 0  # the spec lists exactly the files
+
+    # weights put in place by hand, `sha256: {}`, then the one command that records them
+    spec = (new / "model.yaml").read_text()
+    (new / "model.yaml").write_text(re.sub(r"weights:\n(  .*\n)+",
+                                           "weights: {path: weights, sha256: {}}\n", spec))
+    assert kmodel("hash", "new", "--write").returncode == 0
+    assert kmodel("predict", "new", "-i", "te.h5", "-o", "q.h5").returncode == 0
