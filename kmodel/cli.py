@@ -158,7 +158,8 @@ def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: Path | 
 @json_option
 @click.pass_context
 def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
-    """Check model specs, env specs and composition configs (default: all known).
+    """Check model specs, env specs and composition configs (default: every model and env
+    kmodel finds, and the compositions in ./workflows/*.yaml).
 
     PATHS may be model.yaml files, model folders, envs/*.yaml or workflow configs.
     """
@@ -166,7 +167,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
 
     reg = _registry(ctx)
     targets = list(paths) or [*reg.model_paths().values(),
-                              *(reg.env_dir / f"{n}.yaml" for n in reg.env_names())]
+                              *(reg.env_dir / f"{n}.yaml" for n in reg.env_names()),
+                              *sorted(Path("workflows").glob("*.yaml"))]  # compositions
     results: list[dict[str, Any]] = []
     for path in targets:
         path = path / "model.yaml" if path.is_dir() else path

@@ -36,6 +36,14 @@ def test_validate_reports_bad_spec_in_one_line(project: Path) -> None:
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_validate_without_paths_includes_the_compositions_in_workflows(project: Path) -> None:
+    (project / "workflows").mkdir()
+    (project / "workflows" / "mine.yaml").write_text("name: mine\nmodels: [toy]\n")
+    code, out, err = invoke("validate")
+    assert code == 1 and "ok    model_specs/toy/model.yaml" in out
+    assert err.startswith("Error [KM101]: workflows/mine.yaml:1: "), err
+
+
 def test_validate_reports_every_problem_of_a_file_at_once(project: Path) -> None:
     spec = project / "model_specs" / "toy" / "model.yaml"
     text = spec.read_text().replace("dtype: float32\n    shape: [3]",
