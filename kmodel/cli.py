@@ -120,6 +120,24 @@ def _registry(ctx: click.Context) -> Registry:
     return reg
 
 
+def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    """Shell completion of model or env names (see the README: `eval "$(...)"`)."""
+    def names(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[str]:
+        from kmodel.registry import Registry
+
+        root = ctx.find_root()
+        specs, envs = (root.params.get("specs") or ()), root.params.get("envs")
+        try:
+            reg = Registry(list(specs), envs)
+            found = list(reg.model_paths())
+            if kind == "env or model":
+                found += reg.env_names()
+        except (KmodelError, OSError):
+            return []
+        return sorted({n for n in found if n.startswith(incomplete)})
+    return names
+
+
 def _not_owned(ctx: click.Context, *outputs: Path | None) -> None:
     """No output may overwrite a model spec, env spec or lockfile kmodel reads."""
     from kmodel._fs import guard_output
@@ -234,7 +252,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", shell_complete=_complete("model"))
 @json_option
 @click.pass_context
 def info(ctx: click.Context, model: str, as_json: bool) -> None:
@@ -276,7 +294,7 @@ def info(ctx: click.Context, model: str, as_json: bool) -> None:
 
 
 @cli.command("hash")
-@click.argument("model")
+@click.argument("model", shell_complete=_complete("model"))
 @click.option("--write", is_flag=True, help="Write the current weight hashes into model.yaml.")
 @click.pass_context
 def hash_(ctx: click.Context, model: str, write: bool) -> None:
@@ -330,7 +348,7 @@ def _env_refs(reg: Registry, names: tuple[str, ...], all_: bool) -> list[Any]:
 
 
 @env.command("lock")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=_complete("env or model"))
 @click.option("--all", "all_", is_flag=True, help="Lock every env in envs/.")
 @click.pass_context
 def env_lock(ctx: click.Context, names: tuple[str, ...], all_: bool) -> None:
@@ -344,7 +362,7 @@ def env_lock(ctx: click.Context, names: tuple[str, ...], all_: bool) -> None:
 
 
 @env.command("create")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=_complete("env or model"))
 @click.option("--all", "all_", is_flag=True, help="Build every env in envs/.")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a JSON record of the env here (for workflows).")
@@ -367,7 +385,7 @@ def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
 
 
 @env.command("path")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete("env or model"))
 @click.pass_context
 def env_path(ctx: click.Context, name: str) -> None:
     """Print the folder of a model's (or env's) built environment."""
@@ -490,7 +508,7 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", shell_complete=_complete("model"))
 @click.option("-i", "--input", "inputs", required=True, multiple=True,
               type=click.Path(path_type=Path),
               help="Input HDF5 (/inputs/<name>, /metadata/id); repeat -i/-o pairs to predict "
@@ -552,7 +570,7 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", shell_complete=_complete("model"))
 @io_options[0]
 @click.option("--target-name", default="y", show_default=True, help="Dataset in /targets.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
@@ -782,7 +800,7 @@ def status_(ctx: click.Context, config: Path, as_json: bool) -> None:
 
 
 @cli.command("test")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=_complete("model"))
 @click.option("--all", "all_", is_flag=True, help="Every model that has a test: in its spec.")
 @json_option
 @click.pass_context

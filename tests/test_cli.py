@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +168,16 @@ def test_env_commands(project: Path) -> None:
     (project / "envs/numpy2.yaml").write_text('python: "3.11"\npip: [numpy>=2.3]\n')
     code, out, _ = invoke("env", "status")
     assert code == 1 and "numpy2               uv     spec changed since lock" in out
+
+
+def test_shell_completion_offers_model_and_env_names(project: Path) -> None:
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1),
+               "_KMODEL_COMPLETE": "bash_complete"}
+        out = subprocess.run([sys.executable, "-c", "from kmodel.cli import main; main()"],
+                             env=env, capture_output=True, text=True).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines() if "," in line]
+
+    assert complete("kmodel predict t") == ["toy"]
+    assert complete("kmodel env create n") == ["numpy2"]
+    assert complete("kmodel info zz") == []
