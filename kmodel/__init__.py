@@ -1,3 +1,21 @@
-"""kmodel: many models, each in its own locked environment, predictions in HDF5, ensembled."""
+"""kmodel: many models, each in its own locked environment, predictions in HDF5, ensembled.
+
+The Python API (kmodel/api.py), loaded on first use so that the CLI starts fast:
+``kmodel.get_model(name)``, ``kmodel.compose_train``, ``kmodel.compose_apply``,
+``kmodel.status``, ``kmodel.run``, ``kmodel.example_data``.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["ModelHandle", "__version__", "compose_apply", "compose_train", "example_data",
+           "get_model", "registry", "run", "stacked_input", "status"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from kmodel import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kmodel' has no attribute {name!r}")

@@ -32,7 +32,7 @@ from kmodel.errors import (
 )
 
 if TYPE_CHECKING:  # imported where needed: pydantic alone costs 20 ms of every start
-    from kmodel.registry import Model, Registry
+    from kmodel.registry import Registry
 
 log = logging.getLogger("kmodel")
 _WRITE_FAILED = False  # set when a command failed writing a file (see main)
@@ -219,24 +219,19 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
         ctx.exit(1)
 
 
-def _summary(model: Model) -> dict[str, Any]:
-    s = model.spec
-    return {"name": s.name, "version": s.version, "env": s.env, "path": str(model.path),
-            "description": s.description, "trainable": s.train is not None,
-            "weights": bool(s.weights)}
-
-
 @cli.command("ls")
 @json_option
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
     """List the models kmodel can find. A spec that does not load is reported (exit 1) and
     the others are still listed."""
+    from kmodel.api import summary
+
     registry = _registry(ctx)
     models, broken = [], []
     for name in registry.model_paths():
         try:
-            models.append(_summary(registry.model(name)))
+            models.append(summary(registry, name))
         except KmodelError as e:
             broken.append(e)
     if as_json:
@@ -257,23 +252,12 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def info(ctx: click.Context, model: str, as_json: bool) -> None:
     """Show a model's inputs, outputs, env, weights and hashes."""
-    from kmodel._fs import sha256_file
+    from kmodel.api import ModelHandle
 
     reg = _registry(ctx)
     m = reg.model(model)
     env = reg.env_of(m)
-    data = _summary(m) | {
-        "entrypoint": m.spec.entrypoint, "args": m.spec.args,
-        "train_args": m.spec.train.args if m.spec.train else None,
-        "inputs": [i.model_dump() for i in m.spec.inputs],
-        "outputs": [o.model_dump() for o in m.spec.outputs],
-        "env_spec": str(env.path), "env_kind": env.spec.kind,
-        "lockfile": str(env.lockfile) if env.lockfile.is_file() else None,
-        "lock_sha256": sha256_file(env.lockfile) if env.lockfile.is_file() else None,
-        "spec_sha256": sha256_file(m.path),
-        "weights": ({"path": str(m.weights_dir), "sha256": m.spec.weights.sha256}
-                    if m.spec.weights else None),
-    }
+    data = ModelHandle(model, reg).info
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -580,16 +564,14 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
 def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
           output: Path) -> None:
     """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
-    from kmodel.hashes import write_hashes
-    from kmodel.predict import train as run_train
+    from kmodel.api import ModelHandle
 
     registry = _registry(ctx)
-    w = run_train(registry, model, input_path, target_name, output)
-    click.echo(f"wrote {len(w.sha256)} weight files to {output}")
+    ModelHandle(model, registry).train(input_path, output, targets=target_name)
     m = registry.model(model)
     own = m.folder / (m.spec.weights.path if m.spec.weights else "weights")
-    if output.resolve() == own.resolve():  # the model's own weights: record their hashes
-        write_hashes(m)
+    click.echo(f"wrote the weights of {model} to {output}")
+    if output.resolve() == own.resolve():
         click.echo(f"recorded their sha256 in {m.path}")
     else:
         click.echo(f"to make them {model}'s own weights, train with -o {own} (kmodel then "

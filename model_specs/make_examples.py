@@ -15,13 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kmodel.compose import stack
-from kmodel.compose import train as compose_train
-from kmodel.datasets import breast_cancer
-from kmodel.io import hdf5
-from kmodel.predict import predict
-from kmodel.registry import Registry
-from kmodel.weights import Weights
+import h5py
+
+import kmodel
 
 HERE = Path(__file__).parent
 BASE = ["logreg", "gnb", "mlp"]
@@ -29,37 +25,44 @@ ROWS = 20
 
 
 def main() -> None:
-    registry = Registry([HERE])
+    model = {name: kmodel.get_model(name, specs=[HERE]) for name in [*BASE, "stacker"]}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        breast_cancer(t / "train.h5", t / "test.h5", seed=0, test_fraction=0.3)
-        inputs, ids = hdf5.read_group(t / "test.h5", "inputs")
-        example = {"inputs": {k: v[:ROWS] for k, v in inputs.items()}}
+        kmodel.example_data(t / "train.h5", t / "test.h5", seed=0, test_fraction=0.3)
         for name in BASE:
             folder = HERE / name / "example"
             folder.mkdir(exist_ok=True)
-            hdf5.write_table(folder / "in.h5", example, ids[:ROWS])
-            predict(registry, name, folder / "in.h5", t / f"{name}.h5")
+            first_rows(t / "test.h5", folder / "in.h5")
+            model[name].predict_file(folder / "in.h5", t / f"{name}.h5")
             copy_preds(t / f"{name}.h5", folder / "expected.h5")
-            predict(registry, name, t / "train.h5", t / f"{name}-train.h5")
+            model[name].predict_file(t / "train.h5", t / f"{name}-train.h5")
             print(f"{name}: example/in.h5, example/expected.h5")
         folder = HERE / "stacker" / "example"
         shutil.rmtree(folder / "weights", ignore_errors=True)
         folder.mkdir(exist_ok=True)
-        compose_train(registry, "stacker", [t / f"{n}-train.h5" for n in BASE],
-                      t / "train.h5", folder / "weights")
-        x, ids, _ = stack([t / f"{n}.h5" for n in BASE])
-        hdf5.write_table(folder / "in.h5", {"inputs": {"x": x}}, ids)
-        predict(registry, "stacker", folder / "in.h5", t / "stacker.h5",
-                weights=Weights.from_folder(folder / "weights"))
+        kmodel.compose_train("stacker", [t / f"{n}-train.h5" for n in BASE], t / "train.h5",
+                             folder / "weights", reg=model["stacker"].registry)
+        kmodel.stacked_input([t / f"{n}.h5" for n in BASE], folder / "in.h5")
+        model["stacker"].predict_file(folder / "in.h5", t / "stacker.h5",
+                                      weights=folder / "weights")
         copy_preds(t / "stacker.h5", folder / "expected.h5")
         print("stacker: example/in.h5, example/expected.h5, example/weights/")
 
 
+def first_rows(source: Path, target: Path) -> None:
+    """The first ROWS rows of an input file's /inputs and ids."""
+    with h5py.File(source, "r") as f, h5py.File(target, "w") as out:
+        for name, d in f["inputs"].items():
+            out.create_dataset(f"inputs/{name}", data=d[:ROWS])
+        out.create_dataset("metadata/id", data=f["metadata/id"][:ROWS])
+
+
 def copy_preds(source: Path, target: Path) -> None:
     """Only the datasets: the expected values, not this run's provenance."""
-    preds, ids = hdf5.read_group(source, "preds")
-    hdf5.write_table(target, {"preds": preds}, ids)
+    with h5py.File(source, "r") as f, h5py.File(target, "w") as out:
+        for name, d in f["preds"].items():
+            out.create_dataset(f"preds/{name}", data=d[()])
+        out.create_dataset("metadata/id", data=f["metadata/id"][()])
 
 
 if __name__ == "__main__":

@@ -13,23 +13,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kmodel.datasets import breast_cancer
-from kmodel.hashes import write_hashes
-from kmodel.predict import train
-from kmodel.registry import Registry
+import kmodel
 
+HERE = Path(__file__).parent
 BASE_MODELS = ["logreg", "gnb", "mlp"]
 
 
 def main(models: list[str]) -> None:
-    registry = Registry([Path(__file__).parent])
     with tempfile.TemporaryDirectory() as tmp:
         train_h5, test_h5 = Path(tmp) / "train.h5", Path(tmp) / "test.h5"
-        breast_cancer(train_h5, test_h5, seed=0, test_fraction=0.3)
+        kmodel.example_data(train_h5, test_h5, seed=0, test_fraction=0.3)
         for name in models:
-            model = registry.model(name)
-            train(registry, name, train_h5, "y", model.folder / "weights", manifest=False)
-            for file, digest in write_hashes(registry.model(name)).items():
+            model = kmodel.get_model(name, specs=[HERE])
+            model.train(train_h5, HERE / name / "weights")  # records the hashes in the spec
+            for file, digest in model.info["weights"]["sha256"].items():
                 print(f"{name}: {digest}  {file}")
 
 

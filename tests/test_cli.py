@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -181,3 +183,22 @@ def test_shell_completion_offers_model_and_env_names(project: Path) -> None:
     assert complete("kmodel predict t") == ["toy"]
     assert complete("kmodel env create n") == ["numpy2"]
     assert complete("kmodel info zz") == []
+
+
+@pytest.mark.slow  # builds the example models' envs
+def test_the_readmes_python_api_example_runs(tmp_path: Path, kmodel_home: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example, as written, in a copy of the repo's folders."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("envs", "model_specs", "workflows"):
+        shutil.copytree(repo / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KMODEL_PATH", raising=False)
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## Python API"):readme.index("## Spec formats")]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    with h5py.File(tmp_path / "ens.h5") as f:
+        assert f["preds/proba"].shape == (171,) and f.attrs["model"] == "stacker"

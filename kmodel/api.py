@@ -1,0 +1,213 @@
+"""kmodel's Python API: what the CLI does, as functions and a model handle.
+
+    import kmodel
+
+    m = kmodel.get_model("mlp")          # like kipoi.get_model
+    m.info["outputs"]                     # what `kmodel info mlp --json` prints
+    m.env                                 # locked / built / where (nothing is built)
+    preds = m.predict({"x": X})           # arrays in, {output: array} out, run in m's env
+    m.predict_file("in.h5", "out.h5")     # HDF5 in, HDF5 out (streamed, with provenance)
+
+    kmodel.compose_train("stacker", ["a.h5", "b.h5"], "train.h5", "weights/")
+    kmodel.compose_apply("stacker", ["a_test.h5", "b_test.h5"], "weights/", "ensemble.h5")
+    kmodel.status("workflows/demo.yaml")  # every output: fresh, stale (why) or missing
+
+Every model still runs in its own env, in a separate process: numpy arrays go there and
+back through temporary HDF5 files. Errors are ``kmodel.errors.KmodelError``s with the
+same one-line messages as the CLI's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kmodel.registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kmodel.envs.base import EnvStatus
+    from kmodel.plan import Plan
+    from kmodel.status import Entry
+
+PathLike = str | Path
+
+
+def registry(specs: Sequence[PathLike] = (), envs: PathLike | None = None) -> Registry:
+    """Where models and envs are found: ``specs`` folders first, then KMODEL_PATH and
+    ./model_specs; env specs in ``envs`` (default: KMODEL_ENVS or ./envs)."""
+    return Registry([Path(s) for s in specs], Path(envs) if envs is not None else None)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """One model, found by name; running it starts its own env's python."""
+
+    name: str
+    registry: Registry = field(default_factory=Registry, repr=False)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Name, version, description, inputs, outputs, env, lockfile, weights and hashes."""
+        from kmodel._fs import sha256_file
+
+        m = self.registry.model(self.name)
+        env = self.registry.env_of(m)
+        locked = env.lockfile.is_file()
+        return summary(self.registry, self.name) | {
+            "entrypoint": m.spec.entrypoint, "args": m.spec.args,
+            "train_args": m.spec.train.args if m.spec.train else None,
+            "inputs": [i.model_dump() for i in m.spec.inputs],
+            "outputs": [o.model_dump() for o in m.spec.outputs],
+            "env_spec": str(env.path), "env_kind": env.spec.kind,
+            "lockfile": str(env.lockfile) if locked else None,
+            "lock_sha256": sha256_file(env.lockfile) if locked else None,
+            "spec_sha256": sha256_file(m.path),
+            "weights": ({"path": str(m.weights_dir), "sha256": m.spec.weights.sha256}
+                        if m.spec.weights else None),
+        }
+
+    @property
+    def env(self) -> EnvStatus:
+        """The model's env: locked, drifted from its spec, built, and where (builds nothing;
+        `predict` builds it on first use)."""
+        from kmodel.envs import backend_for
+
+        ref = self.registry.env_of(self.registry.model(self.name))
+        return backend_for(ref).status(ref)
+
+    def predict(self, data: np.ndarray | Mapping[str, np.ndarray] | PathLike, *,
+                ids: Sequence[Any] | None = None, batch_size: int = 8192,
+                ) -> dict[str, np.ndarray]:
+        """Predict in the model's env. ``data``: one array (a model with one input), a
+        dict of arrays by input name, or the path of an input HDF5 file. Returns the
+        outputs by name, rows in the input's order."""
+        from kmodel.io import hdf5
+        from kmodel.predict import predict
+
+        with tempfile.TemporaryDirectory(prefix="kmodel-api-") as tmp:
+            if isinstance(data, (str, Path)):
+                source = Path(data)
+            else:
+                source = Path(tmp) / "in.h5"
+                arrays = dict(data) if isinstance(data, Mapping) else {
+                    self.registry.model(self.name).spec.inputs[0].name: data}
+                rows = len(next(iter(arrays.values()))) if arrays else 0
+                hdf5.write_table(source, {"inputs": arrays},
+                                 list(ids) if ids is not None else [str(i) for i in range(rows)])
+            out = predict(self.registry, self.name, source, Path(tmp) / "out.h5",
+                          batch_size=batch_size)
+            preds, _ = hdf5.read_group(out, "preds")
+        return preds
+
+    def predict_file(self, input: PathLike, output: PathLike, *, batch_size: int = 8192,
+                     resume: bool = False, weights: PathLike | None = None) -> Path:
+        """What `kmodel predict` does: ``output`` appears only when complete, with its
+        provenance. ``weights``: a folder kmodel trained (with its hashes.json) instead of
+        the model's own weights, e.g. an ensembler's."""
+        from kmodel.predict import predict
+        from kmodel.weights import Weights
+
+        return predict(self.registry, self.name, Path(input), Path(output),
+                       batch_size=batch_size, resume=resume,
+                       weights=Weights.from_folder(Path(weights)) if weights else None)
+
+    def train(self, input: PathLike, output: PathLike, *, targets: str = "y") -> Path:
+        """Fit the model on /inputs and /targets of ``input`` in its env and write the
+        weights folder ``output``. Into the model's own weights folder the files' sha256
+        are recorded in its spec; elsewhere the folder gets a hashes.json."""
+        from kmodel.hashes import write_hashes
+        from kmodel.predict import train
+
+        m = self.registry.model(self.name)
+        own = m.folder / (m.spec.weights.path if m.spec.weights else "weights")
+        out = Path(output)
+        mine = out.resolve() == own.resolve()
+        train(self.registry, self.name, Path(input), targets, out, manifest=not mine)
+        if mine:
+            write_hashes(self.registry.model(self.name))
+        return out
+
+
+def get_model(name: str, *, specs: Sequence[PathLike] = (),
+              envs: PathLike | None = None) -> ModelHandle:
+    """The model ``name`` (checked now: an unknown name or a broken spec raises)."""
+    reg = registry(specs, envs)
+    reg.model(name)
+    return ModelHandle(name, reg)
+
+
+def summary(reg: Registry, name: str) -> dict[str, Any]:
+    """A model's line in `kmodel ls`: name, version, env, path, description."""
+    m = reg.model(name)
+    s = m.spec
+    return {"name": s.name, "version": s.version, "env": s.env, "path": str(m.path),
+            "description": s.description, "trainable": s.train is not None,
+            "weights": bool(s.weights)}
+
+
+def example_data(train: PathLike, test: PathLike, *, seed: int = 0,
+                 test_fraction: float = 0.3) -> None:
+    """`kmodel data breast_cancer`: a stratified split of scikit-learn's breast_cancer."""
+    from kmodel.datasets import breast_cancer
+
+    breast_cancer(Path(train), Path(test), seed=seed, test_fraction=test_fraction)
+
+
+def stacked_input(preds: Sequence[PathLike], output: PathLike, *,
+                  allow_mixed_inputs: bool = False) -> Path:
+    """Write the ensembler's input as one file: /inputs/x holds every prediction file's
+    columns, rows aligned by id to the first file's (what the composer streams)."""
+    from kmodel.compose import stack
+    from kmodel.io import hdf5
+
+    x, ids, _ = stack([Path(p) for p in preds], allow_mixed_inputs=allow_mixed_inputs)
+    hdf5.write_table(Path(output), {"inputs": {"x": x}}, ids)
+    return Path(output)
+
+
+def compose_train(ensembler: str, preds: Sequence[PathLike], targets: PathLike,
+                  weights_out: PathLike, *, target_name: str = "y",
+                  allow_mixed_inputs: bool = False, reg: Registry | None = None) -> Path:
+    """Train the ensembler on stored predictions (aligned by id to the targets' file)."""
+    from kmodel.compose import train
+
+    train(reg or Registry(), ensembler, [Path(p) for p in preds], Path(targets),
+          Path(weights_out), target_name=target_name, allow_mixed_inputs=allow_mixed_inputs)
+    return Path(weights_out)
+
+
+def compose_apply(ensembler: str, preds: Sequence[PathLike], weights: PathLike,
+                  output: PathLike, *, allow_mixed_inputs: bool = False,
+                  reg: Registry | None = None) -> Path:
+    """Apply the trained ensembler to stored predictions; write ``output``."""
+    from kmodel.compose import apply
+
+    return apply(reg or Registry(), ensembler, [Path(p) for p in preds], Path(weights),
+                 Path(output), allow_mixed_inputs=allow_mixed_inputs)
+
+
+def status(config: PathLike, *, reg: Registry | None = None) -> list[Entry]:
+    """Every output of a composition: ``.state`` fresh, stale or missing, ``.reasons``."""
+    from kmodel.plan import load_plan
+    from kmodel.status import status as outputs
+
+    base = reg or Registry()
+    plan = load_plan(Path(config), base)
+    return outputs(plan, plan.registry(base))
+
+
+def run(config: PathLike, *, cores: int = 1, snakemake_args: Sequence[str] = (),
+        reg: Registry | None = None) -> Plan:
+    """`kmodel run`: the composition end to end with Snakemake (only what is stale)."""
+    from kmodel import workflow
+
+    return workflow.run(Path(config), reg or Registry(), cores=cores, extra=snakemake_args)
+
+
+__all__ = ["ModelHandle", "compose_apply", "compose_train", "example_data", "get_model",
+           "registry", "run", "stacked_input", "status", "summary"]
