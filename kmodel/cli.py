@@ -434,11 +434,25 @@ def env_gc(ctx: click.Context, dry_run: bool) -> None:
 # --- predictions ------------------------------------------------------------------
 
 
+
+
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on a terminal; nothing otherwise."""
+    """A progress bar on a terminal; elsewhere (a cluster job's log, CI) a line every few
+    seconds with the rows done and the rate, so long work never looks hung."""
     if not sys.stderr.isatty():
-        yield None
+        every = float(os.environ.get("KMODEL_PROGRESS_SECONDS", "5"))
+        t0 = last = time.monotonic()
+
+        def line(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= every and total:
+                last = now
+                click.echo(f"kmodel: {label}: {done:,} of {total:,} rows ({done / total:.0%}), "
+                           f"{done / (now - t0):,.0f} rows/s", err=True)
+
+        yield line
         return
     bar: Any = None
 
@@ -609,8 +623,10 @@ def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], t
     """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets."""
     from kmodel.compose import train as run_train
 
-    w = run_train(_registry(ctx), ensembler, preds, targets, output, target_name=target_name,
-                  allow_mixed_inputs=allow_mixed_inputs)
+    with _progress(ensembler) as progress:
+        w = run_train(_registry(ctx), ensembler, preds, targets, output,
+                      target_name=target_name, allow_mixed_inputs=allow_mixed_inputs,
+                      progress=progress)
     click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
 
 
@@ -627,8 +643,9 @@ def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
     """Apply a trained ENSEMBLER to PREDS (same models, same order as in training)."""
     from kmodel.compose import apply
 
-    apply(_registry(ctx), ensembler, preds, weights, output,
-          allow_mixed_inputs=allow_mixed_inputs)
+    with _progress(ensembler) as progress:
+        apply(_registry(ctx), ensembler, preds, weights, output,
+              allow_mixed_inputs=allow_mixed_inputs, progress=progress)
     click.echo(f"wrote {output}")
 
 

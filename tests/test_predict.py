@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -202,3 +203,20 @@ def test_a_new_model_from_unhashed_weights_to_recorded_ones(project: Path) -> No
                                            "weights: {path: weights, sha256: {}}\n", spec))
     assert kmodel("hash", "new", "--write").returncode == 0
     assert kmodel("predict", "new", "-i", "te.h5", "-o", "q.h5").returncode == 0
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(project: Path) -> None:
+    """A cluster job's log shows long work moving: rows done and a rate, every few seconds
+    (KMODEL_PROGRESS_SECONDS; 0.2 here), instead of nothing until the end."""
+    spec = project / "model_specs" / "toy" / "model.yaml"
+    spec.write_text(spec.read_text().replace("  factor: 2.0\n", "  factor: 2.0\n  sleep: 0.05\n"))
+    make_input(project / "in.h5", rows=3000)
+    res = subprocess.run([sys.executable, "-m", "kmodel", "predict", "toy", "-i", "in.h5",
+                          "-o", "out.h5", "--batch-size", "100"], capture_output=True, text=True,
+                         env={**os.environ, "KMODEL_PROGRESS_SECONDS": "0.2"}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("kmodel: toy: ")]
+    assert len(lines) >= 3, res.stderr
+    done = [int(re.search(r"toy: ([\d,]+) of 3,000 rows", ln)[1].replace(",", ""))
+            for ln in lines]
+    assert done == sorted(done) and all(ln.endswith(" rows/s") for ln in lines), lines
