@@ -718,9 +718,14 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
 
     t0 = time.perf_counter()
     did: set[str] = set()
+    # Snakemake's whole log with -v or when its own output was asked for (--summary, ...);
+    # otherwise a line per finished job (the whole log is in .snakemake/log/)
+    summary = None if ctx.obj.get("verbose") or _asks(snakemake_args, INFO_ONLY) \
+        else workflow.LogSummary()
 
     def echo(line: str) -> None:
-        click.echo(line, err=True)
+        for shown in [line] if summary is None else summary.feed(line):
+            click.echo(shown, err=True)
         if mark := workflow.marks(line):
             did.add(mark)
 

@@ -219,14 +219,69 @@ def _reason(lines: list[str], code: int) -> str:
     return last or f"exit code {code}"
 
 
+_COMPLETE_LOG = re.compile(r"^Complete log(?:\(s\))?: (.+)$")
+
+
 def _full_log(lines: list[str]) -> str:
     """Where this run's whole log is, as Snakemake said (never an older run's log)."""
-    found = next((ln.split(":", 1)[1].strip() for ln in reversed(lines)
-                  if ln.startswith("Complete log:")), None)
+    found = next((m[1].strip() for ln in reversed(lines) if (m := _COMPLETE_LOG.match(ln))),
+                 None)
     return f"; full log: {found}" if found else ""
 
 
-_RAN = re.compile(r"^(Nothing to be done|\d+ of \d+ steps \(100%\) done|Complete log: )")
+class LogSummary:
+    """Snakemake's log as `kmodel run` shows it: one line per finished job with a count and
+    its time, SLURM submissions, a failed job's own log (its last lines), and where the
+    whole log is. ``feed`` takes each line and returns what to print (often nothing)."""
+
+    TAIL = 15  # lines of a failed job's log to show
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.job: dict[str, Any] = {}
+        self.finished: str | None = None
+        self.failed = False
+
+    def feed(self, line: str) -> list[str]:
+        text = line.strip()
+        if m := re.match(r"^(?:local)?rule (\S+):$", text):
+            self.job, self.failed = {"rule": m[1], "label": "", "start": time.monotonic()}, False
+        elif m := re.match(r"^Error in rule (\S+):$", text):
+            self.job, self.failed = {"rule": m[1], "label": ""}, True
+        elif m := re.match(r"^jobid: (\d+)$", text):
+            if not self.failed:
+                self.jobs[m[1]] = self.job
+            elif m[1] in self.jobs:  # the failed job's wildcards, from when it started
+                self.job["label"] = self.jobs[m[1]]["label"]
+        elif m := re.match(r"^wildcards: (.+)$", text):
+            self.job["label"] = " ".join(v.split("=", 1)[-1] for v in m[1].split(", "))
+        elif m := re.match(r"^log: (.+?)(?: \(check log file\(s\) for error details\))?$",
+                           text):
+            if self.failed:
+                what = f"{self.job['rule']} {self.job['label']}".strip()
+                return [f"FAILED {what}", *self._tail(m[1])]
+        elif m := re.match(r"^Finished jobid: (\d+)", text):
+            self.finished = m[1]
+        elif m := re.match(r"^(\d+) of (\d+) steps \(\d+%\) done$", text):
+            job = self.jobs.get(self.finished or "", {})
+            took = time.monotonic() - job["start"] if "start" in job else None
+            what = f"{job.get('rule', 'job')} {job.get('label', '')}".strip()
+            return [f"[{m[1]}/{m[2]}] {what}" + (f" ({took:.1f} s)" if took else "")]
+        elif text.startswith(("Nothing to be done", "This was a dry-run")) \
+                or "has been submitted with SLURM jobid" in text or _COMPLETE_LOG.match(text):
+            return [text]
+        return []
+
+    def _tail(self, log: str) -> list[str]:
+        path = Path(log.split(",")[0].strip())
+        try:
+            lines = path.read_text(errors="replace").splitlines()[-self.TAIL:]
+        except OSError:
+            return []
+        return [f"  last lines of {path}:", *(f"    {ln}" for ln in lines)]
+
+
+_RAN = re.compile(r"^(Nothing to be done|\d+ of \d+ steps \(100%\) done|Complete log)")
 
 
 def marks(line: str) -> str | None:

@@ -364,6 +364,11 @@ def test_km700_snakemake_failure_names_rule_and_log(project: Path) -> None:
     assert m, line
     assert (project / m.group(1)).is_file()
     assert "Traceback" not in err
+    # kmodel's summary of Snakemake's log: the failed job, the end of its own log
+    assert "FAILED predict mlp" in err.splitlines()
+    assert "    Error [KM500]: model 'mlp' raised OSError: disk on fire; run with -v for its " \
+           "traceback" in err.splitlines()
+    assert "localrule" not in err and "[1/" in err  # data's job done, no raw job blocks
     for split in ("train", "test"):
         assert leftovers(project / f"out/small/preds/mlp/{split}.h5") == []
     assert not (project / "out/small/scores.json").exists()

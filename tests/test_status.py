@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,9 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     assert "stale    out/small/preds/logreg/train.h5  (kmodel version)" in dry.stdout
     log = rerun_and_expect_fresh()
     assert "remaking 1 stale output(s): out/small/preds/logreg/train.h5" in log
+    # a line per finished job, counted and timed; Snakemake's job blocks are in its log only
+    assert re.search(r"^\[1/\d+\] predict logreg \(\d+\.\d s\)$", log, re.M), log
+    assert "localrule" not in log and re.search(r"^Complete log\(s\): \S+", log, re.M)
 
     # the example data's config changed: the data and everything made from it
     config = composed / "c.yaml"
