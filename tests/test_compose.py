@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from kmodel import compose
 from kmodel.errors import IdAlignmentError, InputSchemaError, TargetLengthError
 from kmodel.io import hdf5
+from kmodel.predict import predict
+from kmodel.registry import Registry
 
 
 def preds_file(path: Path, ids: list[str], values: np.ndarray) -> Path:
@@ -48,8 +51,6 @@ def test_extra_ids_are_an_error(tmp_path: Path) -> None:
 
 
 def test_targets_length_mismatch(tmp_path: Path) -> None:
-    import h5py
-
     t = tmp_path / "t.h5"
     with h5py.File(t, "w") as f:
         f["targets/y"] = np.zeros(3)
@@ -93,3 +94,38 @@ def test_train_and_apply_ensembler_in_its_env(project: Path) -> None:
                            r"this order\)"):
             compose.apply(reg, "stacker", wrong, project / "w", project / "bad.h5")
     assert not (project / "bad.h5").exists()
+
+
+@pytest.mark.slow  # runs the toy model and the stacker in their env
+def test_kipoi_prediction_files_ensemble_with_kmodel_ones(project: Path) -> None:
+    """`kipoi predict --keep_metadata` writes one /preds dataset (here float64 (N, 2)) and
+    integer ids, and no kmodel provenance; the composer takes such files beside kmodel's
+    (Kipoi itself needs numpy<2: the file is written here in its layout)."""
+
+    rows = 200
+    rng = np.random.default_rng(1)
+    ids = np.arange(1000, 1000 + rows, dtype=np.int64)
+    with h5py.File(project / "in.h5", "w") as f:
+        f["inputs/x"] = rng.normal(size=(rows, 3)).astype(np.float32)
+        f["targets/y"] = (f["inputs/x"][:, 0] > 0).astype(np.int64)
+        f["metadata/id"] = ids
+    predict(Registry(), "toy", project / "in.h5", project / "toy.h5")
+    order = rng.permutation(rows)  # Kipoi's rows in its dataloader's order, not ours
+    with h5py.File(project / "in.h5") as f:
+        signal = f["inputs/x"][:, 0].astype(np.float64)
+    kipoi_preds = np.stack([1 / (1 + np.exp(signal)), 1 / (1 + np.exp(-signal))], axis=1)
+    with h5py.File(project / "kipoi.h5", "w") as f:
+        f["preds"] = kipoi_preds[order]
+        f["metadata/id"] = ids[order]
+    x, _, sources = compose.stack([project / "toy.h5", project / "kipoi.h5"])
+    assert x.shape == (rows, 4) and sources[1] == "kipoi:preds"
+    np.testing.assert_allclose(x[:, 2:], kipoi_preds, rtol=1e-6)  # aligned back by id
+    preds = [project / "toy.h5", project / "kipoi.h5"]
+    compose.train(Registry(), "stacker", preds, project / "in.h5", project / "w")
+    out = compose.apply(Registry(), "stacker", preds, project / "w", project / "ens.h5")
+    with h5py.File(out) as f:
+        assert list(f["metadata/id"][()]) == list(ids)
+        proba = f["preds/proba"][()]
+    assert proba.shape == (rows,)
+    accuracy = np.mean((proba > 0.5) == (signal > 0))
+    assert accuracy > 0.95  # the Kipoi model's column carries the signal
