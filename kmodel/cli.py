@@ -219,6 +219,28 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
         ctx.exit(1)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--env", required=True, help="The env it runs in (an envs/ENV.yaml, or a new "
+              "one with --new-env).", shell_complete=_complete("env or model"))
+@click.option("--inputs", default="x:float32:1", show_default=True, metavar="NAME:DTYPE:WIDTH",
+              help="Its input: rows of WIDTH values.")
+@click.option("--new-env", is_flag=True, help="Also write envs/ENV.yaml (python and numpy).")
+@click.pass_context
+def init(ctx: click.Context, name: str, env: str, inputs: str, new_env: bool) -> None:
+    """Start a new model: model_specs/NAME/ with a spec and a model.py that work as written
+    (a numpy logistic regression to replace), then say the next commands."""
+    from kmodel.scaffold import init as scaffold
+
+    for path in scaffold(_registry(ctx), name, env, inputs=inputs, new_env=new_env):
+        click.echo(f"wrote {path}")
+    folder = Path(_registry(ctx).specs[0] if _registry(ctx).specs else "model_specs") / name
+    steps = [*([f"kmodel env lock {env}"] if new_env else []),
+             f"kmodel train {name} -i TRAIN.h5 -o {folder / 'weights'}   # records the hashes",
+             f"kmodel predict {name} -i IN.h5 -o OUT.h5"]
+    click.echo("next:\n" + "\n".join(f"  {step}" for step in steps))
+
+
 @cli.command("ls")
 @json_option
 @click.pass_context

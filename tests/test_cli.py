@@ -202,3 +202,20 @@ def test_the_readmes_python_api_example_runs(tmp_path: Path, kmodel_home: Path,
     exec(compile(code.group(1), "README.md", "exec"), {})
     with h5py.File(tmp_path / "ens.h5") as f:
         assert f["preds/proba"].shape == (171,) and f.attrs["model"] == "stacker"
+
+
+def test_init_refuses_what_it_cannot_write_well(project: Path) -> None:
+    code, _, err = invoke("init", "new", "--env", "nope")
+    assert code == 1 and err.startswith("Error [KM111]: unknown env 'nope'") \
+        and "--new-env" in err
+    code, _, err = invoke("init", "bad name", "--env", "numpy2")
+    assert code == 1 and err.startswith("Error [KM101]: kmodel init: NAME: 'bad name' is not")
+    code, _, err = invoke("init", "new", "--env", "numpy2", "--inputs", "x:float33:3")
+    assert code == 1 and "dtypes: float16" in err
+    code, _, err = invoke("init", "new", "--env", "numpy2", "--new-env")
+    assert code == 1 and err.startswith("Error [KM402]: cannot write output envs/numpy2.yaml")
+    assert not (project / "model_specs" / "new").exists()  # refused before writing anything
+    code, out, _ = invoke("init", "new", "--env", "fresh", "--new-env")
+    assert code == 0 and "kmodel env lock fresh" in out
+    code, out, _ = invoke("validate", "model_specs/new", "envs/fresh.yaml")
+    assert code == 0, out

@@ -220,3 +220,29 @@ def test_progress_lines_when_stderr_is_not_a_terminal(project: Path) -> None:
     done = [int(re.search(r"toy: ([\d,]+) of 3,000 rows", ln)[1].replace(",", ""))
             for ln in lines]
     assert done == sorted(done) and all(ln.endswith(" rows/s") for ln in lines), lines
+
+
+def test_kmodel_init_writes_a_model_that_trains_and_predicts(project: Path) -> None:
+    def kmodel(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kmodel", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    res = kmodel("init", "mine", "--env", "numpy2", "--inputs", "x:float32:3")
+    assert res.returncode == 0, res.stderr
+    assert "kmodel train mine -i TRAIN.h5 -o model_specs/mine/weights" in res.stdout
+    assert kmodel("validate", "model_specs/mine").returncode == 0
+    x = make_input(project / "tr.h5", rows=300, targets=np.arange(300) % 2)
+    y = (x[:, 0] > 0).astype(np.int64)
+    with h5py.File(project / "tr.h5", "a") as f:
+        f["targets/y"][...] = y
+    untrained = kmodel("predict", "mine", "-i", "tr.h5", "-o", "p.h5")
+    assert untrained.returncode == 1 and "mine has no weights yet: kmodel train mine" \
+        in untrained.stderr
+    assert kmodel("train", "mine", "-i", "tr.h5", "-o", "model_specs/mine/weights"
+                  ).returncode == 0
+    assert kmodel("predict", "mine", "-i", "tr.h5", "-o", "p.h5").returncode == 0
+    with h5py.File(project / "p.h5") as f:
+        assert np.mean((f["preds/proba"][()] > 0.5) == y) > 0.95
+    again = kmodel("init", "mine", "--env", "numpy2")
+    assert again.returncode == 1 and again.stderr.startswith("Error [KM402]: ")
+    assert (project / "model_specs/mine/weights/params.json").is_file()  # nothing replaced
