@@ -245,8 +245,9 @@ def init(ctx: click.Context, name: str, env: str, inputs: str, new_env: bool) ->
 @json_option
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
-    """List the models kmodel can find. A spec that does not load is reported (exit 1) and
-    the others are still listed."""
+    """List the models kmodel can find, and the folder each comes from. A spec that does not
+    load is reported (exit 1) and the others are still listed; a model hidden by one of the
+    same name earlier on the search path is named."""
     from kmodel.api import summary
 
     registry = _registry(ctx)
@@ -260,8 +261,12 @@ def ls(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(models, indent=2))
     else:
         for m in models:
-            click.echo(f"{m['name']:<16} {m['version']:<8} env={m['env']:<16} "
+            root = str(Path(m["path"]).parent.parent)
+            click.echo(f"{m['name']:<16} {m['version']:<8} env={m['env']:<16} {root:<14} "
                        f"{m['description']}")
+    for spec, winner in registry.hidden:  # the first folder on the search path wins
+        click.echo(f"kmodel: {spec.parent.name} in {spec.parent.parent} is hidden by "
+                   f"{winner.parent}", err=True)
     for error in broken:
         click.echo(f"Error [{error.code}]: {error}", err=True)
     if broken:

@@ -88,6 +88,9 @@ class EnvRef:
         return self.path.with_name(self.name + suffix)
 
 
+ENVS = "envs"  # a spec folder's own env specs
+
+
 @dataclass
 class Registry:
     specs: list[Path] = field(default_factory=list)
@@ -118,8 +121,18 @@ class Registry:
         found: dict[str, Path] = {}
         for d in self.spec_dirs:
             for p in sorted(d.glob(f"*/{SPEC_FILE}")):
-                found.setdefault(p.parent.name, p)
+                if p.parent.name == ENVS:
+                    continue  # a root's env specs, not a model
+                if p.parent.name in found:
+                    self.hidden.append((p, found[p.parent.name]))
+                else:
+                    found[p.parent.name] = p
         return found
+
+    @cached_property
+    def hidden(self) -> list[tuple[Path, Path]]:
+        """(spec, the spec of the same name that hides it): names that clash on the path."""
+        return []
 
     def model(self, name: str) -> Model:
         if name in self._models:
@@ -141,30 +154,46 @@ class Registry:
         """The spec, env spec and lock files kmodel reads: no command writes over them
         (only `kmodel hash --write` and `kmodel env lock`, on purpose)."""
         found = list(self._model_paths.values())
-        if self.env_dir.is_dir():
-            found += [p for p in self.env_dir.iterdir()
-                      if p.name.endswith((".yaml", ".yml", ".lock"))]
+        for d in self.env_dirs:
+            found += [p for p in d.iterdir() if p.name.endswith((".yaml", ".yml", ".lock"))]
         return found
 
-    def env_names(self) -> list[str]:
-        if not self.env_dir.is_dir():
-            return []
-        return sorted(p.stem for p in self.env_dir.glob("*.yaml") if re.match(NAME_RE, p.stem))
+    @cached_property
+    def env_dirs(self) -> list[Path]:
+        """Where env specs are: the env folder (--envs, KMODEL_ENVS, ./envs), then the
+        ``envs/`` folder of each spec folder on the search path that has one."""
+        dirs = [self.env_dir] + [d / ENVS for d in self.spec_dirs]
+        seen: list[Path] = []
+        for d in dirs:
+            if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
+                seen.append(d)
+        return seen
 
-    def env(self, name: str, referenced_by: str | None = None) -> EnvRef:
-        if name in self._envs:
-            return self._envs[name]
+    def env_names(self) -> list[str]:
+        return sorted({p.stem for d in self.env_dirs for p in d.glob("*.yaml")
+                       if re.match(NAME_RE, p.stem)})
+
+    def env(self, name: str, referenced_by: str | None = None,
+            first: Path | None = None) -> EnvRef:
+        """The env spec ``name``: in ``first`` (a model's own root's envs/) if it is there,
+        else in the first of ``env_dirs`` that has it."""
         if not re.match(NAME_RE, name) or "/" in name:
             raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
-        path = self.env_dir / f"{name}.yaml"
-        if not path.is_file():
-            raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
-        ref = self._envs[name] = EnvRef(name, path, load_env_spec(path))
-        return ref
+        for d in [*([first] if first is not None else []), *self.env_dirs]:
+            path = d / f"{name}.yaml"
+            if path.is_file():
+                key = str(path.absolute())
+                if key not in self._envs:
+                    self._envs[key] = EnvRef(name, path, load_env_spec(path))
+                return self._envs[key]
+        raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
 
     @cached_property
     def _envs(self) -> dict[str, EnvRef]:
         return {}
 
     def env_of(self, model: Model) -> EnvRef:
-        return self.env(model.spec.env, referenced_by=str(model.path))
+        """A model's env: looked up in its own root's envs/ first (a folder on the search
+        path carries its models' envs), then as ``env`` does."""
+        return self.env(model.spec.env, referenced_by=str(model.path),
+                        first=model.folder.parent / ENVS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +32,8 @@ batch_size: 64
 
 
 def jobs(output: str) -> list[str]:
-    """Rule names Snakemake ran, from its log."""
-    return [line.split()[1].rstrip(":") for line in output.splitlines()
-            if line.startswith(("rule ", "localrule ")) and line.split()[1] != "all:"]
+    """Rule names of the jobs that ran, from kmodel run's lines: `[3/9] predict mlp (1.2 s)`."""
+    return [m[1] for m in re.finditer(r"^\[\d+/\d+\] (\S+)", output, re.M) if m[1] != "all"]
 
 
 def test_composition_end_to_end_then_incremental(project: Path) -> None:
@@ -63,7 +64,7 @@ def test_composition_end_to_end_then_incremental(project: Path) -> None:
     assert third.exit_code == 0, third.output
     assert sorted(jobs(third.output)) == ["compose_predict", "compose_train", "predict",
                                           "score"]
-    assert "wildcards: model=mlp" in third.output and "model=logreg" not in third.output
+    assert "] predict mlp (" in third.output and "predict logreg" not in third.output
 
     # a spec change (here its hyperparameters' documentation) of the other model: same
     spec = project / "model_specs/logreg/model.yaml"
@@ -72,7 +73,7 @@ def test_composition_end_to_end_then_incremental(project: Path) -> None:
     assert fourth.exit_code == 0, fourth.output
     assert sorted(jobs(fourth.output)) == ["compose_predict", "compose_train", "predict",
                                            "score"]
-    assert "wildcards: model=logreg" in fourth.output and "model=mlp" not in fourth.output
+    assert "] predict logreg (" in fourth.output and "predict mlp" not in fourth.output
 
 
 def test_plain_snakemake_does_the_same_job(project: Path) -> None:
@@ -97,3 +98,31 @@ def test_failed_rule_is_named_with_its_log(project: Path) -> None:
     assert "rule 'predict'" in message and "out/small/logs/predict_mlp.log" in message
     assert "Error [KM500]: model 'mlp' raised OSError: disk on fire" in message
     assert not (project / "out/small/preds/mlp/train.h5").exists()
+
+
+def test_a_folder_on_the_search_path_carries_its_models_envs(project: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """KMODEL_PATH=ROOT: ROOT/<model>/ and ROOT/envs/; its models find their env there
+    first, `kmodel ls` says where each model comes from and which names are hidden."""
+    root = tmp_path.with_name(f"{tmp_path.name}-shared")
+    shutil.copytree(project / "model_specs" / "mlp", root / "mlp2")
+    spec = root / "mlp2" / "model.yaml"
+    spec.write_text(spec.read_text().replace("name: mlp", "name: mlp2")
+                    .replace("env: numpy2", "env: carried"))
+    shutil.copytree(project / "model_specs" / "gnb", root / "gnb")  # hides ./model_specs/gnb
+    (root / "envs").mkdir()
+    (root / "envs" / "carried.yaml").write_text((project / "envs" / "numpy2.yaml").read_text())
+    (root / "envs" / "carried.lock").write_text((project / "envs" / "numpy2.lock").read_text())
+    monkeypatch.setenv("KMODEL_PATH", str(root))
+    listing = CliRunner().invoke(cli, ["ls"])
+    assert listing.exit_code == 0, listing.output
+    rows = {ln.split()[0]: ln.split()[3] for ln in listing.stdout.splitlines()}
+    assert rows["mlp2"] == rows["gnb"] == str(root) and rows["mlp"] == "model_specs"
+    assert f"gnb in model_specs is hidden by {root / 'gnb'}" in listing.stderr
+    assert Registry().env_of(Registry().model("mlp2")).path == root / "envs" / "carried.yaml"
+    (project / "c.yaml").write_text(CONFIG.replace("[logreg, mlp]", "[mlp2]"))
+    res = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((project / "out/small/scores.json").read_text())) == {"mlp2",
+                                                                                 "ensemble"}
