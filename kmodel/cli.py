@@ -559,8 +559,10 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
 
     OUTPUT appears only when every row is written. One run at a time may write it (a second
     is refused); an interrupted run (Ctrl-C, SIGTERM, a killed runner) keeps its rows in
-    OUTPUT.partial for --resume.
+    OUTPUT.partial for --resume. MODEL may be a bundle, FILE.kmodel (`kmodel pack`): its
+    model, or for a composition's bundle the ensemble's predictions.
     """
+    from kmodel.bundle import is_bundle
     from kmodel.predict import predict_many
 
     if len(inputs) != len(outputs):
@@ -569,12 +571,63 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
     if rows is not None and shard is not None:
         raise UsageError("give --rows or --shard, not both")
     t0 = time.perf_counter()
+    if is_bundle(model):
+        from kmodel import bundle
+
+        if rows is not None or shard is not None or resume:
+            raise UsageError("--rows, --shard and --resume take a model by name, not a bundle")
+        given = ctx.get_parameter_source("batch_size") is click.core.ParameterSource.COMMANDLINE
+        bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)),
+                       batch_size if given else None)
+        for output in outputs:
+            click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+        return
     with _progress(model) as progress:
         predict_many(_registry(ctx), model, list(zip(inputs, outputs, strict=True)),
                      batch_size=batch_size, resume=resume, progress=progress, rows=rows,
                      shard=shard)
     for output in outputs:
         click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
+
+
+@cli.command()
+@click.argument("model", required=False, shell_complete=_complete("model"))
+@click.option("--composition", type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle a composition instead: its base models, its ensembler with its "
+                   "trained weights, and their envs.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The bundle to write, e.g. NAME-VERSION.kmodel.")
+@click.pass_context
+def pack(ctx: click.Context, model: str | None, composition: Path | None, output: Path) -> None:
+    """Bundle MODEL (spec, code, weights, env spec and lock, and a manifest with every
+    file's sha256) into one file to share; `kmodel predict FILE.kmodel` runs it."""
+    from kmodel import bundle
+
+    if (model is None) == (composition is None):
+        raise UsageError("give a MODEL or --composition CONFIG (one of them)")
+    _not_owned(ctx, output)
+    if model is not None:
+        made = bundle.pack(_registry(ctx), model, output)
+    else:
+        assert composition is not None
+        made = bundle.pack_composition(_registry(ctx), composition, output)
+    click.echo(f"wrote {output} ({len(made.files)} files, "
+               f"{output.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command()
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="New folder to extract into (default: the bundle's name without .kmodel).")
+def unpack(bundle_path: Path, output: Path | None) -> None:
+    """Check BUNDLE against its manifest and extract it: a folder for KMODEL_PATH (its
+    models, and their envs in envs/)."""
+    from kmodel import bundle
+
+    folder = output or bundle_path.with_suffix("")
+    made = bundle.unpack(bundle_path, folder)
+    click.echo(f"extracted {len(made.files)} files to {folder}/ (KMODEL_PATH={folder} finds "
+               f"{made.model})")
 
 
 @cli.command()

@@ -171,6 +171,12 @@ class HashMismatchError(KmodelError):
 # --- inputs and outputs ------------------------------------------------------------
 
 
+class BundleError(KmodelError):
+    """A bundle that is not what `kmodel pack` wrote: changed, incomplete or unreadable."""
+
+    code = "KM310"
+
+
 class InputMissingError(KmodelError):
     code = "KM400"
 

@@ -1,0 +1,251 @@
+"""Bundles: a model (or a whole composition) as one file to share, like dclab's .modc or a
+BioImage.IO zip.
+
+A bundle is a zip of a search-path folder: ``NAME/`` (the model's folder: spec, code,
+weights), ``envs/`` (its env spec and lock) and ``manifest.json``, which lists the sha256
+of every other file. A composition's bundle holds every base model, the ensembler, their
+envs and the trained ensembler's weights (``composition/weights/``). Opening a bundle
+checks every file against the manifest, and nothing else may be in it: a bundle with any
+file changed, added or missing is refused. Predicting from a bundle extracts it once into
+KMODEL_HOME/bundles/ (keyed by the bundle's sha256) and runs it from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kmodel import __version__
+from kmodel._fs import (
+    atomic_path,
+    check_input_file,
+    guard_output,
+    home_folder,
+    sha256_file,
+    tmp_sibling,
+)
+from kmodel.errors import BundleError
+from kmodel.registry import ENVS, Model, Registry
+from kmodel.weights import Weights
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+SUFFIX = ".kmodel"
+MAX_BYTES = 8 << 30  # what a bundle may expand to (a zip bomb stops here)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str  # the model to run: a base model, or a composition's ensembler
+    files: dict[str, str]  # archive name -> sha256
+    composition: dict[str, Any] | None  # name, models, ensembler, weights, batch_size
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.composition["models"]) if self.composition else []
+
+
+def _model_files(model: Model) -> dict[str, Path]:
+    """Archive name -> file: the model's folder (no caches, no hidden files)."""
+    out = {}
+    for path in sorted(model.folder.rglob("*")):
+        rel = path.relative_to(model.folder)
+        if path.is_file() and not any(p.startswith((".", "__pycache__")) for p in rel.parts):
+            out[f"{model.name}/{rel.as_posix()}"] = path
+    return out
+
+
+def _env_files(registry: Registry, model: Model) -> dict[str, Path]:
+    from kmodel.envs import backend_for
+
+    ref = registry.env_of(model)
+    lock = backend_for(ref).checked_lockfile(ref)  # locked, and not older than its spec
+    return {f"{ENVS}/{ref.path.name}": ref.path, f"{ENVS}/{lock.name}": lock}
+
+
+def pack(registry: Registry, name: str, output: Path) -> Manifest:
+    """Bundle model ``name``, its weights (checked against their hashes) and its env."""
+    model = registry.model(name)
+    if weights := Weights.of(model):
+        weights.verify(name, weights.fix(name))
+    files = {**_model_files(model), **_env_files(registry, model)}
+    return _write(output, files, {"model": name, "version": model.spec.version})
+
+
+def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest:
+    """Bundle a composition's base models, its ensembler with its trained weights, and their
+    envs: applying the bundle gives the composition's ensemble predictions."""
+    from kmodel.plan import load_plan
+    from kmodel.weights import read_manifest
+
+    plan = load_plan(config, registry)
+    reg = plan.registry(registry)
+    cfg = plan.config
+    trained = plan.ensembler_weights
+    manifest = read_manifest(trained)
+    if manifest is None:
+        raise BundleError(f"{trained} holds no trained ensembler; run `kmodel run {config}` "
+                          "first")
+    Weights(trained, manifest, in_spec=False).verify(cfg.ensembler, "run the composition again")
+    files: dict[str, Path] = {}
+    for name in [*cfg.models, cfg.ensembler]:
+        model = reg.model(name)
+        if weights := Weights.of(model):
+            weights.verify(name, weights.fix(name))
+        files |= _model_files(model) | _env_files(reg, model)
+    for path in sorted(trained.iterdir()):
+        if path.is_file():
+            files[f"composition/weights/{path.name}"] = path
+    return _write(output, files, {"model": cfg.ensembler, "composition": {
+        "name": cfg.name, "models": list(cfg.models), "ensembler": cfg.ensembler,
+        "weights": "composition/weights", "batch_size": cfg.batch_size}})
+
+
+def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manifest:
+    guard_output(output, files.values())
+    digests = {arc: sha256_file(path) for arc, path in files.items()}
+    doc = {"kmodel_bundle": FORMAT, "kmodel_version": __version__, **meta, "files": digests}
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(MANIFEST, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        for arc, path in sorted(files.items()):
+            z.write(path, arc)
+    return Manifest(meta["model"], digests, meta.get("composition"))
+
+
+def _safe(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
+
+
+def read(bundle: Path) -> Manifest:
+    """The bundle's manifest, after checking that the bundle holds exactly the files it
+    lists, each with its sha256; else BundleError naming the first difference."""
+    check_input_file(bundle)
+    try:
+        with zipfile.ZipFile(bundle) as z:
+            infos = {i.filename: i for i in z.infolist() if not i.is_dir()}
+            if MANIFEST not in infos:
+                raise BundleError(f"{bundle}: no {MANIFEST}; give a file `kmodel pack` wrote")
+            doc = json.loads(z.read(MANIFEST))
+            files = doc.get("files") if isinstance(doc, dict) else None
+            if not isinstance(files, dict) or doc.get("kmodel_bundle") != FORMAT \
+                    or not isinstance(doc.get("model"), str):
+                raise BundleError(f"{bundle}: {MANIFEST} is not a kmodel bundle manifest "
+                                  f"(format {FORMAT}); pack it again")
+            members = set(infos) - {MANIFEST}
+            if extra := sorted(members - set(files)):
+                raise BundleError(f"{bundle}: {extra[0]} is not in its manifest; a bundle "
+                                  "holds only what `kmodel pack` put in it")
+            if missing := sorted(set(files) - members):
+                raise BundleError(f"{bundle}: {missing[0]} is listed but missing; pack it "
+                                  "again")
+            if sum(infos[n].file_size for n in members) > MAX_BYTES:
+                raise BundleError(f"{bundle}: expands to more than {MAX_BYTES >> 30} GB")
+            for name in sorted(members):
+                if not _safe(name):
+                    raise BundleError(f"{bundle}: unsafe file name {name!r} (absolute or "
+                                      "with ..); pack it again")
+                h = hashlib.sha256()
+                with z.open(infos[name]) as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                if h.hexdigest() != files[name]:
+                    raise BundleError(f"{bundle}: {name} was changed since it was packed "
+                                      f"(sha256 {h.hexdigest()[:12]}…, the manifest says "
+                                      f"{str(files[name])[:12]}…); get the original bundle")
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError) as e:
+        raise BundleError(f"{bundle}: not a readable bundle ({e}); give a file "
+                          "`kmodel pack` wrote") from None
+    composition = doc.get("composition")
+    return Manifest(doc["model"], dict(files), composition if isinstance(composition, dict)
+                    else None)
+
+
+def unpack(bundle: Path, folder: Path) -> Manifest:
+    """Check ``bundle`` and extract it into ``folder`` (new; it appears whole or not at
+    all). The folder is a search-path folder: KMODEL_PATH=folder finds its models."""
+    manifest = read(bundle)
+    if folder.exists():
+        raise BundleError(f"{folder} exists; unpack into a new folder")
+    tmp = tmp_sibling(folder)
+    try:
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(bundle) as z:
+            for name in manifest.files:
+                target = tmp / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(name) as src, open(target, "xb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if not _intact(tmp, manifest):  # as packed: checked again once written
+            raise BundleError(f"{bundle} changed while it was extracted; extract it again")
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _intact(folder: Path, manifest: Manifest) -> bool:
+    return all((folder / n).is_file() and sha256_file(folder / n) == d
+               for n, d in manifest.files.items())
+
+
+def opened(bundle: Path) -> tuple[Path, Manifest]:
+    """The bundle extracted into KMODEL_HOME/bundles/<its sha256> (once), and its manifest;
+    an extraction that no longer matches the manifest is made again."""
+    manifest = read(bundle)
+    folder = home_folder("bundles") / sha256_file(bundle)[:32]
+    if folder.is_dir():
+        if _intact(folder, manifest):
+            return folder, manifest
+        shutil.rmtree(folder)
+    try:
+        unpack(bundle, folder)
+    except (BundleError, OSError):
+        if folder.is_dir() and _intact(folder, manifest):  # another process extracted it
+            return folder, manifest
+        raise
+    return folder, manifest
+
+
+def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | None = None
+            ) -> list[Path]:
+    """Run a bundle on each (input, output): its model, or for a composition's bundle its
+    base models then its ensembler (the ensemble's predictions)."""
+    import tempfile
+
+    from kmodel.compose import apply
+    from kmodel.predict import predict_many
+
+    root, manifest = opened(bundle)
+    registry = Registry([root], root / ENVS)
+    if manifest.composition is None:
+        return predict_many(registry, manifest.model, pairs,
+                            batch_size=batch_size or 8192)
+    size = batch_size or int(manifest.composition.get("batch_size", 8192))
+    weights = root / str(manifest.composition["weights"])
+    done = []
+    for input_path, output in pairs:
+        guard_output(output, [input_path, bundle])
+        with tempfile.TemporaryDirectory(prefix="kmodel-bundle-") as tmp:
+            preds = []
+            for name in manifest.models:
+                preds.append(Path(tmp) / f"{name}.h5")
+                predict_many(registry, name, [(input_path, preds[-1])], batch_size=size)
+            done.append(apply(registry, manifest.model, preds, weights, output))
+    return done
+
+
+def is_bundle(name: str) -> bool:
+    return name.endswith(SUFFIX) and Path(name).is_file()
+
+
+__all__ = ["Manifest", "is_bundle", "opened", "pack", "pack_composition", "predict", "read",
+           "unpack"]

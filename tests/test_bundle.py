@@ -1,0 +1,129 @@
+"""Bundles: one file per model or composition, checked file by file when opened."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # runs models in their envs
+KMODEL = [sys.executable, "-m", "kmodel"]
+
+CONFIG = """\
+name: small
+results: out
+data:
+  builtin: breast_cancer
+models: [logreg, mlp]
+ensembler: stacker
+batch_size: 64
+"""
+
+
+def kmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KMODEL, *args], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path) as f:
+        return {"id": f["metadata/id"][()], **{k: v[()] for k, v in f["preds"].items()}}
+
+
+def rewrite(bundle: Path, out: Path, change: dict[str, bytes | None],
+            manifest: dict[str, str] | None = None) -> Path:
+    """A copy of ``bundle`` with members replaced (bytes), dropped (None) or added, and
+    optionally the manifest's sha256 entries changed too."""
+    with zipfile.ZipFile(bundle) as z, zipfile.ZipFile(out, "w") as w:
+        names = z.namelist()
+        for name in names:
+            data = z.read(name)
+            if name == "manifest.json" and manifest is not None:
+                doc = json.loads(data)
+                doc["files"].update(manifest)
+                data = json.dumps(doc).encode()
+            if name in change:
+                data = change[name]  # type: ignore[assignment]
+            if data is not None:
+                w.writestr(name, data)
+        for name, data in change.items():
+            if name not in names and data is not None:
+                w.writestr(name, data)
+    return out
+
+
+def test_a_model_bundle_predicts_as_the_model_and_any_change_is_refused(project: Path) -> None:
+    assert kmodel("data", "breast_cancer", "--train", "tr.h5", "--test", "te.h5").returncode == 0
+    res = kmodel("pack", "mlp", "-o", "mlp-1.0.0.kmodel")
+    assert res.returncode == 0, res.stderr
+    with zipfile.ZipFile(project / "mlp-1.0.0.kmodel") as z:
+        names = set(z.namelist())
+    assert {"manifest.json", "mlp/model.yaml", "mlp/model.py", "mlp/weights/params.json",
+            "envs/numpy2.yaml", "envs/numpy2.lock"} <= names
+    assert kmodel("predict", "mlp-1.0.0.kmodel", "-i", "te.h5", "-o", "b.h5").returncode == 0
+    assert kmodel("predict", "mlp", "-i", "te.h5", "-o", "m.h5").returncode == 0
+    a, b = datasets(project / "b.h5"), datasets(project / "m.h5")
+    assert all(np.array_equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+    bundle = project / "mlp-1.0.0.kmodel"
+    code = b"def build(**kw):\n    raise SystemExit('pwned')\n"
+    tampered = {
+        "changed": ({"mlp/model.py": code}, None, "mlp/model.py was changed since it was packed"),
+        "added": ({"mlp/extra.py": code}, None, "mlp/extra.py is not in its manifest"),
+        "dropped": ({"mlp/model.py": None}, None, "mlp/model.py is listed but missing"),
+        "escaping": ({"../evil.py": code}, {"../evil.py": hashlib.sha256(code).hexdigest()}, "unsafe file name '../evil.py'"),
+    }
+    for what, (change, manifest, part) in tampered.items():
+        bad = rewrite(bundle, project / f"{what}.kmodel", change, manifest)
+        for cmd in (["predict", str(bad), "-i", "te.h5", "-o", f"{what}.h5"],
+                    ["unpack", str(bad), "-o", f"{what}-folder"]):
+            res = kmodel(*cmd)
+            assert res.returncode == 1, (what, res.stderr)
+            assert res.stderr.startswith(f"Error [KM310]: {bad}: ") and part in res.stderr, \
+                res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1
+        assert not (project / f"{what}.h5").exists()
+        assert not (project / f"{what}-folder").exists()
+        assert not (project.parent / "evil.py").exists()
+    (project / "junk.kmodel").write_bytes(b"not a zip")
+    res = kmodel("predict", "junk.kmodel", "-i", "te.h5", "-o", "j.h5")
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM310]: "), res.stderr
+
+
+def test_an_unpacked_bundle_is_a_folder_for_the_search_path(project: Path, tmp_path: Path
+                                                            ) -> None:
+    assert kmodel("pack", "gnb", "-o", "gnb.kmodel").returncode == 0
+    folder = tmp_path.with_name(f"{tmp_path.name}-unpacked")
+    res = kmodel("unpack", "gnb.kmodel", "-o", str(folder))
+    assert res.returncode == 0, res.stderr
+    assert (folder / "gnb" / "model.yaml").is_file()
+    assert (folder / "envs" / "sklearn-legacy.lock").is_file()
+    os.chdir(tmp_path.parent)  # away from the project's own model_specs
+    listing = kmodel("ls", env={**os.environ, "KMODEL_PATH": str(folder)})
+    assert listing.stdout.split()[:1] == ["gnb"] and str(folder) in listing.stdout
+    again = kmodel("unpack", str(project / "gnb.kmodel"), "-o", str(folder))
+    assert again.returncode == 1 and "exists; unpack into a new folder" in again.stderr
+
+
+def test_a_composition_bundle_reproduces_its_ensemble_bit_for_bit(project: Path) -> None:
+    (project / "c.yaml").write_text(CONFIG)
+    res = kmodel("run", "c.yaml", "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = kmodel("pack", "--composition", "c.yaml", "-o", "small.kmodel")
+    assert res.returncode == 0, res.stderr
+    out = project / "out/small"
+    res = kmodel("predict", "small.kmodel", "-i", str(out / "data/test.h5"), "-o", "ens.h5")
+    assert res.returncode == 0, res.stderr
+    a, b = datasets(project / "ens.h5"), datasets(out / "ensemble/test.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    no_run = kmodel("pack", "--composition", "c.yaml", "-o", "x.kmodel",
+                    env={**os.environ, "KMODEL_HOME": str(project / "elsewhere")})
+    assert no_run.returncode == 0  # packing reads files only: no env is needed
