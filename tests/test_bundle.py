@@ -79,7 +79,8 @@ def test_a_model_bundle_predicts_as_the_model_and_any_change_is_refused(project:
         "changed": ({"mlp/model.py": code}, None, "mlp/model.py was changed since it was packed"),
         "added": ({"mlp/extra.py": code}, None, "mlp/extra.py is not in its manifest"),
         "dropped": ({"mlp/model.py": None}, None, "mlp/model.py is listed but missing"),
-        "escaping": ({"../evil.py": code}, {"../evil.py": hashlib.sha256(code).hexdigest()}, "unsafe file name '../evil.py'"),
+        "escaping": ({"../evil.py": code}, {"../evil.py": hashlib.sha256(code).hexdigest()},
+                     "unsafe file name '../evil.py'"),
     }
     for what, (change, manifest, part) in tampered.items():
         bad = rewrite(bundle, project / f"{what}.kmodel", change, manifest)
