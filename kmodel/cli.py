@@ -611,8 +611,9 @@ def pack(ctx: click.Context, model: str | None, composition: Path | None, output
     else:
         assert composition is not None
         made = bundle.pack_composition(_registry(ctx), composition, output)
-    click.echo(f"wrote {output} ({len(made.files)} files, "
-               f"{output.stat().st_size / 1e6:.1f} MB)")
+    size = output.stat().st_size
+    click.echo(f"wrote {output} ({len(made.files)} files, " + (
+        f"{size / 1e6:.1f} MB)" if size >= 1e6 else f"{size / 1e3:.0f} KB)"))
 
 
 @cli.command()
