@@ -131,13 +131,16 @@ def _inside(child: Path, folder: Path) -> bool:
 
 
 def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = False,
-                 siblings: Iterable[str] = ()) -> None:
+                 siblings: Iterable[str] = (),
+                 replaceable: Callable[[Path], bool] | None = None) -> None:
     """Refuse an output that would destroy one of the command's inputs, or cannot be written.
 
     For a file output: it may not be (or link to) an input, nor be a folder; nor may the
-    ``siblings`` kmodel writes next to it (``OUT.partial``...). For a folder output: it may
-    not be, or contain, an input or the working directory. The name must leave room for
-    kmodel's temporary suffixes. The parent folder is created.
+    ``siblings`` kmodel writes next to it (``OUT.partial``...); an existing file is replaced
+    only if ``replaceable`` says it is one kmodel wrote, of the same kind (a user's file
+    given by mistake is never lost). For a folder output: it may not be, or contain, an
+    input or the working directory. The name must leave room for kmodel's temporary
+    suffixes. The parent folder is created.
     """
     inputs = list(inputs)
     if output.name in ("", ".", ".."):
@@ -172,7 +175,18 @@ def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = Fa
                                      "give a new folder's name")
     if not folder and output.is_dir():
         raise OutputNotWritableError(output, "it is a folder", "give a file name")
+    if replaceable is not None and output.is_file() and not _replaceable(output, replaceable):
+        raise OutputNotWritableError(output, "it exists and is not a file kmodel wrote of "
+                                     "this kind (one of yours?)",
+                                     "remove it or choose another name")
     ensure_parent(output)
+
+
+def _replaceable(path: Path, check: Callable[[Path], bool]) -> bool:
+    try:
+        return check(path)
+    except Exception:  # unreadable as the kind kmodel writes: not kmodel's
+        return False
 
 
 def ensure_parent(path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,14 +39,23 @@ def lease_seconds() -> float:
 
 
 def _foreign(path: Path) -> bool:
-    """A file at the lock's name that no kmodel wrote (no holder recorded, and older than a
-    lock being written right now): never taken over, so never deleted."""
+    """Something at the lock's name that no kmodel wrote: not a regular file (a FIFO would
+    block the reader), or a file whose content is not a lock's (an empty one only when it
+    is older than a lock being written right now). Never taken over, so never deleted."""
     try:
-        text = path.read_text(errors="replace")[:4096]
-        age = time.time() - path.stat().st_mtime
+        st = path.lstat()
     except OSError:
         return False
-    return "pid=" not in text and age > 5
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    try:
+        with open(path, "rb") as f:
+            text = f.read(4096).decode(errors="replace")
+    except OSError:
+        return False
+    if text:
+        return not text.startswith("filelock/") or "pid=" not in text
+    return time.time() - st.st_mtime > 5
 
 
 def lock_path(target: Path) -> Path:
@@ -75,7 +85,8 @@ def held(path: Path, busy: Callable[[str], KmodelError], *, wait: float = 0.0,
 
     if _foreign(path):
         raise OutputNotWritableError(path, "it exists and is not a kmodel lock (a file of "
-                                     "yours?)", "rename or remove it")
+                                     "yours?), so no kmodel run can hold it",
+                                     "rename or remove it")
     lock = SoftFileLease(str(path), lease_duration=lease_seconds(), poll_interval=0.05)
     try:
         try:

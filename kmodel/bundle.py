@@ -109,7 +109,7 @@ def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest
 
 
 def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manifest:
-    guard_output(output, files.values())
+    guard_output(output, files.values(), replaceable=_is_bundle_file)
     digests = {arc: sha256_file(path) for arc, path in files.items()}
     doc = {"kmodel_bundle": FORMAT, "kmodel_version": __version__, **meta, "files": digests}
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -117,6 +117,12 @@ def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manife
         for arc, path in sorted(files.items()):
             z.write(path, arc)
     return Manifest(meta["model"], digests, meta.get("composition"))
+
+
+def _is_bundle_file(path: Path) -> bool:
+    """A bundle `kmodel pack` wrote (it may be replaced by a new one)."""
+    with zipfile.ZipFile(path) as z:
+        return bool(json.loads(z.read(MANIFEST)).get("kmodel_bundle") == FORMAT)
 
 
 def _safe(name: str) -> bool:
@@ -222,6 +228,7 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
     import tempfile
 
     from kmodel.compose import apply
+    from kmodel.io import hdf5
     from kmodel.predict import predict_many
 
     root, manifest = opened(bundle)
@@ -233,7 +240,7 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
     weights = root / str(manifest.composition["weights"])
     done = []
     for input_path, output in pairs:
-        guard_output(output, [input_path, bundle])
+        guard_output(output, [input_path, bundle], replaceable=hdf5.is_prediction)
         with tempfile.TemporaryDirectory(prefix="kmodel-bundle-") as tmp:
             preds = []
             for name in manifest.models:

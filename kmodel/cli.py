@@ -1044,7 +1044,12 @@ def main() -> None:
     if hasattr(signal, "SIGXFSZ"):  # a file size limit (ulimit -f) gives EFBIG, not a crash
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        cli(prog_name="kmodel")
+        try:
+            cli(prog_name="kmodel")
+        except KeyboardInterrupt as e:  # a signal after the command's own handling ended
+            error = Interrupted(signum_of(e), "the command had finished")
+            click.echo(f"Error [{error.code}]: {error}", err=True)
+            sys.exit(error.exit_code)
     except SystemExit as e:
         if _WRITE_FAILED:  # HDF5 may crash at exit closing a file whose write failed
             sys.stdout.flush()

@@ -287,7 +287,7 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
     small virtual HDF5 file (rows aligned to the first file's ids)."""
     w = Weights.from_folder(weights)
     guard_output(output, [*preds, *w.files, w.folder / MANIFEST, *registry.owned_files()],
-                 siblings=(".partial", ".lock"))
+                 siblings=(".partial", ".lock"), replaceable=hdf5.is_prediction)
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         found = sources(preds, preds[0], Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
         trained_on = _trained_on(w, found.names)
@@ -332,12 +332,19 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _is_scores(path: Path) -> bool:
+    """A score table `kmodel score` wrote: {label: {auc, accuracy, rows}}."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and all(isinstance(v, dict) and {"auc", "accuracy"} <= set(v)
+                                          for v in data.values())
+
+
 def score(preds: dict[str, Path], targets: Path, target_name: str = "y",
           output: Path | None = None) -> dict[str, dict[str, float | None]]:
     """ROC AUC and accuracy (threshold 0.5) of each prediction file against the targets;
     also written as JSON to ``output`` if given. AUC is None when the targets hold one class."""
     if output is not None:
-        guard_output(output, [targets, *preds.values()])
+        guard_output(output, [targets, *preds.values()], replaceable=_is_scores)
     y, _ = _targets(targets, target_name)
     out: dict[str, dict[str, float | None]] = {}
     for label, path in preds.items():

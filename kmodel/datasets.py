@@ -18,8 +18,8 @@ def breast_cancer(train: Path, test: Path, *, seed: int = 0, test_fraction: floa
     except ImportError:
         raise ToolMissingError("the breast_cancer example needs scikit-learn on the host; "
                                "pip install 'kmodel[demo]'") from None
-    guard_output(train)
-    guard_output(test, [train])
+    guard_output(train, replaceable=hdf5.is_example_data)
+    guard_output(test, [train], replaceable=hdf5.is_example_data)
     x, y = load_breast_cancer(return_X_y=True)
     ids = np.array([f"bc-{i:04d}" for i in range(len(y))])
     rng = np.random.default_rng(seed)

@@ -280,7 +280,8 @@ class Interrupted(KmodelError):
 
     code = "KM800"
 
-    def __init__(self, signum: int = 2, what: str = "temporary files were removed") -> None:
+    def __init__(self, signum: int = 2,
+                 what: str = "nothing half-made was kept under a final name") -> None:
         import signal
 
         self.signum = signum

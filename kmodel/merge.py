@@ -89,7 +89,7 @@ def check(shards: Sequence[Path]) -> tuple[list[Path], dict[str, Any]]:
 
 def merge(shards: Sequence[Path], output: Path) -> Path:
     """Write ``output`` from ``shards`` (checked, streamed); it appears only when complete."""
-    guard_output(output, shards, siblings=(".lock",))
+    guard_output(output, shards, siblings=(".lock",), replaceable=hdf5.is_prediction)
     ordered, common = check(shards)
     source = Path(str(common["input_signature"]).split("|")[0])
     guard_output(output, [*shards, source], siblings=(".lock",))  # nor the shards' input

@@ -21,10 +21,11 @@ import logging
 import os
 import re
 import shlex
+import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,13 @@ def _adopt_killed(output: Path) -> None:
                     found.append((st.st_mtime, p))
     for _, p in sorted(found):
         try:
+            rows = int(hdf5.read_attrs(p).get(hdf5.ROWS_DONE, 0))
+        except (OSError, ValueError, TypeError):
+            rows = 0  # killed before its first checkpoint: nothing to resume from
+        try:
+            if rows == 0:
+                p.unlink()  # named by a kmodel run (.partial-<hex>): nobody else's file
+                continue
             os.replace(p, partial_path(output))
             log.info("kept the partial predictions of a killed run as %s", partial_path(output))
         except OSError:
@@ -304,13 +312,14 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         raise UsageError("two -o options name the same output; give each input its own")
     for output in outputs:
         guard_output(output, [*inputs, *model_files(registry, model, weights),
-                              *registry.owned_files()], siblings=(".partial", ".lock"))
+                              *registry.owned_files()], siblings=(".partial", ".lock"),
+                     replaceable=hdf5.is_prediction)
     totals = [check_input(model, i) for i in inputs]
     ranges = [row_range(i, n, batch_size, rows, shard) for i, n in zip(inputs, totals,
                                                                          strict=True)]
     if weights:
         weights.verify(name, weights.fix(name))
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
         for output in outputs:
             held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
             _adopt_killed(output)
@@ -337,8 +346,21 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         try:
             run_job(env, job, progress, outcome)
         except (Interrupted, KeyboardInterrupt) as e:
-            _finish_all(pending, outcome.done, name)
-            raise _stopped(pending[outcome.current], e) from None
+            failed = _finish_all(pending, outcome.done, name)
+            left = [p for k, p in enumerate(pending) if k not in outcome.done]
+            if not left and failed is None:  # the signal came as the runner was ending
+                signum = e.signum if isinstance(e, Interrupted) else signum_of(e)
+                raise Interrupted(signum, f"{', '.join(map(str, outputs))} had been written "
+                                  "in full before it") from None
+            raise _stopped(left[0] if left else pending[outcome.current], e) from None
+        for index in outcome.done:  # the slow part of finishing (hashes), still stoppable
+            with contextlib.suppress(Exception):
+                pending[index].hash.result()
+                later.result()
+        # from here to the lock's release a signal waits (a moment): an output renamed
+        # into place is reported as written, and its lock is always released
+        result = ["temporary files were removed"]
+        deferred.enter_context(_signals_deferred(result))
         finished = _finish_all(pending, outcome.done, name)
         if outcome.error is not None:
             now = pending[outcome.current]
@@ -348,7 +370,25 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
             raise outcome.error
         if finished is not None:
             raise finished
+        result[0] = f"{', '.join(map(str, outputs))} had been written in full before it"
     return outputs
+
+
+@contextlib.contextmanager
+def _signals_deferred(outcome: list[str]) -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block is over; one that came meanwhile is then
+    reported with ``outcome[0]`` (what the block got done)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # runs a waiting signal's handler
+        except KeyboardInterrupt as e:
+            raise Interrupted(signum_of(e), outcome[0]) from None
 
 
 def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int], total: int,

@@ -83,15 +83,28 @@ def read_manifest(folder: Path) -> dict[str, str] | None:
     return data
 
 
+#: the only files kmodel writes into a weights folder (besides the weights, NAME.npy)
+WRITTEN = {"params.json", MANIFEST, "sources.json", "provenance.json"}
+
+
 def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> bool:
-    """True if every entry of ``folder`` is a regular file that a manifest names: the
-    folder's own hashes.json, or ``listed`` (a spec's weights list). Replacing such a
-    folder loses nothing kmodel did not write."""
+    """True if every entry of ``folder`` is a regular file that a manifest names (the
+    folder's own hashes.json, or ``listed``: a spec's weights list), of a kind kmodel
+    writes (the weights' .npy and its own JSON files), with the params.json training
+    writes. Replacing such a folder loses nothing kmodel did not write; a folder of the
+    user's, even one with a checksum list, is never replaced."""
     names = set(listed or ()) | set(read_manifest(folder) or ())
     if not names:
         return False
     names.add(MANIFEST)
+    try:
+        params = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(params, dict) or ("model" not in params and not listed):
+        return False
     for entry in folder.iterdir():
-        if entry.name not in names or not stat.S_ISREG(entry.lstat().st_mode):
+        if entry.name not in names or not stat.S_ISREG(entry.lstat().st_mode) \
+                or not (entry.name in WRITTEN or entry.name.endswith(".npy")):
             return False
     return True

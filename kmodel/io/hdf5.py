@@ -262,6 +262,22 @@ def read_group(path: Path, group: str, names: Sequence[str] | None = None,
     return arrays, ids
 
 
+def is_prediction(path: Path) -> bool:
+    """A prediction file kmodel wrote (it may be replaced by a new prediction)."""
+    if not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return "model" in f.attrs and "preds" in f and "inputs" not in f
+
+
+def is_example_data(path: Path) -> bool:
+    """An input file `kmodel data` wrote."""
+    if not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return "dataset" in f.attrs and "model" not in f.attrs
+
+
 def read_attrs(path: Path) -> dict[str, Any]:
     """Root attributes as Python values (scalars unwrapped, arrays as lists)."""
     with h5py.File(path, "r") as f:
