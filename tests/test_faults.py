@@ -6,6 +6,7 @@ kills it with SIGKILL (or SIGINT for Ctrl-C) and checks what is left behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -279,3 +280,68 @@ def test_sigterm_during_an_env_build_stops_it(project: Path) -> None:
         assert (linked / ".kmodel-env.json").is_file() and (linked / "bin/python").exists()
     res = subprocess.run([*KMODEL, "env", "create", "late"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_user_files_are_never_replaced_by_an_output(project: Path) -> None:
+    """An existing file is replaced only by an output of the same kind that kmodel wrote;
+    a user's file given by mistake (a text, a dataset, a folder with a checksum list) is
+    refused, untouched."""
+    make_input(project / "in.h5", rows=50, targets=np.arange(50) % 2)
+    (project / "notes.txt").write_text("precious")
+    shutil.copy(project / "in.h5", project / "dataset.h5")
+    before = (project / "dataset.h5").read_bytes()
+
+    def refused(*args: str, what: str = "notes.txt") -> None:
+        res = subprocess.run([*KMODEL, *args], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1, (args, res.stderr)
+        assert res.stderr.startswith(f"Error [KM402]: cannot write output {what}: it exists "
+                                     "and is not a file kmodel wrote"), res.stderr
+
+    refused("predict", "toy", "-i", "in.h5", "-o", "notes.txt")
+    refused("predict", "toy", "-i", "in.h5", "-o", "dataset.h5", what="dataset.h5")
+    refused("data", "breast_cancer", "--train", "notes.txt", "--test", "t.h5")
+    refused("score", "a=in.h5", "--targets", "in.h5", "-o", "notes.txt")
+    refused("pack", "toy", "-o", "notes.txt")
+    assert (project / "notes.txt").read_text() == "precious"
+    assert (project / "dataset.h5").read_bytes() == before
+    ok = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "p.h5"],
+                        capture_output=True, text=True)
+    again = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "p.h5"],
+                           capture_output=True, text=True)
+    assert ok.returncode == again.returncode == 0, again.stderr  # its own output: replaced
+
+    forged = project / "forged"  # a user's folder that happens to hold a checksum list
+    forged.mkdir()
+    (forged / "thesis.txt").write_text("precious")
+    (forged / "hashes.json").write_text(json.dumps(
+        {"thesis.txt": hashlib.sha256(b"precious").hexdigest()}))
+    res = subprocess.run([*KMODEL, "compose", "train", "stacker", "p.h5", "--targets", "in.h5",
+                          "-o", "forged"], capture_output=True, text=True)
+    assert res.returncode == 1 and "holds files kmodel did not write" in res.stderr, res.stderr
+    assert (forged / "thesis.txt").read_text() == "precious"
+
+
+def test_lock_files_that_are_not_kmodels_are_named_at_once(project: Path) -> None:
+    make_input(project / "in.h5", rows=20)
+    os.mkfifo(project / "f.h5.lock")  # reading it would block
+    (project / "n.h5.lock").write_text("my notes\n")
+    for out in ("f.h5", "n.h5"):
+        res = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", out],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1
+        assert res.stderr.startswith(f"Error [KM402]: cannot write output {out}.lock: it "
+                                     "exists and is not a kmodel lock"), res.stderr
+    assert (project / "n.h5.lock").read_text() == "my notes\n"
+
+
+def test_a_killed_runs_unreadable_working_file_is_not_kept(project: Path) -> None:
+    """Killed before its first checkpoint, a run leaves OUT.partial-<id> with nothing
+    readable in it: the next run removes it instead of keeping it as OUT.partial forever."""
+    make_input(project / "in.h5", rows=40)
+    junk = project / "p.h5.partial-0badc0de"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    res = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "p.h5", "--resume"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert not junk.exists() and not (project / "p.h5.partial").exists()
+    assert sorted(p.name for p in project.glob("p.h5*")) == ["p.h5"]
