@@ -744,10 +744,15 @@ def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name
     from kmodel.compose import score as run_score
 
     _not_owned(ctx, output)
-    labelled = {}
+    labelled: dict[str, Path] = {}
     for item in preds:
         label, sep, path = item.partition("=")
-        labelled[label if sep else Path(item).stem] = Path(path if sep else item)
+        label, file = (label, Path(path)) if sep else (Path(item).stem, Path(item))
+        if not label.strip() or label in labelled:
+            why = "an empty label" if not label.strip() else f"the label {label!r} twice"
+            raise UsageError(f"{why} in {item!r}; give each prediction file its own "
+                             "LABEL=PRED.h5")
+        labelled[label] = file
     scores = run_score(labelled, targets, target_name, output)
     click.echo(json.dumps(scores, indent=2) if as_json else _score_table(scores))
 
@@ -766,7 +771,7 @@ def _score_table(scores: dict[str, dict[str, Any]]) -> str:
 @click.argument("dataset", type=click.Choice(["breast_cancer"]))
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
 @click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--test-fraction", default=0.3, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.pass_context

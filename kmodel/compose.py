@@ -26,7 +26,7 @@ from kmodel.errors import (
 )
 from kmodel.io import hdf5
 from kmodel.predict import Progress
-from kmodel.registry import Registry
+from kmodel.registry import Model, Registry
 from kmodel.weights import MANIFEST, Weights
 
 #: in the ensembler's weights folder: the models (and outputs) it was trained on, in order
@@ -150,6 +150,15 @@ def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     if len(y) != len(ids):
         raise TargetLengthError(f"{path}: /targets/{name} has {len(y)} rows but /metadata/id "
                                 f"has {len(ids)}; they must match")
+    if y.ndim != 1:
+        raise TargetLengthError(f"{path}: /targets/{name} has shape {y.shape}; write one "
+                                "target value per row (shape (N,))")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():  # even where the predictions repeat them in the same order
+        dup = uniq[counts > 1][0]
+        shown = dup.decode(errors="replace") if isinstance(dup, bytes) else dup
+        raise IdAlignmentError(f"{path}: {int((counts > 1).sum())} duplicated id(s) in "
+                               f"/metadata/id, e.g. {shown!r}; each row needs a unique id")
     _finite(path, f"/targets/{name}", y, ids)
     return y, ids
 
@@ -243,6 +252,7 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
     record = {**provenance.of_model(registry, model, None), **upstream(preds, targets)}
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         found = sources(preds, targets, Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
+        _takes(model, found)
         table = Path(tmp) / "train.h5"
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=targets,
                            extra={f"targets/{target_name}": (targets,
@@ -253,6 +263,18 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
                                             record, indent=2, sort_keys=True) + "\n"},
                                  progress=progress, inputs=(*preds, targets),
                                  columns=_column_names(found))
+
+
+def _takes(model: Model, found: Sources) -> None:
+    """The ensembler's one input must take a row of every prediction file's columns."""
+    inputs = model.spec.inputs
+    width = len(found.columns)
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
+    if shape is None or shape not in ((width,), (None,)):
+        want = f"x of shape {list(shape)}" if shape is not None else f"{len(inputs)} inputs"
+        raise InputSchemaError(f"ensembler {model.name!r} takes {want}; the prediction files "
+                               f"give {width} column(s) ({', '.join(found.names)}): choose an "
+                               "ensembler whose one input is [N] or [null] for N columns")
 
 
 def _column_names(found: Sources) -> list[str]:
@@ -295,6 +317,7 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
             raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
                                    f"order), got {', '.join(found.names)}; pass the same "
                                    "models' predictions in the training order")
+        _takes(registry.model(ensembler), found)
         table = Path(tmp) / "apply.h5"
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=preds[0])
         return predict_mod.predict(registry, ensembler, table, output, weights=w,

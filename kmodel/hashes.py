@@ -29,6 +29,12 @@ def write_hashes(model: Model, folder: str = "weights") -> dict[str, str]:
     Comments and key order in model.yaml are kept (ruamel round trip).
     """
     rel = model.spec.weights.path if model.spec.weights else folder
+    if not (model.folder / rel / "params.json").is_file():
+        raise WeightsMissingError(
+            model.name, model.folder / rel / "params.json",
+            f"there are no weights to record: train them first (`kmodel train {model.name} "
+            f"-i TRAIN.h5 -o {model.folder / rel}`; an ensembler is trained by "
+            "`kmodel compose train` into a folder of its own)")
     hashes = weight_files(model.folder / rel)
     yaml = YAML()
     yaml.preserve_quotes = True

@@ -21,7 +21,7 @@ from typing import Any
 
 from kmodel import _lock, _subprocess
 from kmodel._fs import ensure_parent
-from kmodel.errors import Interrupted, WorkflowError, signum_of
+from kmodel.errors import Interrupted, KmodelError, UsageError, WorkflowError, signum_of
 from kmodel.plan import Plan, load_plan
 from kmodel.registry import Registry
 
@@ -176,8 +176,12 @@ def _clear_stale_lock(cmd: list[str], env: dict[str, str], wait: float = 60.0) -
         f"cannot remove Snakemake's stale lock: {tail}; run `snakemake --unlock` here"))
 
 
-def _failure(lines: list[str], code: int) -> WorkflowError:
+def _failure(lines: list[str], code: int) -> KmodelError:
     text = "\n".join(lines)
+    if usage := next((ln for ln in reversed(lines) if ": error: " in ln and "usage" in text),
+                     None):  # Snakemake's argument parser refused what it was given
+        return UsageError(f"Snakemake: {usage.split(': error: ', 1)[1]}; see `snakemake "
+                          "--help` (what follows the CONFIG of kmodel run is Snakemake's)")
     if "LockException" in text or "Directory cannot be locked" in text:
         return WorkflowError(
             "Snakemake's lock on this folder is held by another Snakemake run; wait for it "

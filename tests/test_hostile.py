@@ -317,6 +317,26 @@ def weights_escaping(p: Path) -> None:
     (p / "W2/hashes.json").write_text(json.dumps(hashes))
 
 
+def forged_folder(p: Path) -> None:
+    """A user's folder that happens to hold a checksum list of its own files."""
+    (p / "forged").mkdir()
+    (p / "forged" / "thesis.txt").write_text("precious")
+    (p / "forged" / "hashes.json").write_text(json.dumps(
+        {"thesis.txt": hashlib.sha256(b"precious").hexdigest()}))
+
+
+def duplicated_ids(p: Path) -> None:
+    """Predictions and targets that repeat the same id, in the same order."""
+    ids = [*IDS[:-1], IDS[0]]
+    preds_h5(p / "dupa.h5", ids, np.linspace(0.1, 0.9, ROWS), "m1")
+    targets_h5(p / "dupt.h5", ids, labels())
+
+
+def two_d_targets(p: Path) -> None:
+    y = labels()
+    targets_h5(p / "t2d.h5", IDS, np.stack([y, y], axis=1))
+
+
 def breast_cancer_with_names(train: str, test: str) -> Prep:
     def prep(p: Path) -> None:
         from kmodel.datasets import breast_cancer
@@ -466,6 +486,30 @@ CASES = [
     case("train-out-own-model-folder", "train toy -i in.h5 -o model_specs/toy", "KM402",
          "model_specs/toy", slow=True),
     case("train-out-env-folder", "train toy -i in.h5 -o envs", "KM402", "envs", slow=True),
+
+    # 1b. an existing file of the user's is never replaced (only kmodel's own outputs are)
+    case("score-out-user-file", "score a=a.h5 --targets t.h5 -o notes.txt", "KM402",
+         "notes.txt", prep=write("notes.txt", "precious")),
+    case("data-out-user-dataset", "data breast_cancer --train a.h5 --test x.h5", "KM402",
+         "a.h5"),
+    case("compose-predict-out-user-dataset",
+         "compose predict stacker a.h5 b.h5 --weights W -o t.h5", "KM402", "t.h5", slow=True),
+    case("train-out-forged-checksums", "train toy -i in.h5 -o forged", "KM402", "forged",
+         slow=True, prep=forged_folder),
+    # 1c. labels, ids and targets that cannot be scored or trained on as given
+    case("score-duplicate-label", "score a=a.h5 a=b.h5 --targets t.h5", "KM002", "'a'",
+         exit_code=2),
+    case("score-empty-label", "score =a.h5 --targets t.h5", "KM002", "empty label",
+         exit_code=2),
+    case("score-targets-duplicate-ids", "score a=dupa.h5 --targets dupt.h5", "KM600",
+         "dupt.h5", prep=duplicated_ids),
+    case("score-targets-2d", "score a=a.h5 --targets t2d.h5", "KM601", ("t2d.h5", "shape"),
+         prep=two_d_targets),
+    case("data-negative-seed", "data breast_cancer --train x.h5 --test y.h5 --seed -1",
+         "KM002", "--seed", exit_code=2),
+    case("compose-train-ensembler-of-another-width",
+         "compose train toy a.h5 b.h5 --targets t.h5 -o W3", "KM401", ("toy", "2 column"),
+         slow=True),
 
     # 2. a booby-trapped OUT.h5.partial: never written through, never a crash
     case("partial-symlink-to-precious", f"{PRED} out.h5", ("KM402", "KM403"), "out.h5",

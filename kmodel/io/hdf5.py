@@ -328,6 +328,10 @@ class PredictionWriter:
             self.f = h5py.File(path, "r+", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
         else:
+            row = np.dtype(id_dtype).itemsize + sum(
+                np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+                for dtype, shape in outputs.values())
+            check_room(path, rows * row)  # a full disk: a clear error now, not a crash later
             # exclusive: never over a file or through a link
             self.f = h5py.File(path, "x", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = 0
