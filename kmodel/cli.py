@@ -129,8 +129,8 @@ def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list
         specs, envs = (root.params.get("specs") or ()), root.params.get("envs")
         try:
             reg = Registry(list(specs), envs)
-            found = list(reg.model_paths())
-            if kind == "env or model":
+            found = [] if kind == "env" else list(reg.model_paths())
+            if kind in ("env", "env or model"):
                 found += reg.env_names()
         except (KmodelError, OSError):
             return []
@@ -222,7 +222,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
 @cli.command()
 @click.argument("name")
 @click.option("--env", required=True, help="The env it runs in (an envs/ENV.yaml, or a new "
-              "one with --new-env).", shell_complete=_complete("env or model"))
+              "one with --new-env).", shell_complete=_complete("env"))
 @click.option("--inputs", default="x:float32:1", show_default=True, metavar="NAME:DTYPE:WIDTH",
               help="Its input: rows of WIDTH values.")
 @click.option("--new-env", is_flag=True, help="Also write envs/ENV.yaml (python and numpy).")
@@ -468,7 +468,10 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on a terminal; elsewhere (a cluster job's log, CI) a line every few
     seconds with the rows done and the rate, so long work never looks hung."""
     if not sys.stderr.isatty():
-        every = float(os.environ.get("KMODEL_PROGRESS_SECONDS", "5"))
+        try:
+            every = float(os.environ.get("KMODEL_PROGRESS_SECONDS", "5"))
+        except ValueError:
+            every = 5.0  # a mistyped setting never stops the work it reports on
         t0 = last = time.monotonic()
 
         def line(done: int, total: int) -> None:
