@@ -2,7 +2,8 @@
 
 The Python API (kmodel/api.py), loaded on first use so that the CLI starts fast:
 ``kmodel.get_model(name)``, ``kmodel.compose_train``, ``kmodel.compose_apply``,
-``kmodel.status``, ``kmodel.run``, ``kmodel.example_data``.
+``kmodel.status_of``, ``kmodel.run``, ``kmodel.example_data``. (Names chosen not to clash
+with kmodel's submodules, which Python binds on the package when they are imported.)
 """
 
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["ModelHandle", "__version__", "compose_apply", "compose_train", "example_data",
-           "get_model", "registry", "run", "stacked_input", "status"]
+           "get_model", "run", "search_path", "stacked_input", "status_of"]
 
 
 def __getattr__(name: str) -> Any:

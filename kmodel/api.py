@@ -10,7 +10,7 @@
 
     kmodel.compose_train("stacker", ["a.h5", "b.h5"], "train.h5", "weights/")
     kmodel.compose_apply("stacker", ["a_test.h5", "b_test.h5"], "weights/", "ensemble.h5")
-    kmodel.status("workflows/demo.yaml")  # every output: fresh, stale (why) or missing
+    kmodel.status_of("workflows/demo.yaml")  # every output: fresh, stale (why) or missing
 
 Every model still runs in its own env, in a separate process: numpy arrays go there and
 back through temporary HDF5 files. Errors are ``kmodel.errors.KmodelError``s with the
@@ -19,12 +19,15 @@ same one-line messages as the CLI's.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kmodel._fs import check_input_file
+from kmodel.errors import UsageError
 from kmodel.registry import Registry
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 PathLike = str | Path
 
 
-def registry(specs: Sequence[PathLike] = (), envs: PathLike | None = None) -> Registry:
+def search_path(specs: Sequence[PathLike] = (), envs: PathLike | None = None) -> Registry:
     """Where models and envs are found: ``specs`` folders first, then KMODEL_PATH and
     ./model_specs; env specs in ``envs`` (default: KMODEL_ENVS or ./envs)."""
     return Registry([Path(s) for s in specs], Path(envs) if envs is not None else None)
@@ -86,13 +89,27 @@ class ModelHandle:
         """Predict in the model's env. ``data``: one array (a model with one input), a
         dict of arrays by input name, or the path of an input HDF5 file. Returns the
         outputs by name, rows in the input's order."""
+        import numpy as np
+
         from kmodel.io import hdf5
         from kmodel.predict import predict
 
         with tempfile.TemporaryDirectory(prefix="kmodel-api-") as tmp:
-            if isinstance(data, (str, Path)):
+            if isinstance(data, (str, os.PathLike)):
                 source = Path(data)
+                check_input_file(source)
             else:
+                if not isinstance(data, (np.ndarray, Mapping)):
+                    raise UsageError(f"predict takes an array, a dict of arrays or a file's "
+                                     f"path, not {type(data).__name__}")
+                arrays = dict(data) if isinstance(data, Mapping) else {"": data}
+                for key, arr in arrays.items():
+                    if not isinstance(arr, np.ndarray) or arr.ndim == 0 or not len(arr) \
+                            or arr.dtype.kind not in "biuf":
+                        raise UsageError(f"predict: input {key or 'array'} must be a non-empty "
+                                         "numpy array of numbers, one row per item, not "
+                                         f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                                         f"{getattr(arr, 'shape', '')}")
                 source = Path(tmp) / "in.h5"
                 arrays = dict(data) if isinstance(data, Mapping) else {
                     self.registry.model(self.name).spec.inputs[0].name: data}
@@ -112,7 +129,7 @@ class ModelHandle:
         from kmodel.predict import predict
         from kmodel.weights import Weights
 
-        return predict(self.registry, self.name, Path(input), Path(output),
+        return predict(self.registry, self.name, _path(input, "input"), _path(output, "output"),
                        batch_size=batch_size, resume=resume,
                        weights=Weights.from_folder(Path(weights)) if weights else None)
 
@@ -136,7 +153,9 @@ class ModelHandle:
 def get_model(name: str, *, specs: Sequence[PathLike] = (),
               envs: PathLike | None = None) -> ModelHandle:
     """The model ``name`` (checked now: an unknown name or a broken spec raises)."""
-    reg = registry(specs, envs)
+    if not isinstance(name, str):
+        raise UsageError(f"get_model: a model's name is a string, not {type(name).__name__}")
+    reg = search_path(specs, envs)
     reg.model(name)
     return ModelHandle(name, reg)
 
@@ -155,19 +174,24 @@ def example_data(train: PathLike, test: PathLike, *, seed: int = 0,
     """`kmodel data breast_cancer`: a stratified split of scikit-learn's breast_cancer."""
     from kmodel.datasets import breast_cancer
 
-    breast_cancer(Path(train), Path(test), seed=seed, test_fraction=test_fraction)
+    breast_cancer(_path(train, "train"), _path(test, "test"), seed=seed,
+                  test_fraction=test_fraction)
 
 
 def stacked_input(preds: Sequence[PathLike], output: PathLike, *,
                   allow_mixed_inputs: bool = False) -> Path:
     """Write the ensembler's input as one file: /inputs/x holds every prediction file's
     columns, rows aligned by id to the first file's (what the composer streams)."""
+    from kmodel._fs import atomic_path, guard_output
     from kmodel.compose import stack
     from kmodel.io import hdf5
 
-    x, ids, _ = stack([Path(p) for p in preds], allow_mixed_inputs=allow_mixed_inputs)
-    hdf5.write_table(Path(output), {"inputs": {"x": x}}, ids)
-    return Path(output)
+    files, out = _paths(preds, "preds"), _path(output, "output")
+    guard_output(out, files, replaceable=hdf5.is_example_data)
+    x, ids, _ = stack(files, allow_mixed_inputs=allow_mixed_inputs)
+    with atomic_path(out) as tmp:
+        hdf5.write_table(tmp, {"inputs": {"x": x}}, ids, attrs={"dataset": "stacked input"})
+    return out
 
 
 def compose_train(ensembler: str, preds: Sequence[PathLike], targets: PathLike,
@@ -176,8 +200,9 @@ def compose_train(ensembler: str, preds: Sequence[PathLike], targets: PathLike,
     """Train the ensembler on stored predictions (aligned by id to the targets' file)."""
     from kmodel.compose import train
 
-    train(reg or Registry(), ensembler, [Path(p) for p in preds], Path(targets),
-          Path(weights_out), target_name=target_name, allow_mixed_inputs=allow_mixed_inputs)
+    train(reg or Registry(), ensembler, _paths(preds, "preds"), _path(targets, "targets"),
+          _path(weights_out, "weights_out"), target_name=target_name,
+          allow_mixed_inputs=allow_mixed_inputs)
     return Path(weights_out)
 
 
@@ -187,17 +212,17 @@ def compose_apply(ensembler: str, preds: Sequence[PathLike], weights: PathLike,
     """Apply the trained ensembler to stored predictions; write ``output``."""
     from kmodel.compose import apply
 
-    return apply(reg or Registry(), ensembler, [Path(p) for p in preds], Path(weights),
-                 Path(output), allow_mixed_inputs=allow_mixed_inputs)
+    return apply(reg or Registry(), ensembler, _paths(preds, "preds"), _path(weights, "weights"),
+                 _path(output, "output"), allow_mixed_inputs=allow_mixed_inputs)
 
 
-def status(config: PathLike, *, reg: Registry | None = None) -> list[Entry]:
+def status_of(config: PathLike, *, reg: Registry | None = None) -> list[Entry]:
     """Every output of a composition: ``.state`` fresh, stale or missing, ``.reasons``."""
     from kmodel.plan import load_plan
     from kmodel.status import status as outputs
 
     base = reg or Registry()
-    plan = load_plan(Path(config), base)
+    plan = load_plan(_path(config, "config"), base)
     return outputs(plan, plan.registry(base))
 
 
@@ -206,8 +231,26 @@ def run(config: PathLike, *, cores: int = 1, snakemake_args: Sequence[str] = (),
     """`kmodel run`: the composition end to end with Snakemake (only what is stale)."""
     from kmodel import workflow
 
-    return workflow.run(Path(config), reg or Registry(), cores=cores, extra=snakemake_args)
+    return workflow.run(_path(config, "config"), reg or Registry(), cores=cores,
+                        extra=list(snakemake_args))
+
+
+def _path(value: Any, what: str) -> Path:
+    """A path argument, or a UsageError saying what was given instead."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise UsageError(f"{what} is a path (str or Path), not {value!r}")
+    return Path(value)
+
+
+def _paths(values: Any, what: str) -> list[Path]:
+    """A non-empty list of existing files."""
+    if isinstance(values, (str, os.PathLike)) or not isinstance(values, Sequence) or not values:
+        raise UsageError(f"{what} is a non-empty list of files, not {values!r}")
+    paths = [_path(v, what) for v in values]
+    for p in paths:
+        check_input_file(p)
+    return paths
 
 
 __all__ = ["ModelHandle", "compose_apply", "compose_train", "example_data", "get_model",
-           "registry", "run", "stacked_input", "status", "summary"]
+           "run", "search_path", "stacked_input", "status_of", "summary"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ from kmodel._fs import (
     sha256_file,
     tmp_sibling,
 )
-from kmodel.errors import BundleError
+from kmodel.errors import BundleError, UsageError
 from kmodel.registry import ENVS, Model, Registry
+from kmodel.spec import NAME_RE
 from kmodel.weights import Weights
 
 MANIFEST = "manifest.json"
@@ -55,10 +57,15 @@ class Manifest:
 def _model_files(model: Model) -> dict[str, Path]:
     """Archive name -> file: the model's folder (no caches, no hidden files)."""
     out = {}
+    inside = model.folder.resolve()
     for path in sorted(model.folder.rglob("*")):
         rel = path.relative_to(model.folder)
-        if path.is_file() and not any(p.startswith((".", "__pycache__")) for p in rel.parts):
-            out[f"{model.name}/{rel.as_posix()}"] = path
+        if any(p.startswith((".", "__pycache__")) for p in rel.parts) or not path.is_file():
+            continue
+        if not path.resolve().is_relative_to(inside):
+            raise BundleError(f"{path} links to {path.resolve()}, outside the model's folder; "
+                              "copy the file in, or remove the link, before packing")
+        out[f"{model.name}/{rel.as_posix()}"] = path
     return out
 
 
@@ -109,6 +116,9 @@ def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest
 
 
 def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manifest:
+    if not output.name.endswith(SUFFIX) or output.name == SUFFIX:
+        raise UsageError(f"{output}: a bundle's name ends in {SUFFIX} (`kmodel predict` "
+                         "tells bundles by it), e.g. NAME-VERSION.kmodel")
     guard_output(output, files.values(), replaceable=_is_bundle_file)
     digests = {arc: sha256_file(path) for arc, path in files.items()}
     doc = {"kmodel_bundle": FORMAT, "kmodel_version": __version__, **meta, "files": digests}
@@ -170,8 +180,32 @@ def read(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: not a readable bundle ({e}); give a file "
                           "`kmodel pack` wrote") from None
     composition = doc.get("composition")
-    return Manifest(doc["model"], dict(files), composition if isinstance(composition, dict)
-                    else None)
+    manifest = Manifest(doc["model"], dict(files), composition if isinstance(composition, dict)
+                        else None)
+    _check_fields(bundle, manifest, composition)
+    return manifest
+
+
+def _check_fields(bundle: Path, manifest: Manifest, composition: Any) -> None:
+    """What the manifest names must be in the bundle itself: each model's folder, the
+    trained weights (never a path elsewhere), a batch size that is a positive integer."""
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{bundle}: its manifest {what}; pack it again")
+
+    if composition is not None:
+        if not isinstance(composition, dict) or not isinstance(composition.get("models"), list) \
+                or not composition["models"]:
+            raise bad("has no list of models for its composition")
+        size = composition.get("batch_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise bad(f"gives batch_size {size!r}, not a positive integer")
+        if composition.get("weights") != "composition/weights":
+            raise bad(f"puts the ensembler's weights at {composition.get('weights')!r}, "
+                      "outside composition/weights")
+    for name in [manifest.model, *manifest.models]:
+        if not isinstance(name, str) or not re.fullmatch(NAME_RE, name) \
+                or f"{name}/model.yaml" not in manifest.files:
+            raise bad(f"names model {name!r}, whose {name}/model.yaml it does not hold")
 
 
 def unpack(bundle: Path, folder: Path) -> Manifest:
@@ -233,14 +267,21 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
 
     root, manifest = opened(bundle)
     registry = Registry([root], root / ENVS)
+    for name in [manifest.model, *manifest.models]:  # the bundle's own, never ./model_specs
+        if registry.model(name).folder.resolve() != (root / name).resolve():
+            raise BundleError(f"{bundle}: model {name!r} is not the one in the bundle; "
+                              "pack it again")
     if manifest.composition is None:
         return predict_many(registry, manifest.model, pairs,
                             batch_size=batch_size or 8192)
-    size = batch_size or int(manifest.composition.get("batch_size", 8192))
-    weights = root / str(manifest.composition["weights"])
+    size = batch_size or int(manifest.composition["batch_size"])
+    weights = root / "composition" / "weights"
+    if len({os.path.realpath(o) for _, o in pairs}) != len(pairs):
+        raise UsageError("two -o options name the same output; give each input its own")
+    for _, output in pairs:  # every output checked before anything runs
+        guard_output(output, [*(i for i, _ in pairs), bundle], replaceable=hdf5.is_prediction)
     done = []
     for input_path, output in pairs:
-        guard_output(output, [input_path, bundle], replaceable=hdf5.is_prediction)
         with tempfile.TemporaryDirectory(prefix="kmodel-bundle-") as tmp:
             preds = []
             for name in manifest.models:
@@ -251,7 +292,8 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
 
 
 def is_bundle(name: str) -> bool:
-    return name.endswith(SUFFIX) and Path(name).is_file()
+    """A MODEL argument that names a bundle (a missing one too: predict then says so)."""
+    return name.endswith(SUFFIX)
 
 
 __all__ = ["Manifest", "is_bundle", "opened", "pack", "pack_composition", "predict", "read",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -151,7 +152,8 @@ def _not_owned(ctx: click.Context, *outputs: Path | None) -> None:
 @click.group(cls=KmodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kmodel")
 @click.option("-v", "--verbose", count=True, help="More output; full tracebacks on errors.")
-@click.option("--specs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--specs", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Extra folder of model specs (before KMODEL_PATH and ./model_specs).")
 @click.option("--envs", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of env specs (default: $KMODEL_ENVS or ./envs).")
@@ -1022,7 +1024,7 @@ def _global_options(group: click.Group) -> None:
                 click.Option(["-v", "--verbose"], count=True, expose_value=False,
                              callback=_more_verbose, help="As `kmodel -v`."),
                 click.Option(["--specs"], multiple=True, expose_value=False,
-                             type=click.Path(file_okay=False, path_type=Path),
+                             type=click.Path(exists=True, file_okay=False, path_type=Path),
                              callback=_more_specs, help="As `kmodel --specs`."),
                 click.Option(["--envs"], expose_value=False, callback=_other_envs,
                              type=click.Path(file_okay=False, path_type=Path),
@@ -1054,6 +1056,10 @@ def main() -> None:
     try:
         try:
             cli(prog_name="kmodel")
+        except BrokenPipeError:  # `kmodel ls | head`: the reader is gone, nothing to say
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except KeyboardInterrupt as e:  # a signal after the command's own handling ended
             error = Interrupted(signum_of(e), "the command had finished")
             click.echo(f"Error [{error.code}]: {error}", err=True)

@@ -246,6 +246,8 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
     Nothing is stacked in this process: the ensembler's runner reads the prediction files'
     columns through a small virtual HDF5 file, into its training matrix.
     """
+    for path in [*preds, targets]:  # regular, readable files (a FIFO would block)
+        check_input_file(path)
     guard_output(weights_out, [*preds, targets], folder=True)
     _targets(targets, target_name)  # there, numbers, finite (before any env starts)
     model = registry.model(ensembler)
@@ -307,6 +309,8 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
 
     Streamed: the ensembler's runner reads the prediction files batch by batch through a
     small virtual HDF5 file (rows aligned to the first file's ids)."""
+    for path in preds:
+        check_input_file(path)
     w = Weights.from_folder(weights)
     guard_output(output, [*preds, *w.files, w.folder / MANIFEST, *registry.owned_files()],
                  siblings=(".partial", ".lock"), replaceable=hdf5.is_prediction)

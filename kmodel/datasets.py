@@ -7,12 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from kmodel._fs import atomic_path, guard_output
-from kmodel.errors import ToolMissingError
+from kmodel.errors import ToolMissingError, UsageError
 from kmodel.io import hdf5
 
 
 def breast_cancer(train: Path, test: Path, *, seed: int = 0, test_fraction: float = 0.3) -> None:
     """Write a stratified train/test split of breast_cancer (569 x 30, y: 1 = benign)."""
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:  # NaN too
+        raise UsageError(f"test_fraction {test_fraction!r} is not between 0 and 1; e.g. 0.3")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise UsageError(f"seed {seed!r} is not a whole number from 0 to 2**32-1")
     try:
         from sklearn.datasets import load_breast_cancer
     except ImportError:

@@ -95,8 +95,11 @@ class LockStaleError(KmodelError):
     code = "KM201"
 
     def __init__(self, env: str, spec: Path, lockfile: Path) -> None:
+        folder = spec.parent
+        where = "" if folder == Path("envs") or folder.resolve() == Path("envs").resolve() \
+            else f"--envs {folder} "
         super().__init__(f"{lockfile} is stale: {spec} changed since it was locked; "
-                         f"run `kmodel env lock {env}`")
+                         f"run `kmodel {where}env lock {env}`")
 
 
 class EnvBuildError(KmodelError):
@@ -141,6 +144,15 @@ class WeightsMissingError(KmodelError):
         super().__init__(f"model {model!r}: weights file {path} {problem}; "
                          + (fix or "restore it or run `kmodel hash "
                             f"{model} --write` after retraining"))
+
+
+class NotTrainedError(WeightsMissingError):
+    """A weights folder that kmodel did not train (no hashes.json): missing, or another's."""
+
+    def __init__(self, folder: Path) -> None:
+        KmodelError.__init__(self, f"{folder} is not a weights folder kmodel trained (no "
+                             "hashes.json in it); give the folder `kmodel train -o` or "
+                             "`kmodel compose train -o` wrote")
 
 
 class WeightsChangedError(KmodelError):

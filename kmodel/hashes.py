@@ -20,6 +20,10 @@ def weight_files(folder: Path) -> dict[str, str]:
         if not p.is_file():  # a FIFO or device would block the hash
             raise WeightsMissingError(folder.parent.name, p, "replace it with the weight file",
                                       problem="is not a regular file")
+        if not p.resolve().is_relative_to(folder.resolve()):
+            raise WeightsMissingError(folder.parent.name, p, "copy the file in instead of "
+                                      "linking it", problem=f"links to {p.resolve()}, outside "
+                                      "the weights folder")
     return {p.name: sha256_file(p) for p in files}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kmodel._fs import atomic_write_text
 from kmodel.errors import OutputNotWritableError, SpecError, UnknownEnvError
-from kmodel.registry import Registry
+from kmodel.registry import ENVS, Registry
 from kmodel.spec import DTYPES, NAME_RE
 
 SPEC = """\
@@ -95,9 +95,10 @@ def init(registry: Registry, name: str, env: str, *, inputs: str = "x:float32:1"
     """Write the model ``name`` (and the env spec ``env`` if ``new_env``); return the files.
 
     ``inputs``: NAME:DTYPE:WIDTH of the one input (rows of WIDTH values)."""
-    if not re.match(NAME_RE, name):
+    if not re.match(NAME_RE, name) or name == ENVS:
         raise SpecError("kmodel init", f"{name!r} is not a model name", field="NAME",
-                        fix="use letters, digits, '_', '.', '-'")
+                        fix="start with a letter or digit, then letters, digits, '_', '.', "
+                            f"'-' (and not {ENVS!r}, the folder of env specs)")
     if not re.match(NAME_RE, env):
         raise SpecError("kmodel init", f"{env!r} is not an env name", field="--env",
                         fix="use letters, digits, '_', '.', '-'")

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmodel._fs import sha256_bytes, sha256_file
-from kmodel.errors import HashMismatchError, WeightsMissingError, WeightsNotHashedError
+from kmodel.errors import (
+    HashMismatchError,
+    NotTrainedError,
+    WeightsMissingError,
+    WeightsNotHashedError,
+)
 from kmodel.registry import Model
 
 MANIFEST = "hashes.json"
@@ -52,8 +57,7 @@ class Weights:
         """Weights trained by kmodel: the folder's hashes.json lists every file's sha256."""
         manifest = read_manifest(folder)
         if manifest is None:
-            raise WeightsMissingError(folder.name, folder / MANIFEST,
-                                      "train them first (kmodel compose train)")
+            raise NotTrainedError(folder)
         return cls(folder, manifest, in_spec=False)
 
     @property
