@@ -128,3 +128,43 @@ def test_a_composition_bundle_reproduces_its_ensemble_bit_for_bit(project: Path)
     no_run = kmodel("pack", "--composition", "c.yaml", "-o", "x.kmodel",
                     env={**os.environ, "KMODEL_HOME": str(project / "elsewhere")})
     assert no_run.returncode == 0  # packing reads files only: no env is needed
+
+
+def test_a_manifest_that_lies_about_its_fields_is_refused(project: Path) -> None:
+    """Each file may match its hash and still the manifest may point elsewhere: at a model
+    the bundle does not hold (one of ./model_specs would run instead), at weights outside
+    the bundle, at a batch size that is not one."""
+    assert kmodel("pack", "mlp", "-o", "mlp.kmodel").returncode == 0
+    with zipfile.ZipFile(project / "mlp.kmodel") as z:
+        doc = json.loads(z.read("manifest.json"))
+        members = {n: z.read(n) for n in z.namelist() if n != "manifest.json"}
+
+    def bundle(name: str, change: dict[str, object]) -> str:
+        with zipfile.ZipFile(project / name, "w") as w:
+            w.writestr("manifest.json", json.dumps({**doc, **change}))
+            for n, data in members.items():
+                w.writestr(n, data)
+        return name
+
+    composition = {"name": "x", "models": ["mlp"], "ensembler": "mlp",
+                   "weights": "composition/weights", "batch_size": 64}
+    cases = {
+        bundle("other.kmodel", {"model": "logreg"}): "names model 'logreg', whose "
+                                                     "logreg/model.yaml it does not hold",
+        bundle("escape.kmodel", {"model": "../../etc"}): "names model '../../etc'",
+        bundle("weights.kmodel", {"composition": {**composition, "weights": "/tmp"}}):
+            "outside composition/weights",
+        bundle("size.kmodel", {"composition": {**composition, "batch_size": "abc"}}):
+            "batch_size 'abc', not a positive integer",
+        bundle("models.kmodel", {"composition": {**composition, "models": 5}}):
+            "no list of models",
+    }
+    for name, part in cases.items():
+        res = kmodel("predict", name, "-i", "x.h5", "-o", "out.h5")
+        assert res.returncode == 1 and res.stderr.startswith(f"Error [KM310]: {name}: "), \
+            res.stderr
+        assert part in res.stderr, res.stderr
+    res = kmodel("pack", "mlp", "-o", "mlp.zip")
+    assert res.returncode == 2 and "a bundle's name ends in .kmodel" in res.stderr
+    res = kmodel("predict", "gone.kmodel", "-i", "x.h5", "-o", "out.h5")
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM400]: "), res.stderr

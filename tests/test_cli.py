@@ -219,3 +219,30 @@ def test_init_refuses_what_it_cannot_write_well(project: Path) -> None:
     assert code == 0 and "kmodel env lock fresh" in out
     code, out, _ = invoke("validate", "model_specs/new", "envs/fresh.yaml")
     assert code == 0, out
+
+
+def test_the_api_checks_its_arguments_and_keeps_its_names(project: Path) -> None:
+    import kmodel
+    from kmodel.errors import KmodelError, UsageError
+
+    mlp = kmodel.get_model("mlp")
+    for bad in ([[1.0, 2.0]], None, np.array([], dtype=np.float32), np.array(["a"])):
+        with pytest.raises(UsageError, match="predict"):
+            mlp.predict(bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="preds is a non-empty list of files"):
+        kmodel.compose_train("stacker", [], "t.h5", "w")
+    with pytest.raises(UsageError, match=r"non-empty list of files, not 'x\.h5'"):
+        kmodel.stacked_input("x.h5", "y.h5")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="test_fraction"):
+        kmodel.example_data("a.h5", "b.h5", test_fraction=float("nan"))
+    with pytest.raises(KmodelError, match="not a weights folder kmodel trained"):
+        mlp.predict_file("in.h5", "o.h5", weights=project / "nowhere")
+    (project / "workflows").mkdir()
+    (project / "workflows" / "c.yaml").write_text(
+        "name: c\nresults: out\ndata: {builtin: breast_cancer}\nmodels: [mlp]\n"
+        "ensembler: stacker\n")
+    first = kmodel.status_of("workflows/c.yaml")
+    again = kmodel.status_of("workflows/c.yaml")  # the submodule kmodel.status is not it
+    assert [e.state for e in first] == [e.state for e in again] and first[0].missing
+    code, _, err = invoke("init", "envs", "--env", "numpy2")
+    assert code == 1 and "not 'envs'" in err
