@@ -42,6 +42,7 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         kmodel.compose_train("stacker", [t / f"{n}-train.h5" for n in BASE], t / "train.h5",
                              folder / "weights", reg=model["stacker"].registry)
+        (folder / "in.h5").unlink(missing_ok=True)  # this script's own file, made anew
         kmodel.stacked_input([t / f"{n}.h5" for n in BASE], folder / "in.h5")
         model["stacker"].predict_file(folder / "in.h5", t / "stacker.h5",
                                       weights=folder / "weights")
