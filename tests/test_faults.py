@@ -301,8 +301,10 @@ def test_user_files_are_never_replaced_by_an_output(project: Path) -> None:
     refused("predict", "toy", "-i", "in.h5", "-o", "dataset.h5", what="dataset.h5")
     refused("data", "breast_cancer", "--train", "notes.txt", "--test", "t.h5")
     refused("score", "a=in.h5", "--targets", "in.h5", "-o", "notes.txt")
-    refused("pack", "toy", "-o", "notes.txt")
+    (project / "mine.kmodel").write_text("precious")  # named like a bundle, but not one
+    refused("pack", "toy", "-o", "mine.kmodel", what="mine.kmodel")
     assert (project / "notes.txt").read_text() == "precious"
+    assert (project / "mine.kmodel").read_text() == "precious"
     assert (project / "dataset.h5").read_bytes() == before
     ok = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "p.h5"],
                         capture_output=True, text=True)
