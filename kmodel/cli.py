@@ -26,6 +26,7 @@ from kmodel.errors import (
     Interrupted,
     KmodelError,
     OutputNotWritableError,
+    SpecError,
     Terminated,
     UsageError,
     WeightsChangedError,
@@ -202,6 +203,15 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
             results.append({"path": str(path), "ok": True})
         except KmodelError as e:  # every problem the file has, not just the first
             found = [e, *getattr(e, "more", [])]
+            if path.name == "model.yaml" and isinstance(e, SpecError):  # its env, too
+                from kmodel.spec import raw_mapping
+
+                env = (raw_mapping(path) or {}).get("env")
+                if isinstance(env, str):
+                    try:
+                        reg.env(env, referenced_by=str(path))
+                    except KmodelError as missing:
+                        found.append(missing)
             results.append({"path": str(path), "ok": False, "code": e.code, "error": str(e),
                             "errors": [{"code": x.code, "error": str(x)} for x in found]})
     if as_json:

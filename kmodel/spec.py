@@ -476,21 +476,53 @@ def _validate(cls: type[StrictModel], path: Path) -> Any:
 
 
 def load_model_spec(path: Path) -> ModelSpec:
-    spec: ModelSpec = _validate(ModelSpec, path)
+    try:
+        spec: ModelSpec = _validate(ModelSpec, path)
+    except SpecError as e:
+        if type(e) is SpecError:  # the fields are wrong: its name and entry file may be too
+            e.more += [x for x in _file_problems(path, raw_mapping(path) or {})
+                       if str(x) not in {str(e), *map(str, e.more)}]
+        raise
     check_model_paths(spec, path)
     return spec
 
 
+def raw_mapping(path: Path) -> dict[str, Any] | None:
+    """The spec file as a plain mapping (read safely, not validated), or None."""
+    try:
+        data, _ = _read_yaml(path)
+    except SpecError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _file_problems(path: Path, data: dict[str, Any]) -> list[SpecError]:
+    """What is wrong with a model spec's name and entry file, from the raw values."""
+    folder, found = path.parent, []
+    name, entry = data.get("name"), data.get("entrypoint")
+    if path.name == "model.yaml" and isinstance(name, str) and name != folder.name:
+        found.append(SpecError(path, f"name {name!r} differs from its folder {folder.name!r}",
+                               field="name", fix=f"write name: {folder.name}"))
+    if isinstance(entry, str) and entry.count(":") == 1:
+        file = entry.split(":")[0]
+        try:
+            if not check_inside(folder, file, path, "entrypoint").is_file():
+                found.append(SpecError(path, f"{file} does not exist in {folder}",
+                                       field="entrypoint", fix="write file.py:function naming "
+                                       "a file in the model's folder"))
+        except SpecError as e:
+            found.append(e)
+    return found
+
+
 def check_model_paths(spec: ModelSpec, path: Path) -> None:
     """The checks of a model spec that depend on other files: its name is its folder's, its
-    entry file exists, and no path leaves the folder."""
+    entry file exists, and no path leaves the folder (every problem at once)."""
     folder = path.parent
-    if path.name == "model.yaml" and spec.name != folder.name:
-        raise SpecError(path, f"name {spec.name!r} differs from its folder {folder.name!r}",
-                        field="name", fix=f"write name: {folder.name}")
-    if not check_inside(folder, spec.entry_file, path, "entrypoint").is_file():
-        raise SpecError(path, f"{spec.entry_file} does not exist in {folder}", field="entrypoint",
-                        fix="write file.py:function naming a file in the model's folder")
+    if problems := _file_problems(path, {"name": spec.name, "entrypoint": spec.entrypoint}):
+        first, *rest = problems
+        first.more += rest
+        raise first
     if spec.weights:
         check_inside(folder, spec.weights.path, path, "weights.path")
         for name in spec.weights.sha256:

@@ -246,3 +246,22 @@ def test_the_api_checks_its_arguments_and_keeps_its_names(project: Path) -> None
     assert [e.state for e in first] == [e.state for e in again] and first[0].missing
     code, _, err = invoke("init", "envs", "--env", "numpy2")
     assert code == 1 and "not 'envs'" in err
+
+
+def test_validate_reports_schema_name_entry_file_and_env_problems_together(
+        project: Path) -> None:
+    folder = project / "model_specs" / "bad"
+    folder.mkdir()
+    (folder / "model.yaml").write_text(
+        "name: other\nversion: 1\nenv: nope\nentrypoint: missing.py:build\n"
+        "inputs:\n  - {name: x, dtype: float32, shape: [3]}\n"
+        "outputs:\n  - {name: y, dtype: float32, shape: []}\n")
+    code, _, err = invoke("validate", str(folder))
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[0].startswith("Error [KM101]: ") and "(and 3 more below)" \
+        in lines[0], err
+    text = "\n".join(lines)
+    for part in ("version: Input should be a valid string", "name 'other' differs from its "
+                 "folder 'bad'", "missing.py does not exist", "unknown env 'nope'"):
+        assert part in text, (part, err)
+    assert [ln.startswith("Error [") for ln in lines].count(True) == 1
