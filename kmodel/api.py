@@ -102,17 +102,16 @@ class ModelHandle:
                 if not isinstance(data, (np.ndarray, Mapping)):
                     raise UsageError(f"predict takes an array, a dict of arrays or a file's "
                                      f"path, not {type(data).__name__}")
-                arrays = dict(data) if isinstance(data, Mapping) else {"": data}
+                arrays = dict(data) if isinstance(data, Mapping) else {
+                    self.registry.model(self.name).spec.inputs[0].name: data}
                 for key, arr in arrays.items():
                     if not isinstance(arr, np.ndarray) or arr.ndim == 0 or not len(arr) \
                             or arr.dtype.kind not in "biuf":
-                        raise UsageError(f"predict: input {key or 'array'} must be a non-empty "
+                        raise UsageError(f"predict: input {key} must be a non-empty "
                                          "numpy array of numbers, one row per item, not "
                                          f"{getattr(arr, 'dtype', type(arr).__name__)} "
                                          f"{getattr(arr, 'shape', '')}")
                 source = Path(tmp) / "in.h5"
-                arrays = dict(data) if isinstance(data, Mapping) else {
-                    self.registry.model(self.name).spec.inputs[0].name: data}
                 rows = len(next(iter(arrays.values()))) if arrays else 0
                 hdf5.write_table(source, {"inputs": arrays},
                                  list(ids) if ids is not None else [str(i) for i in range(rows)])
@@ -133,6 +132,12 @@ class ModelHandle:
                        batch_size=batch_size, resume=resume,
                        weights=Weights.from_folder(Path(weights)) if weights else None)
 
+    @property
+    def own_weights(self) -> Path:
+        """The model's own weights folder (its spec's ``weights.path``, else weights/)."""
+        m = self.registry.model(self.name)
+        return m.folder / (m.spec.weights.path if m.spec.weights else "weights")
+
     def train(self, input: PathLike, output: PathLike, *, targets: str = "y") -> Path:
         """Fit the model on /inputs and /targets of ``input`` in its env and write the
         weights folder ``output``. Into the model's own weights folder the files' sha256
@@ -140,10 +145,8 @@ class ModelHandle:
         from kmodel.hashes import write_hashes
         from kmodel.predict import train
 
-        m = self.registry.model(self.name)
-        own = m.folder / (m.spec.weights.path if m.spec.weights else "weights")
         out = Path(output)
-        mine = out.resolve() == own.resolve()
+        mine = out.resolve() == self.own_weights.resolve()
         train(self.registry, self.name, Path(input), targets, out, manifest=not mine)
         if mine:
             write_hashes(self.registry.model(self.name))

@@ -244,9 +244,10 @@ def init(ctx: click.Context, name: str, env: str, inputs: str, new_env: bool) ->
     (a numpy logistic regression to replace), then say the next commands."""
     from kmodel.scaffold import init as scaffold
 
-    for path in scaffold(_registry(ctx), name, env, inputs=inputs, new_env=new_env):
+    written = scaffold(_registry(ctx), name, env, inputs=inputs, new_env=new_env)
+    for path in written:
         click.echo(f"wrote {path}")
-    folder = Path(_registry(ctx).specs[0] if _registry(ctx).specs else "model_specs") / name
+    folder = written[0].parent  # the model's folder (its model.yaml comes first)
     steps = [*([f"kmodel env lock {env}"] if new_env else []),
              f"kmodel train {name} -i TRAIN.h5 -o {folder / 'weights'}   # records the hashes",
              f"kmodel predict {name} -i IN.h5 -o OUT.h5"]
@@ -676,16 +677,15 @@ def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
     """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
     from kmodel.api import ModelHandle
 
-    registry = _registry(ctx)
-    ModelHandle(model, registry).train(input_path, output, targets=target_name)
-    m = registry.model(model)
-    own = m.folder / (m.spec.weights.path if m.spec.weights else "weights")
+    handle = ModelHandle(model, _registry(ctx))
+    handle.train(input_path, output, targets=target_name)
+    own, spec = handle.own_weights, handle.registry.model(model).path
     click.echo(f"wrote the weights of {model} to {output}")
     if output.resolve() == own.resolve():
-        click.echo(f"recorded their sha256 in {m.path}")
+        click.echo(f"recorded their sha256 in {spec}")
     else:
         click.echo(f"to make them {model}'s own weights, train with -o {own} (kmodel then "
-                   f"records their hashes in {m.path})")
+                   f"records their hashes in {spec})")
 
 
 # --- composition ------------------------------------------------------------------

@@ -96,6 +96,17 @@ train:
 """
 
 
+#: the small composition the workflow tests run (two base models, the stacker)
+SMALL_COMPOSITION = """\
+name: small
+results: out
+data:
+  builtin: breast_cancer
+models: [logreg, mlp]
+ensembler: stacker
+batch_size: 64
+"""
+
 @pytest.fixture
 def project(tmp_path: Path, kmodel_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project folder (cwd) with the repo's envs and models plus a toy model."""

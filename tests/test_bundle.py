@@ -14,18 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
+from .conftest import SMALL_COMPOSITION
+
 pytestmark = pytest.mark.slow  # runs models in their envs
 KMODEL = [sys.executable, "-m", "kmodel"]
 
-CONFIG = """\
-name: small
-results: out
-data:
-  builtin: breast_cancer
-models: [logreg, mlp]
-ensembler: stacker
-batch_size: 64
-"""
+CONFIG = SMALL_COMPOSITION
 
 
 def kmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

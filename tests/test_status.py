@@ -17,17 +17,11 @@ import pytest
 
 from kmodel.io import hdf5
 
+from .conftest import SMALL_COMPOSITION
+
 pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
-CONFIG = """\
-name: small
-results: out
-data:
-  builtin: breast_cancer
-models: [logreg, mlp]
-ensembler: stacker
-batch_size: 64
-"""
+CONFIG = SMALL_COMPOSITION
 
 
 def kmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -173,13 +167,19 @@ def test_model_tests_pass_and_a_failure_names_the_worst_row(project: Path) -> No
     assert "abs diff 0.001" in line and "rel diff" in line and "rtol 1e-05" in line
 
 
-def test_env_gc_removes_builds_no_lock_refers_to(project: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def tiny_env(project: Path, home: Path) -> tuple[dict[str, str], Path]:
+    """A small env, locked and built in its own KMODEL_HOME: (its environment, its spec)."""
     env = {**os.environ, "KMODEL_HOME": str(home)}
     spec = project / "envs" / "tiny.yaml"
     spec.write_text('python: "3.11"\npip: [numpy>=2.2]\n')
     assert kmodel("env", "lock", "tiny", env=env).returncode == 0
     assert kmodel("env", "create", "tiny", env=env).returncode == 0
+    return env, spec
+
+
+def test_env_gc_removes_builds_no_lock_refers_to(project: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env, spec = tiny_env(project, home)
     old = {p.name for p in (home / "envs").iterdir() if p.is_symlink()}
     spec.write_text('python: "3.11"\npip: [numpy>=2.2, six]\n')
     assert kmodel("env", "lock", "tiny", env=env).returncode == 0
@@ -288,11 +288,7 @@ def test_status_looks_at_what_files_hold_not_only_what_they_claim(composed: Path
 def test_env_gc_never_leaves_kmodel_home_and_keeps_builds_others_use(
         project: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, "KMODEL_HOME": str(home)}
-    spec = project / "envs" / "tiny.yaml"
-    spec.write_text('python: "3.11"\npip: [numpy>=2.2]\n')
-    assert kmodel("env", "lock", "tiny", env=env).returncode == 0
-    assert kmodel("env", "create", "tiny", env=env).returncode == 0
+    env, spec = tiny_env(project, home)
     other = tmp_path / "other project"  # the same lock in a second project
     subprocess.run(["cp", "-r", str(project / "envs"), str(other)], check=True)
     os.chdir(other.parent)

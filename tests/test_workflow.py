@@ -18,17 +18,11 @@ from kmodel.errors import WorkflowError
 from kmodel.registry import Registry
 from kmodel.workflow import run
 
+from .conftest import SMALL_COMPOSITION
+
 pytestmark = pytest.mark.slow
 
-CONFIG = """\
-name: small
-results: out
-data:
-  builtin: breast_cancer
-models: [logreg, mlp]
-ensembler: stacker
-batch_size: 64
-"""
+CONFIG = SMALL_COMPOSITION
 
 
 def jobs(output: str) -> list[str]:
