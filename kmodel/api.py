@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +64,8 @@ class ModelHandle:
         return summary(self.registry, self.name) | {
             "entrypoint": m.spec.entrypoint, "args": m.spec.args,
             "train_args": m.spec.train.args if m.spec.train else None,
-            "inputs": [i.model_dump() for i in m.spec.inputs],
-            "outputs": [o.model_dump() for o in m.spec.outputs],
+            "inputs": [asdict(i) for i in m.spec.inputs],
+            "outputs": [asdict(o) for o in m.spec.outputs],
             "env_spec": str(env.path), "env_kind": env.spec.kind,
             "lockfile": str(env.lockfile) if locked else None,
             "lock_sha256": sha256_file(env.lockfile) if locked else None,

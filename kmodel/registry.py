@@ -7,24 +7,18 @@ Model specs live in ``<dir>/<name>/model.yaml`` for every dir in ``--specs``, th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from kmodel import __version__
-from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
 from kmodel.errors import UnknownEnvError, UnknownModelError
 from kmodel.spec import (
     NAME_RE,
     CondaEnvSpec,
     ModelSpec,
     PipEnvSpec,
-    check_model_paths,
     load_env_spec,
     load_model_spec,
 )
@@ -50,28 +44,6 @@ class Model:
     @property
     def weights_dir(self) -> Path | None:
         return self.folder / self.spec.weights.path if self.spec.weights else None
-
-
-def _load(path: Path) -> ModelSpec:
-    """A model spec, validated once per version of its file: the result is cached in
-    KMODEL_HOME by the file's identity (size, mtime, ctime, inode) and kmodel's version. A
-    workflow of 1,000 models parses 1,000 specs in every process that reads it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return load_model_spec(path)  # says what is wrong
-    key = (f"{__version__}|{path.name}|{st.st_dev}|{st.st_ino}|{st.st_size}|"
-           f"{st.st_mtime_ns}|{st.st_ctime_ns}")
-    entry = kmodel_home() / "spec-cache" / f"{sha256_bytes(key.encode())[:32]}.json"
-    try:
-        spec = ModelSpec.model_validate_json(entry.read_bytes())
-    except (OSError, ValidationError):
-        spec = load_model_spec(path)
-        with contextlib.suppress(Exception):  # a read-only home only costs speed
-            atomic_write_text(entry, spec.model_dump_json())
-    else:
-        check_model_paths(spec, path)
-    return spec
 
 
 @dataclass(frozen=True)
@@ -140,7 +112,7 @@ class Registry:
         paths = self._model_paths
         if name not in paths:
             raise UnknownModelError(name, self.spec_dirs or [Path("model_specs")], sorted(paths))
-        model = self._models[name] = Model(_load(paths[name]), paths[name])
+        model = self._models[name] = Model(load_model_spec(paths[name]), paths[name])
         return model
 
     @cached_property

@@ -1,32 +1,25 @@
-"""Spec formats (pydantic, strict, no unknown keys) and their safe YAML loaders.
+"""Spec formats: a model spec (model_specs/NAME/model.yaml), an env spec (envs/NAME.yaml,
+pip or conda flavour) and a composition config (workflows/*.yaml).
 
-Three documents: a model spec (model_specs/NAME/model.yaml), an env spec
-(envs/NAME.yaml, pip or conda flavour) and a composition config (workflows/*.yaml).
-Loaders report ``file:line: field: problem; fix`` and do no I/O beyond reading the file.
+The types here are plain frozen dataclasses, cheap to import and to build. Each document is
+validated by kmodel/_schema.py (pydantic, strict, no unknown keys; errors say
+``file:line: field: problem; fix``) the first time kmodel sees its content; the validated
+result is cached in KMODEL_HOME by the content's sha256 and kmodel's version, so later
+commands load it as JSON without importing pydantic or YAML (100 ms of every start).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
-from kmodel.errors import SpecError, UnsafePathError, YamlSyntaxError
+from kmodel.errors import SpecError, UnsafePathError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SHA256_RE = r"^[0-9a-f]{64}$"
@@ -36,108 +29,74 @@ DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
-
+#: bump when a type below changes, so that cached specs are validated again
+CACHE_FORMAT = 1
 
 # --- model spec --------------------------------------------------------------------
 
 
-class ArraySpec(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class ArraySpec:
     """One named input or output array; shape is per row (``[]`` = one scalar per row)."""
 
-    name: Annotated[str, Field(pattern=NAME_RE)]
-    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    shape: Annotated[list[Annotated[int, Field(ge=1)] | None], Field(max_length=16)] = []
+    name: str
+    dtype: str = "float32"
+    shape: list[int | None] = field(default_factory=list)
     doc: str = ""
 
 
-class WeightsSpec(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class WeightsSpec:
     """A folder holding params.json and one .npy per named weight, each with its sha256."""
 
     path: str = "weights"
-    sha256: dict[str, Annotated[str, Field(pattern=SHA256_RE)]]
-
-    @field_validator("sha256")
-    @classmethod
-    def _has_params(cls, v: dict[str, str]) -> dict[str, str]:
-        if v and "params.json" not in v:  # {}: not hashed yet (`kmodel hash MODEL --write`)
-            raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
-        for name in v:
-            if name != "params.json" and not name.endswith(".npy"):
-                raise ValueError(f"{name!r} is neither params.json nor a .npy file "
-                                 "(weights are arrays in .npy, no pickles)")
-        return v
+    sha256: dict[str, str]
 
 
-def _json_value(value: Any, where: str) -> None:
-    """Args travel to the model's env as JSON: refuse what JSON cannot carry (dates, sets...)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{where}: key {k!r} is not a string, which args cannot "
-                                 "hold (they are passed as JSON); quote it")
-            _json_value(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _json_value(v, f"{where}.{i}")
-    elif value is not None and not isinstance(value, (bool, int, float, str)):
-        kind = "a YAML date" if hasattr(value, "isoformat") else type(value).__name__
-        raise ValueError(f"{where!r} is {kind}, which args cannot hold (they are passed as "
-                         "JSON); quote it to pass a string")
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    args: dict[str, Any] = field(default_factory=dict)
 
 
-def _json_args(value: dict[str, Any]) -> dict[str, Any]:
-    for k, v in value.items():
-        _json_value(v, k)
-    return value
-
-
-JsonArgs = Annotated[dict[str, Any], AfterValidator(_json_args)]
-
-
-class TrainSpec(StrictModel):
-    args: JsonArgs = {}
-
-
-class TestSpec(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class TestSpec:
     """`kmodel test`: run the model on ``inputs`` and compare with ``expected`` (files in the
     model's folder) within rtol/atol; ``weights``: a trained weights folder to use, for a
     model whose weights are trained by kmodel (an ensembler)."""
 
+    __test__ = False  # not a pytest class
     inputs: str
     expected: str
     weights: str | None = None
-    rtol: Annotated[float, Field(ge=0)] = 1e-5
-    atol: Annotated[float, Field(ge=0)] = 1e-6
+    rtol: float = 1e-5
+    atol: float = 1e-6
 
 
-class ModelSpec(StrictModel):
-    name: Annotated[str, Field(pattern=NAME_RE)]
+def _one(cls: Any, data: dict[str, Any] | None) -> Any:
+    return None if data is None else cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    name: str
     version: str
     description: str = ""
-    env: Annotated[str, Field(pattern=NAME_RE)]
-    entrypoint: Annotated[str, Field(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")]
-    args: JsonArgs = {}
+    env: str
+    entrypoint: str
+    args: dict[str, Any] = field(default_factory=dict)
     weights: WeightsSpec | None = None
     train: TrainSpec | None = None
-    inputs: Annotated[list[ArraySpec], Field(min_length=1)]
-    outputs: Annotated[list[ArraySpec], Field(min_length=1)]
+    inputs: list[ArraySpec]
+    outputs: list[ArraySpec]
     test: TestSpec | None = None
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> ModelSpec:
-        for kind in ("inputs", "outputs"):
-            names = [a.name for a in getattr(self, kind)]
-            if len(set(names)) != len(names):
-                raise ValueError(f"{kind} names must be unique, got {names}")
-        for out in self.outputs:
-            if None in out.shape:
-                raise ValueError(f"output {out.name!r} has shape {out.shape}: outputs are "
-                                 "stored in fixed-size rows, so give every dimension")
-        return self
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(**{**data, "inputs": [ArraySpec(**a) for a in data["inputs"]],
+                      "outputs": [ArraySpec(**a) for a in data["outputs"]],
+                      "weights": _one(WeightsSpec, data.get("weights")),
+                      "train": _one(TrainSpec, data.get("train")),
+                      "test": _one(TestSpec, data.get("test"))})
 
     @property
     def entry_file(self) -> str:
@@ -151,25 +110,27 @@ class ModelSpec(StrictModel):
 # --- env specs ---------------------------------------------------------------------
 
 
-class PipEnvSpec(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class PipEnvSpec:
     """A uv (or stdlib venv) environment: a python version and pip requirements."""
 
     description: str = ""
-    python: Annotated[str, Field(pattern=r"^3\.\d+$")]
-    pip: list[str] = []
+    python: str
+    pip: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> Literal["pip"]:
         return "pip"
 
 
-class CondaEnvSpec(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class CondaEnvSpec:
     """A conda environment file: channels, dependencies (with an optional pip: section)."""
 
     name: str | None = None
     description: str = ""
-    channels: list[str] = ["conda-forge"]
-    platforms: list[str] = []
+    channels: list[str] = field(default_factory=lambda: ["conda-forge"])
+    platforms: list[str] = field(default_factory=list)
     dependencies: list[str | dict[Literal["pip"], list[str]]]
 
     @property
@@ -185,58 +146,33 @@ class CondaEnvSpec(StrictModel):
         return [p for d in self.dependencies if isinstance(d, dict) for p in d.get("pip", [])]
 
 
-def _env_kind(v: Any) -> str:
-    if isinstance(v, dict):
-        return "conda" if "dependencies" in v or "channels" in v else "pip"
-    return "conda" if hasattr(v, "dependencies") else "pip"
+def env_kind(data: Any) -> Literal["pip", "conda"]:
+    """Which flavour an env document is: conda if it names dependencies or channels."""
+    if isinstance(data, dict):
+        return "conda" if "dependencies" in data or "channels" in data else "pip"
+    return "conda" if hasattr(data, "dependencies") else "pip"
 
 
-EnvSpec = Annotated[
-    Annotated[PipEnvSpec, Tag("pip")] | Annotated[CondaEnvSpec, Tag("conda")],
-    Discriminator(_env_kind),
-]
-
-
-class _EnvDoc(StrictModel):
-    env: EnvSpec
+def _env_from_dict(data: dict[str, Any]) -> PipEnvSpec | CondaEnvSpec:
+    return CondaEnvSpec(**data) if env_kind(data) == "conda" else PipEnvSpec(**data)
 
 
 # --- composition config ------------------------------------------------------------
 
 
-def _plain_path(value: str) -> str:
-    """A path Snakemake can use as is: no wildcard braces, no control characters."""
-    if not value.strip():
-        raise ValueError("must not be empty")
-    if bad := sorted({c for c in value if c in "{}" or ord(c) < 32 or c == "\x7f"}):
-        raise ValueError(f"contains {', '.join(map(repr, bad))}, which a workflow path cannot "
-                         "hold; rename the folder")
-    return value
-
-
-PlainPath = Annotated[str, AfterValidator(_plain_path)]
-
-
-class DataConfig(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
     """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
 
     builtin: Literal["breast_cancer"] | None = None
     seed: int = 0
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
-    train: PlainPath | None = None
-    test: PlainPath | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        if self.builtin is None and not (self.train and self.test):
-            raise ValueError("give either builtin: breast_cancer or both train: and test: paths")
-        return self
+    test_fraction: float = 0.3
+    train: str | None = None
+    test: str | None = None
 
 
-Count = Annotated[int, Field(ge=1, le=10_000)]
-
-
-class ComposeConfig(StrictModel):
+@dataclass(frozen=True, kw_only=True)
+class ComposeConfig:
     """A composition: base models, an ensembler, data, and where models and envs live.
 
     ``specs`` (folders of model folders) and ``envs`` (a folder of env specs) are relative to
@@ -245,30 +181,20 @@ class ComposeConfig(StrictModel):
     mapping) into that many jobs, merged afterwards.
     """
 
-    name: Annotated[str, Field(pattern=NAME_RE)]
-    results: PlainPath = "results"
-    specs: list[PlainPath] = []
-    envs: PlainPath | None = None
+    name: str
+    results: str = "results"
+    specs: list[str] = field(default_factory=list)
+    envs: str | None = None
     data: DataConfig
-    targets: Annotated[str, Field(pattern=NAME_RE)] = "y"
-    models: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
-    ensembler: Annotated[str, Field(pattern=NAME_RE)]
-    batch_size: Annotated[int, Field(gt=0)] = 8192
-    shards: Count | dict[str, Count] = 1
+    targets: str = "y"
+    models: list[str]
+    ensembler: str
+    batch_size: int = 8192
+    shards: int | dict[str, int] = 1
 
-    @field_validator("models")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"models must be unique, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _shards_name_models(self) -> ComposeConfig:
-        if isinstance(self.shards, dict) and (unknown := sorted(set(self.shards) -
-                                                                set(self.models))):
-            raise ValueError(f"shards names {unknown}, which are not in models {self.models}")
-        return self
+    def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:
+        return cls(**{**data, "data": DataConfig(**data["data"])})
 
     def shards_of(self, model: str) -> int:
         if isinstance(self.shards, int):
@@ -279,7 +205,7 @@ class ComposeConfig(StrictModel):
 # --- loading -----------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text: a regular file of at most MAX_SPEC_BYTES (never blocks on a FIFO)."""
     try:
         st = os.stat(path)
@@ -306,197 +232,60 @@ def _read_text(path: Path) -> str:
         raise SpecError(path, f"cannot read: {e.strerror or e}") from None
 
 
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
+def _load(path: Path, doc: Literal["model", "env", "compose"], build: Any) -> Any:
+    """The document at ``path`` built by ``build`` from its validated data: from the cache
+    when this content was validated before by this version of kmodel, else validated
+    (kmodel/_schema.py) and cached. A cache that cannot be read or written only costs speed;
+    a damaged entry is validated anew."""
+    from kmodel import __version__
+    from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
 
-def _check_node(path: Path, root: yaml.Node) -> None:
-    """Refuse duplicate keys, deep nesting and alias bombs before anything is constructed.
+    text = read_text(path)
+    key = sha256_bytes(f"{doc}|{CACHE_FORMAT}|{__version__}|{text}".encode())
+    entry = kmodel_home() / "spec-cache" / f"{key[:40]}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        return build(json.loads(entry.read_bytes()))
+    from kmodel import _schema  # pydantic and YAML: only for content not seen before
 
-    Aliases make the document a graph: its expanded size is counted with one visit per
-    distinct node, so a "billion laughs" document is refused in microseconds.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node, depth: int) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if depth > MAX_DEPTH:
-            raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
-                            line=node.start_mark.line + 1, fix="flatten the document")
-        total = 1
-        if isinstance(node, yaml.ScalarNode) and _BAD_TEXT.search(node.value):
-            raise SpecError(path, "a value holds a NUL or an unpaired surrogate (\\ud800-"
-                            "\\udfff), which no file or attribute can store",
-                            line=node.start_mark.line + 1, fix="remove it")
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                    if (key.tag, key.value) in seen:
-                        raise SpecError(path, f"duplicate key {key.value!r} (first on line "
-                                        f"{seen[(key.tag, key.value)]})",
-                                        line=key.start_mark.line + 1,
-                                        fix="keep one of them")
-                    seen[(key.tag, key.value)] = key.start_mark.line + 1
-                total += size(key, depth + 1) + size(value, depth + 1)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item, depth + 1) for item in node.value)
-        if total > MAX_NODES:
-            raise SpecError(path, f"expands to more than {MAX_NODES} values (YAML aliases?)",
-                            line=node.start_mark.line + 1, fix="write the spec out plainly")
-        sizes[id(node)] = total
-        return total
-
-    size(root, 0)
-
-
-def _flow_depth(text: str) -> int:
-    """The deepest nesting of [ and { (an upper bound: brackets in strings count too)."""
-    depth = deepest = 0
-    for m in re.finditer(r"[\[\]{}]", text):
-        depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def _loader(text: str) -> Any:
-    """libyaml's loader (8x faster) when it is there and the nesting is shallow: its
-    composer recurses in C and crashes on 100,000 nested brackets."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None and _flow_depth(text) <= MAX_DEPTH:
-        return fast(text)
-    return yaml.SafeLoader(text)
-
-
-def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    text = _read_text(path)
-    loader: Any = None
-    try:
-        loader = _loader(text)
-        node = loader.get_single_node()
-        if node is None:
-            return None, None
-        _check_node(path, node)
-        return loader.construct_document(node), node
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        raise YamlSyntaxError(path, f"invalid YAML: {problem}", line=line,
-                              fix="fix the YAML syntax") from None
-    except yaml.YAMLError as e:
-        raise YamlSyntaxError(path, f"invalid YAML: {e}", fix="fix the YAML syntax") from None
-    except RecursionError:
-        raise SpecError(path, f"nested more than {MAX_DEPTH} levels deep",
-                        fix="flatten the document") from None
-    except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise SpecError(path, f"a value cannot be read: {str(e).split(';')[0]}",
-                        fix="write it as a string") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Line (1-based) of the deepest YAML node found along a pydantic error location."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == key:
-                    node, line = v, k.start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-_FIXES = {
-    "extra_forbidden": "remove it (allowed keys are listed in the README's spec format)",
-    "missing": "add it",
-    "string_type": "write a quoted string",
-    "int_type": "write an integer",
-    "float_type": "write a number",
-    "dict_type": "write a mapping (key: value)",
-    "list_type": "write a list",
-    "literal_error": None,
-    "string_pattern_mismatch": None,
-}
-
-
-def _spec_error(path: Path, node: yaml.Node | None, err: ValidationError,
-                drop: int = 0) -> SpecError:
-    """The first problem as the error, every other one in its ``more``."""
-    first, *rest = (_one_error(path, node, e, drop) for e in err.errors())
-    seen = {str(first)}
-    for other in rest:
-        if str(other) not in seen:
-            seen.add(str(other))
-            first.more.append(other)
-    return first
-
-
-def _one_error(path: Path, node: yaml.Node | None, e: Any, drop: int) -> SpecError:
-    loc = tuple(x for x in e["loc"] if x not in ("pip", "conda") and not (
-        isinstance(x, str) and any(c in x for c in "[-,")))[drop:]  # union members' names
-    if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        loc = ()
-    field = ".".join(str(x) for x in loc) or None
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if e["type"] not in ("extra_forbidden", "missing") and not isinstance(
-            e.get("input", {}), (dict, list)):
-        shown = repr(e["input"])
-        msg += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
-    fix = _FIXES.get(e["type"])
-    if e["type"] == "string_pattern_mismatch":
-        fix = "use letters, digits, '_', '.', '-' (entrypoint: file.py:function)"
-    return SpecError(path, msg, field=field, line=_line_of(node, loc), fix=fix)
-
-
-def _validate(cls: type[StrictModel], path: Path) -> Any:
-    data, node = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise SpecError(path, "expected a mapping at the top level", line=1,
-                        fix="write key: value pairs")
-    try:
-        if cls is _EnvDoc:
-            return _EnvDoc.model_validate({"env": data}).env
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise _spec_error(path, node, err, drop=1 if cls is _EnvDoc else 0) from None
+    data = _schema.validate(doc, path, text)
+    built = build(data)
+    with contextlib.suppress(Exception):
+        atomic_write_text(entry, json.dumps(data))
+    return built
 
 
 def load_model_spec(path: Path) -> ModelSpec:
-    try:
-        spec: ModelSpec = _validate(ModelSpec, path)
-    except SpecError as e:
-        if type(e) is SpecError:  # the fields are wrong: its name and entry file may be too
-            e.more += [x for x in _file_problems(path, raw_mapping(path) or {})
-                       if str(x) not in {str(e), *map(str, e.more)}]
-        raise
+    spec: ModelSpec = _load(path, "model", ModelSpec.from_dict)
     check_model_paths(spec, path)
     return spec
 
 
+def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:
+    spec: PipEnvSpec | CondaEnvSpec = _load(path, "env", _env_from_dict)
+    return spec
+
+
+def load_compose_config(path: Path) -> ComposeConfig:
+    cfg: ComposeConfig = _load(path, "compose", ComposeConfig.from_dict)
+    return cfg
+
+
+def compose_config(data: Any, source: str = "the kmodel config") -> ComposeConfig:
+    """A composition given as data (a Snakemake module's config), with the same errors."""
+    from kmodel import _schema
+
+    return ComposeConfig.from_dict(_schema.validate_data("compose", data, source))
+
+
 def raw_mapping(path: Path) -> dict[str, Any] | None:
     """The spec file as a plain mapping (read safely, not validated), or None."""
-    try:
-        data, _ = _read_yaml(path)
-    except SpecError:
-        return None
-    return data if isinstance(data, dict) else None
+    from kmodel import _schema
+
+    return _schema.raw_mapping(path)
 
 
-def _file_problems(path: Path, data: dict[str, Any]) -> list[SpecError]:
+def file_problems(path: Path, data: dict[str, Any]) -> list[SpecError]:
     """What is wrong with a model spec's name and entry file, from the raw values."""
     folder, found = path.parent, []
     name, entry = data.get("name"), data.get("entrypoint")
@@ -519,7 +308,7 @@ def check_model_paths(spec: ModelSpec, path: Path) -> None:
     """The checks of a model spec that depend on other files: its name is its folder's, its
     entry file exists, and no path leaves the folder (every problem at once)."""
     folder = path.parent
-    if problems := _file_problems(path, {"name": spec.name, "entrypoint": spec.entrypoint}):
+    if problems := file_problems(path, {"name": spec.name, "entrypoint": spec.entrypoint}):
         first, *rest = problems
         first.more += rest
         raise first
@@ -532,27 +321,6 @@ def check_model_paths(spec: ModelSpec, path: Path) -> None:
         check_inside(folder, spec.test.expected, path, "test.expected")
         if spec.test.weights:
             check_inside(folder, spec.test.weights, path, "test.weights")
-
-
-def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:
-    spec: PipEnvSpec | CondaEnvSpec = _validate(_EnvDoc, path)
-    return spec
-
-
-def load_compose_config(path: Path) -> ComposeConfig:
-    cfg: ComposeConfig = _validate(ComposeConfig, path)
-    return cfg
-
-
-def compose_config(data: Any, source: str = "the kmodel config") -> ComposeConfig:
-    """A composition given as data (a Snakemake module's config), with the same errors."""
-    if not isinstance(data, dict):
-        raise SpecError(source, "expected a mapping (the composition)",
-                        fix="pass the composition as the module's config")
-    try:
-        return ComposeConfig.model_validate(data)
-    except ValidationError as err:
-        raise _spec_error(Path(source), None, err) from None
 
 
 def check_inside(folder: Path, rel: str, spec_path: Path, field: str) -> Path:

@@ -120,6 +120,59 @@ def test_demo_config_loads() -> None:
     assert cfg.models == ["logreg", "gnb", "mlp"] and cfg.ensembler == "stacker"
 
 
+
+@pytest.mark.parametrize("name", ["ArraySpec", "WeightsSpec", "TrainSpec", "TestSpec",
+                                  "ModelSpec", "PipEnvSpec", "CondaEnvSpec", "DataConfig",
+                                  "ComposeConfig"])
+def test_types_mirror_their_validators(name: str) -> None:
+    """kmodel/spec.py's dataclasses and kmodel/_schema.py's pydantic models have the same
+    fields with the same defaults: what validates is what the rest of kmodel reads."""
+    import dataclasses
+
+    from kmodel import _schema, spec
+
+    kind, schema = getattr(spec, name), getattr(_schema, name).model_fields
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    assert set(fields) == set(schema)
+    for key, f in fields.items():
+        default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                   else f.default)
+        want = schema[key].get_default(call_default_factory=True)
+        assert (default is dataclasses.MISSING) == schema[key].is_required(), key
+        assert default is dataclasses.MISSING or default == want, key
+
+
+def test_a_spec_seen_before_loads_without_pydantic_or_yaml(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, f"# {tmp_path}: content no test has cached\n{TOY_SPEC}")
+    probe = ("import sys; from pathlib import Path; from kmodel.spec import load_model_spec; "
+             f"s = load_model_spec(Path({str(path)!r})); "
+             "print(s.name, s.inputs[0].shape, 'pydantic' in sys.modules, 'yaml' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[0][2:] == ["True", "True"]  # validated the first time
+    assert runs[1][2:] == ["False", "False"]  # then read from the cache
+    assert runs[0][:2] == runs[1][:2]
+
+
+def test_the_cache_follows_the_content_not_the_file(tmp_path: Path) -> None:
+    """A spec rewritten with the same size at once (same mtime tick) is validated anew,
+    and a damaged cache entry is not trusted."""
+    from kmodel._fs import kmodel_home
+
+    path = write(tmp_path, TOY_SPEC)
+    good = load_model_spec(path)
+    path.write_text(TOY_SPEC.replace("version:", "versio_:", 1))
+    with pytest.raises(SpecError, match="version: Field required"):
+        load_model_spec(path)
+    path.write_text(TOY_SPEC)
+    for entry in (kmodel_home() / "spec-cache").glob("*.json"):
+        entry.write_text('{"name": 3}')
+    assert load_model_spec(path) == good
+
+
 yamlish = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
