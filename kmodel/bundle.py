@@ -8,6 +8,9 @@ envs and the trained ensembler's weights (``composition/weights/``). Opening a b
 checks every file against the manifest, and nothing else may be in it: a bundle with any
 file changed, added or missing is refused. Predicting from a bundle extracts it once into
 KMODEL_HOME/bundles/ (keyed by the bundle's sha256) and runs it from there.
+
+zipfile (30 ms) is imported by the functions that open bundles: `kmodel predict MODEL`
+imports this module only to tell a bundle by its name.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -116,6 +118,8 @@ def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest
 
 
 def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manifest:
+    import zipfile
+
     if not output.name.endswith(SUFFIX) or output.name == SUFFIX:
         raise UsageError(f"{output}: a bundle's name ends in {SUFFIX} (`kmodel predict` "
                          "tells bundles by it), e.g. NAME-VERSION.kmodel")
@@ -131,6 +135,8 @@ def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manife
 
 def _is_bundle_file(path: Path) -> bool:
     """A bundle `kmodel pack` wrote (it may be replaced by a new one)."""
+    import zipfile
+
     with zipfile.ZipFile(path) as z:
         return bool(json.loads(z.read(MANIFEST)).get("kmodel_bundle") == FORMAT)
 
@@ -143,6 +149,8 @@ def _safe(name: str) -> bool:
 def read(bundle: Path) -> Manifest:
     """The bundle's manifest, after checking that the bundle holds exactly the files it
     lists, each with its sha256; else BundleError naming the first difference."""
+    import zipfile
+
     check_input_file(bundle)
     try:
         with zipfile.ZipFile(bundle) as z:
@@ -211,6 +219,8 @@ def _check_fields(bundle: Path, manifest: Manifest, composition: Any) -> None:
 def unpack(bundle: Path, folder: Path) -> Manifest:
     """Check ``bundle`` and extract it into ``folder`` (new; it appears whole or not at
     all). The folder is a search-path folder: KMODEL_PATH=folder finds its models."""
+    import zipfile
+
     manifest = read(bundle)
     if folder.exists():
         raise BundleError(f"{folder} exists; unpack into a new folder")

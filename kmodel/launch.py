@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,17 +45,6 @@ class Outcome:
     error: KmodelError | None = None
 
 
-@contextlib.contextmanager
-def _job_file(job: Job) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix="kmodel-job-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(job.to_json())
-        yield Path(name)
-    finally:
-        os.unlink(name)
-
-
 def _events(fd: int) -> Iterator[dict[str, Any]]:
     """The runner's protocol messages (JSON lines on a pipe of their own)."""
     with os.fdopen(fd, "rb") as channel:
@@ -69,33 +57,53 @@ def _events(fd: int) -> Iterator[dict[str, Any]]:
                 yield event
 
 
-def run_job(env: Env, job: Job, progress: Progress | None = None,
-            outcome: Outcome | None = None) -> Outcome:
-    """Run ``job`` in ``env``. Returns what happened (``outcome.error`` set on failure);
-    raises only when kmodel itself is interrupted (the runner is stopped first).
+class Runner:
+    """A runner process in ``env``, started before its job is known.
 
-    ``outcome`` may be passed in, so that a caller interrupted mid-way still knows which
-    tasks finished. Progress is reported over all tasks: (rows done, rows in all tasks).
+    Its slow start (the env's python importing numpy and h5py) overlaps with the host's own
+    checks of inputs, weights and locks; it then reads the job on its stdin. A runner whose
+    job never comes is stopped by ``close`` (or gets EOF when kmodel dies).
     """
-    outcome = outcome or Outcome()
-    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    sizes = [t.rows for t in job.tasks]
-    with _job_file(job) as job_path:
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.used = False
+        run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         read_fd, write_fd = os.pipe()
         try:
-            proc = _subprocess.popen([env.python, "-I", "-X", "faulthandler", RUNNER, job_path,
-                                      str(write_fd)], env=run_env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,))
+            self.proc = _subprocess.popen(
+                [env.python, "-I", "-X", "faulthandler", RUNNER, str(write_fd)], env=run_env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,))
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-        assert proc.stdout is not None
-        output = _subprocess.Tail(proc.stdout)
+        self.channel = read_fd
+        assert self.proc.stdout is not None
+        self.output = _subprocess.Tail(self.proc.stdout)
+
+    def run(self, job: Job, progress: Progress | None = None,
+            outcome: Outcome | None = None) -> Outcome:
+        """Send ``job`` and follow it. Returns what happened (``outcome.error`` set on
+        failure); raises only when kmodel itself is interrupted (the runner is stopped
+        first).
+
+        ``outcome`` may be passed in, so that a caller interrupted mid-way still knows which
+        tasks finished. Progress is reported over all tasks: (rows done, rows in all tasks).
+        """
+        assert not self.used, "a runner runs one job"
+        self.used = True
+        outcome = outcome or Outcome()
+        sizes = [t.rows for t in job.tasks]
         events: list[dict[str, Any]] = []
         try:
-            for event in _events(read_fd):
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died: its output says why
+                with self.proc.stdin:
+                    self.proc.stdin.write(job.to_json().encode())
+            for event in _events(self.channel):
                 kind = event.get("event")
                 if kind == "progress":
                     if progress:
@@ -107,12 +115,41 @@ def run_job(env: Env, job: Job, progress: Progress | None = None,
                 elif kind == "done" and "index" in event:
                     outcome.done.append(int(event["index"]))
                 events.append(event)
-            code = proc.wait()
+            code = self.proc.wait()
         except BaseException:
-            _subprocess.stop(proc)
+            _subprocess.stop(self.proc)
             raise
-    outcome.error = _failure(env, job, outcome.current, code, events, output.text())
-    return outcome
+        outcome.error = _failure(self.env, job, outcome.current, code, events,
+                                 self.output.text())
+        return outcome
+
+    def close(self) -> None:
+        """Stop the runner if its job never ran (or is still running)."""
+        _subprocess.stop(self.proc)
+        if not self.used:
+            os.close(self.channel)
+
+
+@contextlib.contextmanager
+def started(env: Env | None) -> Iterator[Runner | None]:
+    """A runner started now in ``env`` (None: none), stopped at the end of the block unless
+    it finished its job."""
+    if env is None:
+        yield None
+        return
+    runner = Runner(env)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def run_job(env: Env, job: Job, progress: Progress | None = None,
+            outcome: Outcome | None = None) -> Outcome:
+    """Start a runner in ``env`` and run ``job`` (see Runner.run)."""
+    with started(env) as runner:
+        assert runner is not None
+        return runner.run(job, progress, outcome)
 
 
 def _failure(env: Env, job: Job, current: int, code: int, events: list[dict[str, Any]],

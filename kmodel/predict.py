@@ -10,6 +10,9 @@ Files of one ``predict -o OUT``, all under a lock kmodel holds for the whole run
 the run); it becomes OUT when complete, ``OUT.partial`` (for ``--resume``) when the run is
 interrupted or the runner killed, and is removed when the model fails. A run killed with
 SIGKILL leaves its working file behind; the next run on OUT adopts it as ``OUT.partial``.
+
+numpy and h5py (kmodel/io/hdf5.py) are imported inside the functions that read files: the
+runner is started before them, so its own start overlaps with the host's checks.
 """
 
 from __future__ import annotations
@@ -30,9 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kmodel import _lock, provenance
+from kmodel import _lock, launch, provenance
 from kmodel._fs import (
     atomic_dir,
     cached_sha256,
@@ -59,7 +60,6 @@ from kmodel.errors import (
     WeightsNotHashedError,
     signum_of,
 )
-from kmodel.io import hdf5
 from kmodel.job import Job, Task
 from kmodel.launch import Outcome, Progress, run_job
 from kmodel.registry import Model, Registry
@@ -72,6 +72,10 @@ __all__ = ["Progress", "Weights", "check_input", "ensure_env", "predict", "predi
 
 def check_input(model: Model, path: Path) -> int:
     """Check the input file against the spec's inputs before any env starts; return rows."""
+    import numpy as np
+
+    from kmodel.io import hdf5
+
     check_input_file(path)
     try:
         found, rows = hdf5.describe(path, "inputs")
@@ -104,6 +108,10 @@ def check_input(model: Model, path: Path) -> int:
 
 def check_targets(path: Path, name: str) -> None:
     """The training input holds /targets/<name>: numbers, one per row."""
+    import numpy as np
+
+    from kmodel.io import hdf5
+
     try:
         found, _ = hdf5.describe(path, "targets")
     except hdf5.LengthError as e:
@@ -119,6 +127,16 @@ def check_targets(path: Path, name: str) -> None:
                                "write numbers")
 
 
+def ready_env(registry: Registry, model: Model) -> Env | None:
+    """The model's env if it is built and current (None: ``ensure_env`` will say why, or
+    build it)."""
+    try:
+        ref = registry.env_of(model)
+    except KmodelError:
+        return None
+    return backend_for(ref).find(ref)
+
+
 def ensure_env(registry: Registry, model: Model) -> tuple[Env, Path]:
     """Build (or find) the model's env; return it with its lockfile."""
     ref = registry.env_of(model)
@@ -132,6 +150,12 @@ def model_files(registry: Registry, model: Model, weights: Weights | None) -> li
                                                                   else [])]
     ref = registry.env_of(model)
     return [*files, ref.path, ref.lockfile]
+
+
+def _is_prediction(path: Path) -> bool:
+    from kmodel.io import hdf5
+
+    return hdf5.is_prediction(path)
 
 
 def partial_path(output: Path) -> Path:
@@ -151,6 +175,8 @@ def _adopt_killed(output: Path) -> None:
     """Working files of runs killed outright (SIGKILL, a lost node) become ``OUT.partial``,
     the newest last, so that ``--resume`` finds them. Called under the output's lock, so
     no live run owns them."""
+    from kmodel.io import hdf5
+
     found = []
     for p in output.parent.glob(f"{glob.escape(output.name)}.partial-*"):
         if _WORK_SUFFIX.search(p.name) and p.name.startswith(output.name):
@@ -176,6 +202,8 @@ def _adopt_killed(output: Path) -> None:
 def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
     """True if ``partial`` can be continued; False to start over; raise if it belongs to
     another run (other model, spec, weights, lock, batch size, row range or input)."""
+    from kmodel.io import hdf5
+
     try:
         st = partial.lstat()
     except FileNotFoundError:
@@ -313,17 +341,23 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     for output in outputs:
         guard_output(output, [*inputs, *model_files(registry, model, weights),
                               *registry.owned_files()], siblings=(".partial", ".lock"),
-                     replaceable=hdf5.is_prediction)
-    totals = [check_input(model, i) for i in inputs]
-    ranges = [row_range(i, n, batch_size, rows, shard) for i, n in zip(inputs, totals,
-                                                                         strict=True)]
-    if weights:
-        weights.verify(name, weights.fix(name))
+                     replaceable=_is_prediction)
     with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
+        # the runner starts now when its env is built: it imports numpy and h5py while
+        # the inputs, weights and locks are checked here
+        early = held.enter_context(launch.started(ready_env(registry, model)))
+        totals = [check_input(model, i) for i in inputs]
+        ranges = [row_range(i, n, batch_size, rows, shard)
+                  for i, n in zip(inputs, totals, strict=True)]
+        if weights:
+            weights.verify(name, weights.fix(name))
         for output in outputs:
             held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
             _adopt_killed(output)
         env, _ = ensure_env(registry, model)
+        runner = early if early is not None and early.env == env else \
+            held.enter_context(launch.started(env))
+        assert runner is not None
         common = {**provenance.of_model(registry, model, weights), **(attrs or {}),
                   "model": model.name, "model_version": model.spec.version, "env_key": env.key,
                   "batch_size": batch_size,
@@ -344,7 +378,7 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         for p in pending:
             p.later = later
         try:
-            run_job(env, job, progress, outcome)
+            runner.run(job, progress, outcome)
         except (Interrupted, KeyboardInterrupt) as e:
             failed = _finish_all(pending, outcome.done, name)
             left = [p for k, p in enumerate(pending) if k not in outcome.done]
@@ -427,6 +461,8 @@ def _finish_all(pending: list[_Pending], done: list[int], name: str) -> KmodelEr
 
 def _finish(p: _Pending, name: str) -> None:
     """Check a finished task's file (every row, from the same input), then rename it."""
+    from kmodel.io import hdf5
+
     try:
         _check_complete(p.work, name, p.task.rows, p.outputs)
         if not _unchanged(p.input, p.signature):
@@ -451,6 +487,8 @@ def _finish(p: _Pending, name: str) -> None:
 
 def _is_partial(path: Path, model: str) -> bool:
     """A regular file holding this model's partial predictions (not a user's file)."""
+    from kmodel.io import hdf5
+
     try:
         return stat.S_ISREG(path.lstat().st_mode) and \
             hdf5.read_attrs(path).get("model") == model
@@ -480,6 +518,8 @@ def _unchanged(path: Path, signature: str) -> bool:
 def _keep_partial(work: Path, partial: Path, input_hash: _Background,
                   resumed: bool) -> tuple[int, Path]:
     """Keep an interrupted run's rows as OUT.partial for --resume; return how many, where."""
+    from kmodel.io import hdf5
+
     try:
         done = int(hdf5.read_attrs(work).get(hdf5.ROWS_DONE, 0))
     except OSError:
@@ -509,6 +549,8 @@ def _discard(work: Path, partial: Path, resumed: bool) -> None:
 
 def _check_complete(path: Path, model: str, rows: int, outputs: Sequence[str]) -> None:
     """Every output, every row and the complete flag, read back from the file."""
+    from kmodel.io import hdf5
+
     try:
         attrs = hdf5.read_attrs(path)
         found, total = hdf5.describe(path, "preds")

@@ -1,6 +1,6 @@
 """The in-env runner: executed by a model env's own python, by file path, isolated.
 
-    <env>/bin/python -I runner.py JOB.json FD
+    <env>/bin/python -I runner.py FD  < JOB.json
 
 ``-I`` keeps kmodel's own folder (and PYTHONPATH, the user's site-packages) off the model's
 ``sys.path``: nothing of kmodel can shadow a model's imports. The runner imports nothing
@@ -9,8 +9,10 @@ nothing of kmodel is installed into model envs. It builds the model from its ent
 hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
 on the whole input, then writes params.json + one .npy per weight).
 
-The job (kmodel/job.py, also loaded by path) may hold several prediction tasks: one model
-build serves them all.
+The job (kmodel/job.py, also loaded by path) comes on stdin, read once numpy and h5py are
+imported: the host starts the runner early and checks its inputs meanwhile. An empty job
+(the host gave up before sending one) ends the runner quietly. A job may hold several
+prediction tasks: one model build serves them all.
 
 Protocol: JSON lines on file descriptor FD, a pipe of its own, so nothing the model prints
 on stdout or stderr can be mistaken for it: ``ready`` (numpy and h5py imported), then per
@@ -262,7 +264,7 @@ def _classify(e: BaseException) -> tuple[str, str]:
 
 def main(argv: list[str]) -> int:
     global _channel
-    fd = int(argv[2])
+    fd = int(argv[1])
     os.set_inheritable(fd, False)  # the model's own subprocesses do not get the channel
     _channel = os.fdopen(fd, "w", buffering=1)
     signal.signal(signal.SIGTERM, _stop)
@@ -270,8 +272,11 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     send("ready", python=platform.python_version(), numpy=np.__version__)
     try:
+        text = sys.stdin.buffer.read()
+        if not text:
+            return 0  # the host did not send a job: nothing to do
         try:
-            job = jobs.Job.from_json(Path(argv[1]).read_text())
+            job = jobs.Job.from_json(text.decode())
         except (ValueError, TypeError) as e:
             raise JobError("job", f"unreadable job file: {e}") from None
         model = build_model(job)

@@ -22,7 +22,13 @@ from typing import Any
 
 from kmodel import _lock
 from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_file, tmp_sibling
-from kmodel.errors import EnvBuildError, HomeNotWritableError, LockMissingError, LockStaleError
+from kmodel.errors import (
+    EnvBuildError,
+    HomeNotWritableError,
+    KmodelError,
+    LockMissingError,
+    LockStaleError,
+)
 from kmodel.registry import EnvRef
 
 log = logging.getLogger("kmodel")
@@ -127,6 +133,16 @@ class EnvBackend(ABC):
             return None
         ok = isinstance(marker, dict) and marker.get("key") == key
         return marker if ok and (prefix / "bin" / "python").exists() else None
+
+    def find(self, ref: EnvRef) -> Env | None:
+        """The env if it is built and its lock is current; None otherwise (no error, nothing
+        built: ``ensure`` says what is wrong)."""
+        try:
+            key = self.key(ref)
+        except (KmodelError, OSError):
+            return None
+        prefix = self.prefix(ref, key)
+        return Env(ref.name, key, prefix) if self.is_built(prefix, key) else None
 
     def ensure(self, ref: EnvRef) -> Env:
         """Return the built env, building it first if needed (idempotent, concurrency-safe)."""
