@@ -202,8 +202,18 @@ def _cast(values: np.ndarray, dtype: str, columns: list[str], ids: np.ndarray) -
     return out
 
 
+def _rows_not_finite(arr: np.ndarray, block: int = 1 << 16) -> int:
+    """How many rows hold NaN or inf, counted a block at a time (no temporary the size of
+    the training matrix)."""
+    if arr.dtype.kind != "f" or not len(arr):
+        return 0
+    rows = arr.reshape(len(arr), -1)
+    return sum(int((~np.isfinite(rows[lo:lo + block])).any(axis=1).sum())
+               for lo in range(0, len(rows), block))
+
+
 def _read_whole(path: Path, group: str, name: str, dtype: str, columns: list[str],
-                block: int = 1 << 18) -> np.ndarray:
+                block: int = 1 << 16) -> np.ndarray:
     """A whole dataset in ``dtype``, read ``block`` rows at a time into one array (no
     second copy in another dtype), checked as _cast checks batches."""
     out = None
@@ -223,8 +233,7 @@ def train(job: Any, model: Any) -> None:
     targets, _ = hdf5.read_group(path, "targets", [job.targets])
     for group, found in (("inputs", arrays), ("targets", targets)):
         for name, arr in found.items():
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                bad = int((~np.isfinite(arr.reshape(len(arr), -1))).any(axis=1).sum())
+            if bad := _rows_not_finite(arr):
                 raise JobError(group, f"/{group}/{name} has {bad} row(s) with NaN or inf; "
                                "drop or fix those rows before training")
     x = arrays[names[0]] if len(names) == 1 else arrays
