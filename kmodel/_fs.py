@@ -71,7 +71,7 @@ def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
 
 
 def _utf8(path: Path) -> bool:
-    """HDF5 and the runner's job file take UTF-8 paths (a name in another encoding is not)."""
+    """HDF5 and the runner's job (JSON) take UTF-8 paths (a name in another encoding is not)."""
     try:
         os.fspath(path).encode("utf-8")
     except UnicodeEncodeError:

@@ -287,7 +287,7 @@ def main(argv: list[str]) -> int:
         try:
             job = jobs.Job.from_json(text.decode())
         except (ValueError, TypeError) as e:
-            raise JobError("job", f"unreadable job file: {e}") from None
+            raise JobError("job", f"unreadable job: {e}") from None
         model = build_model(job)
         (train if job.mode == "train" else predict)(job, model)
         return 0
