@@ -4,13 +4,14 @@ pip or conda flavour) and a composition config (workflows/*.yaml).
 The types here are plain frozen dataclasses, cheap to import and to build. Each document is
 validated by kmodel/_schema.py (pydantic, strict, no unknown keys; errors say
 ``file:line: field: problem; fix``) the first time kmodel sees its content; the validated
-result is cached in KMODEL_HOME by the content's sha256 and kmodel's version, so later
+result is cached in KMODEL_HOME by the content's sha256 and the validating code's, so later
 commands load it as JSON without importing pydantic or YAML (100 ms of every start).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -29,8 +30,6 @@ DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
-#: bump when a type below changes, so that cached specs are validated again
-CACHE_FORMAT = 1
 
 # --- model spec --------------------------------------------------------------------
 
@@ -233,16 +232,30 @@ def read_text(path: Path) -> str:
 
 
 
+@functools.cache
+def _rules() -> str:
+    """What decides whether a document is valid: kmodel's version and the source of these
+    types and of their validators (an edited checkout validates its specs anew)."""
+    from kmodel import __version__
+    from kmodel._fs import sha256_bytes
+
+    here = Path(__file__).parent
+    try:
+        source = b"".join((here / name).read_bytes() for name in ("spec.py", "_schema.py"))
+    except OSError:
+        source = b""
+    return f"{__version__}|{sha256_bytes(source)}"
+
+
 def _load(path: Path, doc: Literal["model", "env", "compose"], build: Any) -> Any:
     """The document at ``path`` built by ``build`` from its validated data: from the cache
-    when this content was validated before by this version of kmodel, else validated
+    when this content was validated before by the same rules (``_rules``), else validated
     (kmodel/_schema.py) and cached. A cache that cannot be read or written only costs speed;
     a damaged entry is validated anew."""
-    from kmodel import __version__
     from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
 
     text = read_text(path)
-    key = sha256_bytes(f"{doc}|{CACHE_FORMAT}|{__version__}|{text}".encode())
+    key = sha256_bytes(f"{doc}|{_rules()}|{text}".encode())
     entry = kmodel_home() / "spec-cache" / f"{key[:40]}.json"
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         return build(json.loads(entry.read_bytes()))
