@@ -157,11 +157,13 @@ def test_a_spec_seen_before_loads_without_pydantic_or_yaml(tmp_path: Path) -> No
     assert runs[0][:2] == runs[1][:2]
 
 
-def test_the_cache_follows_the_content_not_the_file(tmp_path: Path) -> None:
+def test_the_cache_follows_the_content_not_the_file(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A spec rewritten with the same size at once (same mtime tick) is validated anew,
     and a damaged cache entry is not trusted."""
     from kmodel._fs import kmodel_home
 
+    monkeypatch.setenv("KMODEL_HOME", str(tmp_path / "home"))  # entries of its own to damage
     path = write(tmp_path, TOY_SPEC)
     good = load_model_spec(path)
     path.write_text(TOY_SPEC.replace("version:", "versio_:", 1))
