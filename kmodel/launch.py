@@ -131,12 +131,9 @@ class Runner:
 
 
 @contextlib.contextmanager
-def started(env: Env | None) -> Iterator[Runner | None]:
-    """A runner started now in ``env`` (None: none), stopped at the end of the block unless
-    it finished its job."""
-    if env is None:
-        yield None
-        return
+def started(env: Env) -> Iterator[Runner]:
+    """A runner started now in ``env``, stopped at the end of the block unless it finished
+    its job."""
     runner = Runner(env)
     try:
         yield runner
@@ -148,7 +145,6 @@ def run_job(env: Env, job: Job, progress: Progress | None = None,
             outcome: Outcome | None = None) -> Outcome:
     """Start a runner in ``env`` and run ``job`` (see Runner.run)."""
     with started(env) as runner:
-        assert runner is not None
         return runner.run(job, progress, outcome)
 
 

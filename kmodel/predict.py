@@ -345,7 +345,8 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
         # the runner starts now when its env is built: it imports numpy and h5py while
         # the inputs, weights and locks are checked here
-        early = held.enter_context(launch.started(ready_env(registry, model)))
+        ready = ready_env(registry, model)
+        early = held.enter_context(launch.started(ready)) if ready is not None else None
         totals = [check_input(model, i) for i in inputs]
         ranges = [row_range(i, n, batch_size, rows, shard)
                   for i, n in zip(inputs, totals, strict=True)]
@@ -357,7 +358,6 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         env, _ = ensure_env(registry, model)
         runner = early if early is not None and early.env == env else \
             held.enter_context(launch.started(env))
-        assert runner is not None
         common = {**provenance.of_model(registry, model, weights), **(attrs or {}),
                   "model": model.name, "model_version": model.spec.version, "env_key": env.key,
                   "batch_size": batch_size,
