@@ -10,7 +10,6 @@ refused.
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import hashlib
 import logging
@@ -21,7 +20,12 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kmodel.errors import HomeNotWritableError, InputMissingError, OutputNotWritableError
+from kmodel.errors import (
+    HomeNotWritableError,
+    InputMissingError,
+    OutputNotWritableError,
+    write_error,
+)
 
 log = logging.getLogger("kmodel")
 
@@ -130,19 +134,9 @@ def _inside(child: Path, folder: Path) -> bool:
     return Path(os.path.realpath(child)).is_relative_to(os.path.realpath(folder))
 
 
-def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = False,
-                 siblings: Iterable[str] = (),
-                 replaceable: Callable[[Path], bool] | None = None) -> None:
-    """Refuse an output that would destroy one of the command's inputs, or cannot be written.
-
-    For a file output: it may not be (or link to) an input, nor be a folder; nor may the
-    ``siblings`` kmodel writes next to it (``OUT.partial``...); an existing file is replaced
-    only if ``replaceable`` says it is one kmodel wrote, of the same kind (a user's file
-    given by mistake is never lost). For a folder output: it may not be, or contain, an
-    input or the working directory. The name must leave room for kmodel's temporary
-    suffixes. The parent folder is created.
-    """
-    inputs = list(inputs)
+def _check_name(output: Path, folder: bool) -> None:
+    """The output's name: a file's or folder's (as asked), in UTF-8, leaving room for
+    kmodel's temporary suffixes; not a device or FIFO."""
     if output.name in ("", ".", ".."):
         raise OutputNotWritableError(output, "it names a folder that holds other files",
                                      "give a new folder's name")
@@ -160,16 +154,35 @@ def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = Fa
         raise OutputNotWritableError(
             output, f"the file name is {len(os.fsencode(output.name))} bytes; with kmodel's "
             f"temporary suffix it must fit in {name_max}", "choose a shorter name")
+
+
+def _check_not_input(output: Path, inp: Path, folder: bool, siblings: Iterable[str]) -> None:
+    """Writing ``output`` (or a sibling of it) would not destroy ``inp``."""
+    if _same(output, inp) or (folder and _inside(inp, output)):
+        what = "is" if _same(output, inp) else "contains"
+        raise OutputNotWritableError(output, f"it {what} the input {inp} of this command, "
+                                     "which would be destroyed", "choose another output")
+    for suffix in siblings:
+        if _same(output.with_name(output.name + suffix), inp):
+            raise OutputNotWritableError(output, f"kmodel would write {inp}, an input of "
+                                         "this command, next to it", "choose another output")
+
+
+def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = False,
+                 siblings: Iterable[str] = (),
+                 replaceable: Callable[[Path], bool] | None = None) -> None:
+    """Refuse an output that would destroy one of the command's inputs, or cannot be written.
+
+    For a file output: it may not be (or link to) an input, nor be a folder; nor may the
+    ``siblings`` kmodel writes next to it (``OUT.partial``...); an existing file is replaced
+    only if ``replaceable`` says it is one kmodel wrote, of the same kind (a user's file
+    given by mistake is never lost). For a folder output: it may not be, or contain, an
+    input or the working directory. The name must leave room for kmodel's temporary
+    suffixes. The parent folder is created.
+    """
+    _check_name(output, folder)
     for inp in inputs:
-        if _same(output, inp) or (folder and _inside(inp, output)):
-            what = "is" if _same(output, inp) else "contains"
-            raise OutputNotWritableError(output, f"it {what} the input {inp} of this command, "
-                                         "which would be destroyed", "choose another output")
-        for suffix in siblings:
-            if _same(output.with_name(output.name + suffix), inp):
-                raise OutputNotWritableError(output, f"kmodel would write {inp}, an input of "
-                                             "this command, next to it",
-                                             "choose another output")
+        _check_not_input(output, inp, folder, siblings)
     if folder and _inside(Path.cwd(), output):
         raise OutputNotWritableError(output, "it is (or contains) the working directory",
                                      "give a new folder's name")
@@ -207,21 +220,6 @@ def create_exclusive(path: Path) -> None:
     """Create an empty file; fail if anything (a symlink too) already has that name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     os.close(os.open(path, flags, 0o666))
-
-
-def write_error(path: Path, e: OSError) -> OutputNotWritableError:
-    """The cause of a failed write, said plainly (a full disk, a file size limit, ...)."""
-    reasons = {errno.ENOSPC: "no space left on the device",
-               errno.EDQUOT: "disk quota exceeded",
-               errno.EFBIG: "the file size limit was reached (ulimit -f)",
-               errno.EROFS: "the filesystem is read-only",
-               errno.ENAMETOOLONG: "the file name is too long"}
-    reason = reasons.get(e.errno or 0, e.strerror or str(e))
-    fix = {errno.ENOSPC: "free some space or choose another location",
-           errno.EDQUOT: "free some space or choose another location",
-           errno.EFBIG: "raise the limit or choose a smaller output"}.get(
-        e.errno or 0, "choose a writable location")
-    return OutputNotWritableError(path, reason, fix)
 
 
 def remove_stale_temps(path: Path) -> None:

@@ -62,6 +62,20 @@ def lock_path(target: Path) -> Path:
     return target.with_name(target.name + ".lock")
 
 
+def writer_busy(output: Path) -> Callable[[str], KmodelError]:
+    """The error for an output that another kmodel run is writing."""
+    return lambda who: OutputNotWritableError(
+        output, f"another kmodel run ({who}) is writing it",
+        "wait for it to finish or choose another output")
+
+
+@contextlib.contextmanager
+def writing(output: Path) -> Iterator[None]:
+    """Hold ``output``'s lock (``OUT.lock``) for the block: one writer at a time."""
+    with held(lock_path(output), writer_busy(output)):
+        yield
+
+
 def holder(path: Path) -> str:
     """Who holds the lock at ``path``, in words (from its marker)."""
     try:

@@ -1,7 +1,7 @@
 """The validators of kmodel's spec documents: safe YAML reading and pydantic models (strict,
 no unknown keys) whose errors become ``file:line: field: problem; fix``.
 
-Imported only when kmodel meets a document's content for the first time (kmodel/spec.py
+Imported only when kmodel meets a document's content for the first time (kmodel/loader.py
 caches what validates); the types the rest of kmodel uses are kmodel/spec.py's dataclasses,
 which mirror the models here field for field (a test checks that they agree).
 """
@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from kmodel import defaults
 from kmodel.errors import SpecError, YamlSyntaxError
 from kmodel.spec import (
     DTYPES,
@@ -191,8 +192,8 @@ class DataConfig(StrictModel):
     """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
 
     builtin: Literal["breast_cancer"] | None = None
-    seed: int = 0
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    seed: int = defaults.SEED
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = defaults.TEST_FRACTION
     train: PlainPath | None = None
     test: PlainPath | None = None
 
@@ -216,14 +217,14 @@ class ComposeConfig(StrictModel):
     """
 
     name: Annotated[str, Field(pattern=NAME_RE)]
-    results: PlainPath = "results"
+    results: PlainPath = defaults.RESULTS
     specs: list[PlainPath] = []
     envs: PlainPath | None = None
     data: DataConfig
-    targets: Annotated[str, Field(pattern=NAME_RE)] = "y"
+    targets: Annotated[str, Field(pattern=NAME_RE)] = defaults.TARGET_NAME
     models: Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
     ensembler: Annotated[str, Field(pattern=NAME_RE)]
-    batch_size: Annotated[int, Field(gt=0)] = 8192
+    batch_size: Annotated[int, Field(gt=0)] = defaults.BATCH_SIZE
     shards: Count | dict[str, Count] = 1
 
     @field_validator("models")

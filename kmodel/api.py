@@ -11,6 +11,8 @@
     kmodel.compose_train("stacker", ["a.h5", "b.h5"], "train.h5", "weights/")
     kmodel.compose_apply("stacker", ["a_test.h5", "b_test.h5"], "weights/", "ensemble.h5")
     kmodel.status_of("workflows/demo.yaml")  # every output: fresh, stale (why) or missing
+    kmodel.validate_specs(["model_specs/mlp"])  # kmodel validate: every problem of each file
+    kmodel.test_models(["mlp"])               # kmodel test: each model on its own example
 
 Every model still runs in its own env, in a separate process: numpy arrays go there and
 back through temporary HDF5 files. Errors are ``kmodel.errors.KmodelError``s with the
@@ -27,8 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kmodel._fs import check_input_file
-from kmodel.errors import UsageError
-from kmodel.registry import Registry
+from kmodel.defaults import TARGET_NAME
+from kmodel.errors import KmodelError, UsageError
+from kmodel.registry import EnvRef, Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from kmodel.envs.base import EnvStatus
     from kmodel.plan import Plan
     from kmodel.status import Entry
+    from kmodel.validate import Validation
 
 PathLike = str | Path
 
@@ -63,6 +67,7 @@ class ModelHandle:
         locked = env.lockfile.is_file()
         return summary(self.registry, self.name) | {
             "entrypoint": m.spec.entrypoint, "args": m.spec.args,
+            "description": m.spec.description,
             "train_args": m.spec.train.args if m.spec.train else None,
             "inputs": [asdict(i) for i in m.spec.inputs],
             "outputs": [asdict(o) for o in m.spec.outputs],
@@ -84,7 +89,7 @@ class ModelHandle:
         return backend_for(ref).status(ref)
 
     def predict(self, data: np.ndarray | Mapping[str, np.ndarray] | PathLike, *,
-                ids: Sequence[Any] | None = None, batch_size: int = 8192,
+                ids: Sequence[Any] | None = None, batch_size: int | None = None,
                 ) -> dict[str, np.ndarray]:
         """Predict in the model's env. ``data``: one array (a model with one input), a
         dict of arrays by input name, or the path of an input HDF5 file. Returns the
@@ -120,7 +125,7 @@ class ModelHandle:
             preds, _ = hdf5.read_group(out, "preds")
         return preds
 
-    def predict_file(self, input: PathLike, output: PathLike, *, batch_size: int = 8192,
+    def predict_file(self, input: PathLike, output: PathLike, *, batch_size: int | None = None,
                      resume: bool = False, weights: PathLike | None = None) -> Path:
         """What `kmodel predict` does: ``output`` appears only when complete, with its
         provenance. ``weights``: a folder kmodel trained (with its hashes.json) instead of
@@ -138,16 +143,17 @@ class ModelHandle:
         m = self.registry.model(self.name)
         return m.folder / (m.spec.weights.path if m.spec.weights else "weights")
 
-    def train(self, input: PathLike, output: PathLike, *, targets: str = "y") -> Path:
+    def train(self, input: PathLike, output: PathLike, *, targets: str = TARGET_NAME) -> Path:
         """Fit the model on /inputs and /targets of ``input`` in its env and write the
         weights folder ``output``. Into the model's own weights folder the files' sha256
         are recorded in its spec; elsewhere the folder gets a hashes.json."""
-        from kmodel.hashes import write_hashes
-        from kmodel.predict import train
+        from kmodel.train import train
+        from kmodel.weights import write_hashes
 
-        out = Path(output)
+        out = _path(output, "output")
         mine = out.resolve() == self.own_weights.resolve()
-        train(self.registry, self.name, Path(input), targets, out, manifest=not mine)
+        train(self.registry, self.name, _path(input, "input"), out, targets=targets,
+              manifest=not mine)
         if mine:
             write_hashes(self.registry.model(self.name))
         return out
@@ -161,6 +167,18 @@ def get_model(name: str, *, specs: Sequence[PathLike] = (),
     reg = search_path(specs, envs)
     reg.model(name)
     return ModelHandle(name, reg)
+
+
+def listing(reg: Registry) -> tuple[list[dict[str, Any]], list[KmodelError]]:
+    """`kmodel ls`: a summary of every model found, and the errors of specs that do not
+    load (the others are still listed)."""
+    models, broken = [], []
+    for name in reg.model_paths():
+        try:
+            models.append(summary(reg, name))
+        except KmodelError as e:
+            broken.append(e)
+    return models, broken
 
 
 def summary(reg: Registry, name: str) -> dict[str, Any]:
@@ -198,7 +216,7 @@ def stacked_input(preds: Sequence[PathLike], output: PathLike, *,
 
 
 def compose_train(ensembler: str, preds: Sequence[PathLike], targets: PathLike,
-                  weights_out: PathLike, *, target_name: str = "y",
+                  weights_out: PathLike, *, target_name: str = TARGET_NAME,
                   allow_mixed_inputs: bool = False, reg: Registry | None = None) -> Path:
     """Train the ensembler on stored predictions (aligned by id to the targets' file)."""
     from kmodel.compose import train
@@ -235,7 +253,38 @@ def run(config: PathLike, *, cores: int = 1, snakemake_args: Sequence[str] = (),
     from kmodel import workflow
 
     return workflow.run(_path(config, "config"), reg or Registry(), cores=cores,
-                        extra=list(snakemake_args))
+                        extra=list(snakemake_args)).plan
+
+
+def validate_specs(paths: Sequence[PathLike] = (), *, reg: Registry | None = None
+             ) -> list[Validation]:
+    """`kmodel validate`: each spec file (or model folder) checked, every problem of each;
+    by default every model and env found and ./workflows/*.yaml."""
+    from kmodel.validate import validate as check
+
+    return check(reg or Registry(), [_path(p, "paths") for p in paths])
+
+
+def test_models(names: Sequence[str] = (), *, every: bool = False,
+                reg: Registry | None = None) -> list[dict[str, Any]]:
+    """`kmodel test`: each model run on its spec's example, compared within tolerance."""
+    from kmodel.modeltest import run_tests
+
+    return run_tests(reg or Registry(), list(names), every=every)
+
+
+def check_hashes(name: str, *, reg: Registry | None = None) -> list[tuple[str, str]]:
+    """`kmodel hash`: (state, file) for each weight file against the spec's sha256."""
+    from kmodel.weights import compare
+
+    registry = reg or Registry()
+    return compare(registry.model(name))
+
+
+def envs(names: Sequence[str] = (), *, every: bool = False,
+         reg: Registry | None = None) -> list[EnvRef[Any]]:
+    """The envs named (by env or model name), or every env: what `kmodel env` takes."""
+    return (reg or Registry()).env_refs(list(names), every=every)
 
 
 def _path(value: Any, what: str) -> Path:
@@ -255,5 +304,6 @@ def _paths(values: Any, what: str) -> list[Path]:
     return paths
 
 
-__all__ = ["ModelHandle", "compose_apply", "compose_train", "example_data", "get_model",
-           "run", "search_path", "stacked_input", "status_of", "summary"]
+__all__ = ["ModelHandle", "check_hashes", "compose_apply", "compose_train", "envs",
+           "example_data", "get_model", "listing", "run", "search_path", "stacked_input",
+           "status_of", "summary", "test_models", "validate_specs"]

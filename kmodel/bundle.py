@@ -2,12 +2,13 @@
 BioImage.IO zip.
 
 A bundle is a zip of a search-path folder: ``NAME/`` (the model's folder: spec, code,
-weights), ``envs/`` (its env spec and lock) and ``manifest.json``, which lists the sha256
-of every other file. A composition's bundle holds every base model, the ensembler, their
-envs and the trained ensembler's weights (``composition/weights/``). Opening a bundle
-checks every file against the manifest, and nothing else may be in it: a bundle with any
-file changed, added or missing is refused. Predicting from a bundle extracts it once into
-KMODEL_HOME/bundles/ (keyed by the bundle's sha256) and runs it from there.
+weights), ``envs/`` (its env spec and lock) and ``manifest.json`` (a ``bundle-manifest``
+document), which lists the sha256 of every other file. A composition's bundle holds every
+base model, the ensembler, their envs and the trained ensembler's weights
+(``composition/weights/``). Opening a bundle checks every file against the manifest, and
+nothing else may be in it: a bundle with any file changed, added or missing is refused.
+Predicting from a bundle extracts it once into KMODEL_HOME/bundles/ (keyed by the
+bundle's sha256) and runs it from there.
 
 zipfile (30 ms) is imported by the functions that open bundles: `kmodel predict MODEL`
 imports this module only to tell a bundle by its name.
@@ -16,7 +17,6 @@ imports this module only to tell a bundle by its name.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kmodel import __version__
+from kmodel import formats
 from kmodel._fs import (
     atomic_path,
     check_input_file,
@@ -34,13 +34,15 @@ from kmodel._fs import (
     sha256_file,
     tmp_sibling,
 )
-from kmodel.errors import BundleError, UsageError
+from kmodel._version import __version__
+from kmodel.errors import BundleError, KmodelError, UsageError
 from kmodel.registry import ENVS, Model, Registry
 from kmodel.spec import NAME_RE
 from kmodel.weights import Weights
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+BUNDLE_MANIFEST = "manifest.json"
+#: what bundles of kmodel 0.1 wrote before documents carried a format version
+LEGACY = ("kmodel_bundle", 1)
 SUFFIX = ".kmodel"
 MAX_BYTES = 8 << 30  # what a bundle may expand to (a zip bomb stops here)
 
@@ -83,7 +85,7 @@ def pack(registry: Registry, name: str, output: Path) -> Manifest:
     """Bundle model ``name``, its weights (checked against their hashes) and its env."""
     model = registry.model(name)
     if weights := Weights.of(model):
-        weights.verify(name, weights.fix(name))
+        weights.verify(name)
     files = {**_model_files(model), **_env_files(registry, model)}
     return _write(output, files, {"model": name, "version": model.spec.version})
 
@@ -92,22 +94,22 @@ def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest
     """Bundle a composition's base models, its ensembler with its trained weights, and their
     envs: applying the bundle gives the composition's ensemble predictions."""
     from kmodel.plan import load_plan
-    from kmodel.weights import read_manifest
 
     plan = load_plan(config, registry)
     reg = plan.registry(registry)
     cfg = plan.config
     trained = plan.ensembler_weights
-    manifest = read_manifest(trained)
-    if manifest is None:
+    try:
+        fitted = Weights.from_folder(trained)
+    except KmodelError:
         raise BundleError(f"{trained} holds no trained ensembler; run `kmodel run {config}` "
-                          "first")
-    Weights(trained, manifest, in_spec=False).verify(cfg.ensembler, "run the composition again")
+                          "first") from None
+    fitted.verify(cfg.ensembler, "run the composition again")
     files: dict[str, Path] = {}
     for name in [*cfg.models, cfg.ensembler]:
         model = reg.model(name)
         if weights := Weights.of(model):
-            weights.verify(name, weights.fix(name))
+            weights.verify(name)
         files |= _model_files(model) | _env_files(reg, model)
     for path in sorted(trained.iterdir()):
         if path.is_file():
@@ -125,9 +127,10 @@ def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manife
                          "tells bundles by it), e.g. NAME-VERSION.kmodel")
     guard_output(output, files.values(), replaceable=_is_bundle_file)
     digests = {arc: sha256_file(path) for arc, path in files.items()}
-    doc = {"kmodel_bundle": FORMAT, "kmodel_version": __version__, **meta, "files": digests}
+    text = formats.dumps("bundle-manifest", {"kmodel_version": __version__, **meta,
+                                             "files": digests})
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(MANIFEST, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        z.writestr(BUNDLE_MANIFEST, text)
         for arc, path in sorted(files.items()):
             z.write(path, arc)
     return Manifest(meta["model"], digests, meta.get("composition"))
@@ -138,7 +141,24 @@ def _is_bundle_file(path: Path) -> bool:
     import zipfile
 
     with zipfile.ZipFile(path) as z:
-        return bool(json.loads(z.read(MANIFEST)).get("kmodel_bundle") == FORMAT)
+        _manifest_doc(z.read(BUNDLE_MANIFEST), path)
+    return True
+
+
+def _manifest_doc(text: bytes, bundle: Path) -> dict[str, Any]:
+    """The manifest's body, read by its version's reader; BundleError if it is none."""
+    try:
+        version, doc = formats.loads(text, "bundle-manifest", bundle / BUNDLE_MANIFEST)
+    except KmodelError as e:
+        raise BundleError(f"{bundle}: {e}") from None
+    if version == 0 and doc.get(LEGACY[0]) != LEGACY[1]:
+        raise BundleError(f"{bundle}: {BUNDLE_MANIFEST} is not a kmodel bundle manifest; "
+                          "pack it again")
+    files = doc.get("files")
+    if not isinstance(files, dict) or not isinstance(doc.get("model"), str):
+        raise BundleError(f"{bundle}: {BUNDLE_MANIFEST} is not a kmodel bundle manifest "
+                          "(no files or model); pack it again")
+    return dict(doc)
 
 
 def _safe(name: str) -> bool:
@@ -155,15 +175,12 @@ def read(bundle: Path) -> Manifest:
     try:
         with zipfile.ZipFile(bundle) as z:
             infos = {i.filename: i for i in z.infolist() if not i.is_dir()}
-            if MANIFEST not in infos:
-                raise BundleError(f"{bundle}: no {MANIFEST}; give a file `kmodel pack` wrote")
-            doc = json.loads(z.read(MANIFEST))
-            files = doc.get("files") if isinstance(doc, dict) else None
-            if not isinstance(files, dict) or doc.get("kmodel_bundle") != FORMAT \
-                    or not isinstance(doc.get("model"), str):
-                raise BundleError(f"{bundle}: {MANIFEST} is not a kmodel bundle manifest "
-                                  f"(format {FORMAT}); pack it again")
-            members = set(infos) - {MANIFEST}
+            if BUNDLE_MANIFEST not in infos:
+                raise BundleError(f"{bundle}: no {BUNDLE_MANIFEST}; give a file `kmodel pack` "
+                                  "wrote")
+            doc = _manifest_doc(z.read(BUNDLE_MANIFEST), bundle)
+            files = doc["files"]
+            members = set(infos) - {BUNDLE_MANIFEST}
             if extra := sorted(members - set(files)):
                 raise BundleError(f"{bundle}: {extra[0]} is not in its manifest; a bundle "
                                   "holds only what `kmodel pack` put in it")
@@ -282,8 +299,7 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
             raise BundleError(f"{bundle}: model {name!r} is not the one in the bundle; "
                               "pack it again")
     if manifest.composition is None:
-        return predict_many(registry, manifest.model, pairs,
-                            batch_size=batch_size or 8192)
+        return predict_many(registry, manifest.model, pairs, batch_size=batch_size)
     size = batch_size or int(manifest.composition["batch_size"])
     weights = root / "composition" / "weights"
     if len({os.path.realpath(o) for _, o in pairs}) != len(pairs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -18,18 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kmodel import __version__
+from kmodel import defaults
+from kmodel._version import __version__
 from kmodel.errors import (
-    EnvNotBuiltError,
-    FileAccessError,
-    InternalError,
     Interrupted,
     KmodelError,
     OutputNotWritableError,
-    SpecError,
     Terminated,
     UsageError,
-    WeightsChangedError,
+    as_error,
     signum_of,
 )
 
@@ -72,7 +68,7 @@ class KmodelGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BaseException as e:  # every failure becomes one line (traceback with -v)
-            error = _as_error(e)
+            error = as_error(e)
             if error is None:
                 raise
             global _WRITE_FAILED
@@ -88,28 +84,6 @@ class KmodelGroup(click.Group):
                 "lists them)" if more else ""
             click.echo(f"Error [{error.code}]: {' '.join(str(error).split())}{also}", err=True)
             ctx.exit(error.exit_code)
-
-
-def _as_error(e: BaseException) -> KmodelError | None:
-    """The one-line error for any exception; None for those that must pass (SystemExit)."""
-    if isinstance(e, KmodelError):
-        return e
-    cause: BaseException | None = e
-    while cause is not None:  # a signal may land inside code that wraps it (an import)
-        if isinstance(cause, KeyboardInterrupt):
-            return Interrupted(signum_of(cause))
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(e, OSError):
-        from kmodel._fs import write_error
-
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) and e.filename:
-            return write_error(Path(e.filename), e)
-        where = f"{e.filename}: " if e.filename else ""
-        return FileAccessError(f"{where}{e.strerror or e}; check the path and its permissions")
-    if isinstance(e, Exception):
-        return InternalError(f"unexpected {type(e).__name__}: {e}; this is a bug in kmodel: "
-                             "rerun with -v and report the traceback")
-    return None
 
 
 def _registry(ctx: click.Context) -> Registry:
@@ -138,16 +112,6 @@ def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list
             return []
         return sorted({n for n in found if n.startswith(incomplete)})
     return names
-
-
-def _not_owned(ctx: click.Context, *outputs: Path | None) -> None:
-    """No output may overwrite a model spec, env spec or lockfile kmodel reads."""
-    from kmodel._fs import guard_output
-
-    owned = _registry(ctx).owned_files()
-    for output in outputs:
-        if output is not None:
-            guard_output(output, owned)
 
 
 @click.group(cls=KmodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,50 +148,22 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None
 
     PATHS may be model.yaml files, model folders, envs/*.yaml or workflow configs.
     """
-    from kmodel.spec import load_compose_config, load_env_spec, load_model_spec
+    from kmodel.validate import validate as check
 
-    reg = _registry(ctx)
-    targets = list(paths) or [*reg.model_paths().values(),
-                              *(reg.env_dir / f"{n}.yaml" for n in reg.env_names()),
-                              *sorted(Path("workflows").glob("*.yaml"))]  # compositions
-    results: list[dict[str, Any]] = []
-    for path in targets:
-        path = path / "model.yaml" if path.is_dir() else path
-        try:
-            if path.name == "model.yaml":
-                reg.env(load_model_spec(path).env, referenced_by=str(path))
-            elif path.parent.name == "envs" or path.parent == reg.env_dir:
-                load_env_spec(path)
-            else:
-                load_compose_config(path)
-            results.append({"path": str(path), "ok": True})
-        except KmodelError as e:  # every problem the file has, not just the first
-            found = [e, *getattr(e, "more", [])]
-            if path.name == "model.yaml" and isinstance(e, SpecError):  # its env, too
-                from kmodel.spec import raw_mapping
-
-                env = (raw_mapping(path) or {}).get("env")
-                if isinstance(env, str):
-                    try:
-                        reg.env(env, referenced_by=str(path))
-                    except KmodelError as missing:
-                        found.append(missing)
-            results.append({"path": str(path), "ok": False, "code": e.code, "error": str(e),
-                            "errors": [{"code": x.code, "error": str(x)} for x in found]})
+    results = check(_registry(ctx), paths)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if r["ok"]:
-                click.echo(f"ok    {r['path']}")
-                continue
-            # one Error line per file; its other problems below it, indented
-            first, *rest = (" ".join(str(x["error"]).split()) for x in r["errors"])
-            also = f" (and {len(rest)} more below)" if rest else ""
-            click.echo(f"Error [{r['code']}]: {first}{also}", err=True)
-            for line in rest:
-                click.echo(f"  also: {line}", err=True)
-    if not all(r["ok"] for r in results):
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    for r in [] if as_json else results:
+        if r.ok:
+            click.echo(f"ok    {r.path}")
+            continue
+        # one Error line per file; its other problems below it, indented
+        first, *rest = (" ".join(str(e).split()) for e in r.errors)
+        also = f" (and {len(rest)} more below)" if rest else ""
+        click.echo(f"Error [{r.errors[0].code}]: {first}{also}", err=True)
+        for line in rest:
+            click.echo(f"  also: {line}", err=True)
+    if not all(r.ok for r in results):
         ctx.exit(1)
 
 
@@ -261,15 +197,10 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     """List the models kmodel can find, and the folder each comes from. A spec that does not
     load is reported (exit 1) and the others are still listed; a model hidden by one of the
     same name earlier on the search path is named."""
-    from kmodel.api import summary
+    from kmodel.api import listing
 
     registry = _registry(ctx)
-    models, broken = [], []
-    for name in registry.model_paths():
-        try:
-            models.append(summary(registry, name))
-        except KmodelError as e:
-            broken.append(e)
+    models, broken = listing(registry)
     if as_json:
         click.echo(json.dumps(models, indent=2))
     else:
@@ -294,26 +225,23 @@ def info(ctx: click.Context, model: str, as_json: bool) -> None:
     """Show a model's inputs, outputs, env, weights and hashes."""
     from kmodel.api import ModelHandle
 
-    reg = _registry(ctx)
-    m = reg.model(model)
-    env = reg.env_of(m)
-    data = ModelHandle(model, reg).info
+    d = ModelHandle(model, _registry(ctx)).info
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"{m.name} {m.spec.version}: {m.spec.description}")
-    click.echo(f"  spec        {m.path}  sha256 {data['spec_sha256'][:16]}")
-    click.echo(f"  entrypoint  {m.spec.entrypoint}  args {json.dumps(m.spec.args)}")
-    click.echo(f"  env         {m.spec.env} ({env.spec.kind}) {env.path}  lock "
-               f"{data['lockfile'] or 'missing'}")
+    click.echo(f"{d['name']} {d['version']}: {d['description']}")
+    click.echo(f"  spec        {d['path']}  sha256 {d['spec_sha256'][:16]}")
+    click.echo(f"  entrypoint  {d['entrypoint']}  args {json.dumps(d['args'])}")
+    click.echo(f"  env         {d['env']} ({d['env_kind']}) {d['env_spec']}  lock "
+               f"{d['lockfile'] or 'missing'}")
     for kind in ("inputs", "outputs"):
-        for a in getattr(m.spec, kind):
-            click.echo(f"  {kind[:-1]:<11} {a.name} {a.dtype}{list(a.shape)}  {a.doc}")
-    if m.spec.weights:
-        for name, digest in m.spec.weights.sha256.items():
-            click.echo(f"  weight      {name}  sha256 {digest[:16]}")
-    else:
-        click.echo("  weights     none (trained by kmodel compose)" if m.spec.train
+        for a in d[kind]:
+            click.echo(f"  {kind[:-1]:<11} {a['name']} {a['dtype']}{list(a['shape'])}  "
+                       f"{a['doc']}")
+    for name, digest in (d["weights"] or {}).get("sha256", {}).items():
+        click.echo(f"  weight      {name}  sha256 {digest[:16]}")
+    if not d["weights"]:
+        click.echo("  weights     none (trained by kmodel compose)" if d["trainable"]
                    else "  weights     none")
 
 
@@ -326,7 +254,7 @@ def hash_(ctx: click.Context, model: str, write: bool) -> None:
 
     Exits 1 when they differ, unless --write records the files as they are now.
     """
-    from kmodel.hashes import weight_files, write_hashes
+    from kmodel.weights import check_compare, compare, write_hashes
 
     m = _registry(ctx).model(model)
     if write:
@@ -334,19 +262,12 @@ def hash_(ctx: click.Context, model: str, write: bool) -> None:
             click.echo(f"{digest}  {name}")
         click.echo(f"updated {m.path}")
         return
-    if not m.spec.weights or m.weights_dir is None:
+    rows = compare(m)
+    if not rows:
         click.echo(f"{model} has no weights in its spec")
-        return
-    found = weight_files(m.weights_dir)
-    bad = 0
-    for name in sorted(set(found) | set(m.spec.weights.sha256)):
-        want, got = m.spec.weights.sha256.get(name), found.get(name)
-        state = "ok" if want == got else "missing" if got is None else \
-            "unlisted" if want is None else "CHANGED"
-        bad += state != "ok"
+    for state, name in rows:
         click.echo(f"{state:<9} {name}")
-    if bad:
-        raise WeightsChangedError(model, m.path, bad)
+    check_compare(m, rows)
 
 
 # --- environments -----------------------------------------------------------------
@@ -357,20 +278,6 @@ def env() -> None:
     """Lock, build and inspect model environments."""
 
 
-def _env_refs(reg: Registry, names: tuple[str, ...], all_: bool) -> list[Any]:
-    if all_ == bool(names):
-        raise UsageError("give env or model names, or --all (not both)")
-    if all_:
-        return [reg.env(n) for n in reg.env_names()]
-    refs = []
-    for name in names:
-        if (reg.env_dir / f"{name}.yaml").is_file() or name not in reg.model_paths():
-            refs.append(reg.env(name))
-        else:
-            refs.append(reg.env_of(reg.model(name)))
-    return refs
-
-
 @env.command("lock")
 @click.argument("names", nargs=-1, shell_complete=_complete("env or model"))
 @click.option("--all", "all_", is_flag=True, help="Lock every env in envs/.")
@@ -379,7 +286,7 @@ def env_lock(ctx: click.Context, names: tuple[str, ...], all_: bool) -> None:
     """Resolve env specs and write their lockfiles (envs/NAME.lock, NAME.conda-lock.yml)."""
     from kmodel.envs import backend_for
 
-    for ref in _env_refs(_registry(ctx), names, all_):
+    for ref in _registry(ctx).env_refs(names, every=all_):
         t0 = time.perf_counter()
         path = backend_for(ref).lock(ref)
         click.echo(f"locked {ref.name} -> {path} ({time.perf_counter() - t0:.1f} s)")
@@ -394,18 +301,10 @@ def env_lock(ctx: click.Context, names: tuple[str, ...], all_: bool) -> None:
 def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
                record: Path | None) -> None:
     """Build envs (by env or model name) from their lockfiles; a no-op when built."""
-    from kmodel._fs import atomic_write_text
-    from kmodel.envs import backend_for
+    from kmodel.envs import create
 
-    refs = _env_refs(_registry(ctx), names, all_)
-    _not_owned(ctx, record)
-    built = []
-    for ref in refs:
-        e = backend_for(ref).ensure(ref)
-        built.append({"env": e.name, "prefix": str(e.prefix), "key": e.key})
+    for e in create(_registry(ctx), names, every=all_, record=record):
         click.echo(f"{e.name}: {e.prefix}")
-    if record:
-        atomic_write_text(record, json.dumps(built[0] if len(built) == 1 else built, indent=2))
 
 
 @env.command("path")
@@ -413,13 +312,9 @@ def env_create(ctx: click.Context, names: tuple[str, ...], all_: bool,
 @click.pass_context
 def env_path(ctx: click.Context, name: str) -> None:
     """Print the folder of a model's (or env's) built environment."""
-    from kmodel.envs import backend_for
+    from kmodel.envs import path_of
 
-    (ref,) = _env_refs(_registry(ctx), (name,), False)
-    status = backend_for(ref).status(ref)
-    if not status.built:
-        raise EnvNotBuiltError(ref.name, name)
-    click.echo(str(status.prefix))
+    click.echo(str(path_of(_registry(ctx), name)))
 
 
 @env.command("status")
@@ -430,10 +325,9 @@ def env_status(ctx: click.Context, as_json: bool) -> None:
 
     Exits 1 when any env is not locked, drifted, or not built.
     """
-    from kmodel.envs import backend_for
+    from kmodel.envs import statuses
 
-    reg = _registry(ctx)
-    rows = [backend_for(ref).status(ref) for ref in (reg.env(n) for n in reg.env_names())]
+    rows = statuses(_registry(ctx))
     if as_json:
         click.echo(json.dumps([{"env": s.name, "backend": s.backend, "locked": s.locked,
                                 "drift": s.drift, "built": s.built, "stale": s.stale,
@@ -474,17 +368,15 @@ def env_gc(ctx: click.Context, dry_run: bool) -> None:
 # --- predictions ------------------------------------------------------------------
 
 
-
-
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on a terminal; elsewhere (a cluster job's log, CI) a line every few
     seconds with the rows done and the rate, so long work never looks hung."""
     if not sys.stderr.isatty():
         try:
-            every = float(os.environ.get("KMODEL_PROGRESS_SECONDS", "5"))
+            every = float(os.environ.get("KMODEL_PROGRESS_SECONDS", defaults.PROGRESS_SECONDS))
         except ValueError:
-            every = 5.0  # a mistyped setting never stops the work it reports on
+            every = defaults.PROGRESS_SECONDS  # a mistyped setting never stops the work
         t0 = last = time.monotonic()
 
         def line(done: int, total: int) -> None:
@@ -558,8 +450,9 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
               type=click.Path(path_type=Path),
               help="Output HDF5 (one per -i); written under a temporary name, renamed when "
                    "complete.")
-@click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1),
-              help="Rows per batch: bounds memory, whatever the input size.")
+@click.option("--batch-size", type=click.IntRange(1), metavar="N",
+              help=f"Rows per batch: bounds memory, whatever the input size (default "
+                   f"{defaults.BATCH_SIZE}; a composition's bundle: its own).")
 @click.option("--rows", callback=_rows, metavar="START:STOP",
               help="Predict only these rows (a shard; merge shards with `kmodel merge`). "
                    "Cut at multiples of --batch-size for results equal to an unsharded run.")
@@ -570,7 +463,7 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
                    "the partial was made by another model, spec, weights, env or input).")
 @click.pass_context
 def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...],
-            batch_size: int, rows: Any, shard: Any, resume: bool) -> None:
+            batch_size: int | None, rows: Any, shard: Any, resume: bool) -> None:
     """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id).
 
     OUTPUT appears only when every row is written. One run at a time may write it (a second
@@ -592,9 +485,7 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
 
         if rows is not None or shard is not None or resume:
             raise UsageError("--rows, --shard and --resume take a model by name, not a bundle")
-        given = ctx.get_parameter_source("batch_size") is click.core.ParameterSource.COMMANDLINE
-        bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)),
-                       batch_size if given else None)
+        bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)), batch_size)
         for output in outputs:
             click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
         return
@@ -619,14 +510,12 @@ def pack(ctx: click.Context, model: str | None, composition: Path | None, output
     file's sha256) into one file to share; `kmodel predict FILE.kmodel` runs it."""
     from kmodel import bundle
 
-    if (model is None) == (composition is None):
-        raise UsageError("give a MODEL or --composition CONFIG (one of them)")
-    _not_owned(ctx, output)
-    if model is not None:
+    if model is not None and composition is None:
         made = bundle.pack(_registry(ctx), model, output)
-    else:
-        assert composition is not None
+    elif composition is not None and model is None:
         made = bundle.pack_composition(_registry(ctx), composition, output)
+    else:
+        raise UsageError("give a MODEL or --composition CONFIG (one of them)")
     size = output.stat().st_size
     click.echo(f"wrote {output} ({len(made.files)} files, " + (
         f"{size / 1e6:.1f} MB)" if size >= 1e6 else f"{size / 1e3:.0f} KB)"))
@@ -659,7 +548,6 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
     """
     from kmodel.merge import merge as run_merge
 
-    _not_owned(ctx, output)
     run_merge(shards, output)
     click.echo(f"wrote {output} from {len(shards)} shards")
 
@@ -667,7 +555,8 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
 @cli.command()
 @click.argument("model", shell_complete=_complete("model"))
 @io_options[0]
-@click.option("--target-name", default="y", show_default=True, help="Dataset in /targets.")
+@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True,
+              help="Dataset in /targets.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Weights folder to write (params.json, *.npy, hashes.json); an existing "
                    "folder is replaced only if kmodel wrote it.")
@@ -708,7 +597,7 @@ mixed_option = click.option(
 @preds_argument
 @click.option("--targets", required=True, type=click.Path(path_type=Path),
               help="HDF5 with /targets/<name> and /metadata/id (e.g. the train input).")
-@click.option("--target-name", default="y", show_default=True)
+@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the trained ensembler's weights (replaced only if kmodel "
                    "wrote it).")
@@ -748,7 +637,7 @@ def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
 @cli.command()
 @click.argument("preds", nargs=-1, required=True)
 @click.option("--targets", required=True, type=click.Path(path_type=Path))
-@click.option("--target-name", default="y", show_default=True)
+@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also write the scores as JSON here.")
 @json_option
@@ -756,9 +645,8 @@ def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
 def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name: str,
           output: Path | None, as_json: bool) -> None:
     """ROC AUC and accuracy of LABEL=PRED.h5 files against the targets."""
-    from kmodel.compose import score as run_score
+    from kmodel.scores import score as run_score
 
-    _not_owned(ctx, output)
     labelled: dict[str, Path] = {}
     for item in preds:
         label, sep, path = item.partition("=")
@@ -786,8 +674,9 @@ def _score_table(scores: dict[str, dict[str, Any]]) -> str:
 @click.argument("dataset", type=click.Choice(["breast_cancer"]))
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
 @click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
-@click.option("--test-fraction", default=0.3, show_default=True,
+@click.option("--seed", default=defaults.SEED, show_default=True,
+              type=click.IntRange(0, 2**32 - 1))
+@click.option("--test-fraction", default=defaults.TEST_FRACTION, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.pass_context
 def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path, seed: int,
@@ -795,7 +684,6 @@ def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path, se
     """Write an example dataset as kmodel input files (train and test split)."""
     from kmodel.datasets import breast_cancer
 
-    _not_owned(ctx, train_path, test_path)
     breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction)
     click.echo(f"wrote {train_path} and {test_path}")
 
@@ -817,24 +705,18 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
     """
     from kmodel import workflow
 
-    t0 = time.perf_counter()
-    did: set[str] = set()
     # Snakemake's whole log with -v or when its own output was asked for (--summary, ...);
     # otherwise a line per finished job (the whole log is in .snakemake/log/)
-    summary = None if ctx.obj.get("verbose") or _asks(snakemake_args, INFO_ONLY) \
+    summary = None if ctx.obj.get("verbose") or workflow.prints_itself(snakemake_args) \
         else workflow.LogSummary()
 
     def echo(line: str) -> None:
         for shown in [line] if summary is None else summary.feed(line):
             click.echo(shown, err=True)
-        if mark := workflow.marks(line):
-            did.add(mark)
 
-    plan = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args, echo=echo)
-    dry = "dry" in did or _asks(snakemake_args, DRY_RUN, "n")
-    if not dry and ("ran" not in did or _asks(snakemake_args, INFO_ONLY)):
-        return  # Snakemake printed what was asked (--summary, --list-rules, ...); nothing ran
-    if dry:
+    done = workflow.run(config, _registry(ctx), cores=cores, extra=snakemake_args, echo=echo)
+    plan = done.plan
+    if done.kind == "dry":
         from kmodel.status import status as outputs
 
         entries = [e for e in outputs(plan, _registry(ctx)) if e.state != "fresh"]
@@ -842,35 +724,16 @@ def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str,
                    + (f"{len(entries)} output(s) to make:" if entries else "all outputs fresh"))
         for e in entries:
             click.echo(_status_line(e))
-        return
-    click.echo(f"\n{plan.config.name}: finished in {time.perf_counter() - t0:.1f} s; "
-               f"results in {plan.root}/")
+    if done.kind != "ran":
+        return  # Snakemake printed what was asked (--summary, --list-rules, ...)
+    click.echo(f"\n{plan.config.name}: finished in {done.seconds:.1f} s; results in "
+               f"{plan.root}/")
     scores = workflow.read_scores(plan)
     if scores is not None:
         click.echo(f"  predictions  {plan.root / 'preds'}/<model>/<split>.h5")
         click.echo(f"  ensemble     {plan.ensemble}")
         click.echo(f"  scores       {plan.scores}\n")
         click.echo(_score_table(scores))
-
-
-DRY_RUN = {"-n", "--dry-run", "--dryrun"}
-INFO_ONLY = {"--summary", "-S", "--detailed-summary", "-D", "--list-rules", "--list", "-l",
-             "--list-target-rules", "--lt", "--dag", "--rulegraph", "--filegraph",
-             "--list-changes", "--lc", "--unlock", "--cleanup-metadata", "--cm", "--lint",
-             "--print-compilation", "--version", "--help", "-h"}
-
-
-def _asks(args: tuple[str, ...], flags: set[str], short: str = "") -> bool:
-    """Whether Snakemake arguments hold one of ``flags``: whole, abbreviated as argparse
-    allows (--dry-r; Snakemake refused it already if it was ambiguous), or ``short`` in a
-    group of short options (-np)."""
-    def named(arg: str) -> bool:
-        name = arg.split("=", 1)[0]
-        return name in flags or (len(name) > 3 and name.startswith("--")
-                                 and any(f.startswith(name) for f in flags))
-
-    return any(named(a) or (short and a.startswith("-") and not a.startswith("--")
-                            and short in a[1:]) for a in args)
 
 
 def _status_line(e: Any) -> str:
@@ -889,12 +752,9 @@ def status_(ctx: click.Context, config: Path, as_json: bool) -> None:
     Reads recorded provenance and hashes only: no env is built, no model runs. Exits 1
     when any output is stale or missing.
     """
-    from kmodel.plan import load_plan
-    from kmodel.status import status as outputs
+    from kmodel.api import status_of
 
-    reg = _registry(ctx)
-    plan = load_plan(config, reg)
-    entries = outputs(plan, reg)
+    entries = status_of(config, reg=_registry(ctx))
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
     else:
@@ -916,30 +776,9 @@ def test_(ctx: click.Context, models: tuple[str, ...], all_: bool, as_json: bool
     A failure names the output, how many rows are off, and the worst row: its id, the
     values, the absolute and relative differences. Exits 1 if any test fails.
     """
-    from kmodel.modeltest import run_test
+    from kmodel.modeltest import failed, run_tests
 
-    reg = _registry(ctx)
-    if all_ == bool(models):
-        raise UsageError("give model names, or --all (not both)")
-    every = reg.models() if all_ else [reg.model(n) for n in models]
-    report: list[dict[str, Any]] = []
-    failed = False
-    for m in every:
-        if m.spec.test is None and all_:
-            report.append({"model": m.name, "state": "no test"})
-            continue
-        try:
-            for c in run_test(reg, m.name):
-                failed |= not c.ok
-                report.append({"model": m.name, "state": "ok" if c.ok else "FAIL",
-                               "output": c.output, "rows": c.rows, "bad": c.bad,
-                               "detail": c.detail})
-        except (KmodelError, OSError) as e:  # this model's test; the others still run
-            error = _as_error(e)
-            assert error is not None
-            failed = True
-            report.append({"model": m.name, "state": "ERROR",
-                           "detail": f"[{error.code}] {' '.join(str(error).split())}"})
+    report = run_tests(_registry(ctx), models, every=all_)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     for r in [] if as_json else report:
@@ -951,7 +790,7 @@ def test_(ctx: click.Context, models: tuple[str, ...], all_: bool, as_json: bool
         else:
             click.echo(f"FAIL     {r['model']} /preds/{r['output']}: {r['bad']} of {r['rows']} "
                        f"rows out of tolerance; {r['detail']}")
-    if failed:
+    if failed(report):
         ctx.exit(1)
 
 
@@ -962,10 +801,8 @@ def test_(ctx: click.Context, models: tuple[str, ...], all_: bool, as_json: bool
 def verify(ctx: click.Context, prediction: Path, as_json: bool) -> None:
     """Recompute what PREDICTION records (the model's spec, code, weights, env lock, the
     input's sha256) and say what no longer matches. Exits 1 if anything differs."""
-    from kmodel._fs import check_input_file
     from kmodel.provenance import verify as run_verify
 
-    check_input_file(prediction)
     checks = run_verify(_registry(ctx), prediction)
     if as_json:
         click.echo(json.dumps([{"check": w, "ok": ok, "detail": d} for w, ok, d in checks],

@@ -7,7 +7,6 @@ targets file when training, the first prediction file when applying).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,25 +15,30 @@ from pathlib import Path
 import numpy as np
 
 from kmodel import predict as predict_mod
-from kmodel import provenance
-from kmodel._fs import atomic_write_text, cached_sha256, check_input_file, guard_output
+from kmodel import provenance, record
+from kmodel import train as train_mod
+from kmodel._fs import check_input_file, guard_output
+from kmodel.defaults import COMPOSE_BATCH_SIZE, TARGET_NAME
 from kmodel.errors import (
     IdAlignmentError,
     InputSchemaError,
     MixedInputsError,
+    NotFiniteError,
     TargetLengthError,
 )
 from kmodel.io import hdf5
-from kmodel.predict import Progress
+from kmodel.launch import Progress
+from kmodel.record import PredictionRecord
 from kmodel.registry import Model, Registry
-from kmodel.weights import MANIFEST, Weights
+from kmodel.weights import RECORD, WEIGHTS_MANIFEST, Weights
 
-#: in the ensembler's weights folder: the models (and outputs) it was trained on, in order
-SOURCES = "sources.json"
-#: rows per batch when applying the ensembler: each batch reads one slab of every
-#: prediction file, so larger batches mean fewer, larger reads (64 Ki rows x 20 models of
-#: float32 is 5 MB)
-BATCH = 1 << 16
+
+def _record(path: Path) -> PredictionRecord:
+    """A prediction file's record; an empty one where it cannot be read (_read says why)."""
+    try:
+        return record.read(path)
+    except (OSError, RuntimeError, ValueError):
+        return PredictionRecord()
 
 
 def _read(path: Path, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -63,20 +67,16 @@ def _finite(path: Path, what: str, values: np.ndarray, ids: np.ndarray) -> None:
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         first = ids[bad][0].decode(errors="replace")
-        raise TargetLengthError(f"{path}: {what} has {int(bad.sum())} row(s) with NaN or inf "
-                                f"(or beyond float32), e.g. id {first!r}; drop or fix those "
-                                "rows")
+        raise NotFiniteError(f"{path}: {what} has {int(bad.sum())} row(s) with NaN or inf "
+                             f"(or beyond float32), e.g. id {first!r}; drop or fix those rows")
 
 
 def check_same_input(preds: Sequence[Path]) -> None:
     """Prediction files made from different inputs cannot be aligned meaningfully."""
     seen: tuple[Path, str] | None = None
     for path in preds:
-        try:
-            digest = hdf5.read_attrs(path).get("input_sha256")
-        except (OSError, RuntimeError):
-            continue  # unreadable: _read says why
-        if not isinstance(digest, str) or not digest:
+        digest = _record(path).input_sha256
+        if not digest:
             continue  # e.g. a Kipoi file: no provenance to compare
         if seen is None:
             seen = (path, digest)
@@ -132,13 +132,12 @@ def stack(preds: Sequence[Path], reference: np.ndarray | None = None, *,
                 column = arrays[name][rows].reshape(len(rows), -1).astype(np.float32)
             _finite(path, f"/preds/{name}", column, reference)
             columns.append(column)
-        model = hdf5.read_attrs(path).get("model", path.stem)
-        sources.append(f"{model}:{','.join(sorted(arrays))}")
+        sources.append(f"{_record(path).model or path.stem}:{','.join(sorted(arrays))}")
     assert reference is not None
     return np.concatenate(columns, axis=1), reference, sources
 
 
-def _targets(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+def targets_of(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     arrays, ids = _read(path, "targets")
     if name not in arrays:
         raise TargetLengthError(f"{path}: no /targets/{name} (found {sorted(arrays)}); "
@@ -219,27 +218,37 @@ def sources(preds: Sequence[Path], reference: Path, tmp: Path, *,
     names, wide = [], False
     for k, path in enumerate(preds):
         layout = _layout(path)
-        if _count(path) == 0:
-            raise IdAlignmentError(f"{path}: no rows; predict on a non-empty input")
-        flat = all(len(shape) == 1 for _, shape, _ in layout)
-        if flat and hdf5.same_ids(reference, path):
-            columns += [(path, name) for name, _, _ in layout]
-            labels += [f"{path}:/{name}" for name, _, _ in layout]
-        else:  # another order, or several values a row: a copy, in order, one column each
-            copy = tmp / f"aligned-{k}.h5"
-            order = None if hdf5.same_ids(reference, path) else align(
-                hdf5.read_ids(reference), hdf5.read_ids(path), path)
-            made = hdf5.write_aligned(path, copy, order)
-            columns += [(copy, name) for name in made]
-            labels += [f"{path}:/{name}" for name in made]
+        _count(path)
+        found = _columns(path, layout, reference, tmp / f"aligned-{k}.h5")
+        columns += found
+        labels += [f"{path}:/{name}" for _, name in found]
         wide |= any(dtype.itemsize > 4 or dtype.kind != "f" for _, _, dtype in layout)
-        model = hdf5.read_attrs(path).get("model", path.stem)
-        names.append(f"{model}:{','.join(name.split('/')[-1] for name, _, _ in layout)}")
+        outputs = ",".join(name.split("/")[-1] for name, _, _ in layout)
+        names.append(f"{_record(path).model or path.stem}:{outputs}")
     return Sources(columns, labels, names, "float64" if wide else "float32", rows)
 
 
+def _columns(path: Path, layout: list[tuple[str, tuple[int, ...], np.dtype]],
+             reference: Path, copy: Path) -> list[tuple[Path, str]]:
+    """The file's prediction columns as (file, 1-D dataset), in ``reference``'s row order:
+    its own datasets when they are, else those of ``copy``, written in that order."""
+    same = _same_ids(reference, path)
+    if same and all(len(shape) == 1 for _, shape, _ in layout):
+        return [(path, name) for name, _, _ in layout]
+    # another order, or several values a row: a copy, in order, one column each
+    order = None if same else align(hdf5.read_ids(reference), hdf5.read_ids(path), path)
+    return [(copy, name) for name in hdf5.write_aligned(path, copy, order)]
+
+
+def _same_ids(a: Path, b: Path) -> bool:
+    """Both files hold the same ids in the same order (probed only where both records say
+    they are whole predictions of the same rows of one input)."""
+    return hdf5.same_ids(a, b, trusted=_record(a).same_rows_as(_record(b)))
+
+
 def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Path,
-          weights_out: Path, *, target_name: str = "y", allow_mixed_inputs: bool = False,
+          weights_out: Path, *, target_name: str = TARGET_NAME,
+          allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Weights:
     """Fit the ensembler on stored predictions aligned to the targets' ids.
 
@@ -249,9 +258,10 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
     for path in [*preds, targets]:  # regular, readable files (a FIFO would block)
         check_input_file(path)
     guard_output(weights_out, [*preds, targets], folder=True)
-    _targets(targets, target_name)  # there, numbers, finite (before any env starts)
+    targets_of(targets, target_name)  # there, numbers, finite (before any env starts)
     model = registry.model(ensembler)
-    record = {**provenance.of_model(registry, model, None), **upstream(preds, targets)}
+    made = provenance.of_model(registry, model, None)
+    read = provenance.upstream([*preds, targets])
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         found = sources(preds, targets, Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
         _takes(model, found)
@@ -259,12 +269,10 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=targets,
                            extra={f"targets/{target_name}": (targets,
                                                               f"targets/{target_name}")})
-        return predict_mod.train(registry, ensembler, table, target_name, weights_out,
-                                 extra={SOURCES: json.dumps(found.names, indent=2) + "\n",
-                                        provenance.FOLDER_RECORD: json.dumps(
-                                            record, indent=2, sort_keys=True) + "\n"},
-                                 progress=progress, inputs=(*preds, targets),
-                                 columns=_column_names(found))
+        kept = provenance.folder_record(made, read, found.names)
+        return train_mod.train(registry, ensembler, table, weights_out, targets=target_name,
+                               extra={RECORD: kept.text()}, progress=progress,
+                               inputs=(*preds, targets), columns=found.labels)
 
 
 def _takes(model: Model, found: Sources) -> None:
@@ -279,27 +287,10 @@ def _takes(model: Model, found: Sources) -> None:
                                "ensembler whose one input is [N] or [null] for N columns")
 
 
-def _column_names(found: Sources) -> list[str]:
-    return found.labels
-
-
-def upstream(preds: Sequence[Path], targets: Path | None = None) -> dict[str, str]:
-    """The sha256 of every file a composer step read, recorded in what it writes: a JSON
-    object {path: sha256} (``kmodel status`` compares it with the files as they are)."""
-    files = [*preds, *([targets] if targets else [])]
-    return {"upstream_sha256": json.dumps({str(p.resolve()): cached_sha256(p) for p in files},
-                                          sort_keys=True)}
-
-
 def _trained_on(weights: Weights, default: list[str]) -> list[str]:
-    if SOURCES not in weights.sha256:
-        return default
-    try:
-        data = json.loads((weights.folder / SOURCES).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputSchemaError(f"{weights.folder / SOURCES}: unreadable ({e}); train the "
-                               "ensembler again (kmodel compose train)") from None
-    return [str(x) for x in data] if isinstance(data, list) else default
+    """The models (and outputs) a trained ensembler takes, in order (as recorded)."""
+    kept = provenance.read_folder_record(weights.folder)
+    return kept.sources if kept is not None and kept.sources is not None else default
 
 
 def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Path,
@@ -312,7 +303,8 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
     for path in preds:
         check_input_file(path)
     w = Weights.from_folder(weights)
-    guard_output(output, [*preds, *w.files, w.folder / MANIFEST, *registry.owned_files()],
+    guard_output(output, [*preds, *w.files, w.folder / WEIGHTS_MANIFEST,
+                          *registry.owned_files()],
                  siblings=(".partial", ".lock"), replaceable=hdf5.is_prediction)
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         found = sources(preds, preds[0], Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
@@ -325,11 +317,11 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
         table = Path(tmp) / "apply.h5"
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=preds[0])
         return predict_mod.predict(registry, ensembler, table, output, weights=w,
-                                   progress=progress, attrs_later=lambda: upstream(preds),
-                                   columns=_column_names(found), batch_size=BATCH)
+                                   progress=progress, upstream=preds, columns=found.labels,
+                                   batch_size=COMPOSE_BATCH_SIZE)
 
 
-def _first_column(path: Path, reference: Path) -> np.ndarray:
+def first_column(path: Path, reference: Path) -> np.ndarray:
     """The first prediction column of ``path`` in ``reference``'s row order, checked finite.
 
     One column at a time: when the ids are in the reference's order (checked cheaply),
@@ -338,7 +330,7 @@ def _first_column(path: Path, reference: Path) -> np.ndarray:
     layout = _layout(path)
     _count(path)
     name, shape, _ = layout[0]
-    if len(shape) == 1 and hdf5.same_ids(reference, path):
+    if len(shape) == 1 and _same_ids(reference, path):
         with np.errstate(over="ignore", invalid="ignore"):
             column = hdf5.read_column(path, name).astype(np.float32)
         if not np.isfinite(column).all():  # the ids only to name the first bad row
@@ -346,40 +338,3 @@ def _first_column(path: Path, reference: Path) -> np.ndarray:
         return column
     x, _, _ = stack([path], hdf5.read_ids(reference))  # checked in stack
     return x[:, 0]
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (rank statistic, ties averaged)."""
-    y = np.asarray(y).astype(bool)
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")  # undefined with one class
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _is_scores(path: Path) -> bool:
-    """A score table `kmodel score` wrote: {label: {auc, accuracy, rows}}."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return isinstance(data, dict) and all(isinstance(v, dict) and {"auc", "accuracy"} <= set(v)
-                                          for v in data.values())
-
-
-def score(preds: dict[str, Path], targets: Path, target_name: str = "y",
-          output: Path | None = None) -> dict[str, dict[str, float | None]]:
-    """ROC AUC and accuracy (threshold 0.5) of each prediction file against the targets;
-    also written as JSON to ``output`` if given. AUC is None when the targets hold one class."""
-    if output is not None:
-        guard_output(output, [targets, *preds.values()], replaceable=_is_scores)
-    y, _ = _targets(targets, target_name)
-    out: dict[str, dict[str, float | None]] = {}
-    for label, path in preds.items():
-        p = _first_column(path, targets)
-        auc = roc_auc(y, p)
-        out[label] = {"auc": None if np.isnan(auc) else round(auc, 4),
-                      "accuracy": round(float(np.mean((p > 0.5) == y.astype(bool))), 4),
-                      "rows": len(y)}
-    if output is not None:
-        atomic_write_text(output, json.dumps(out, indent=2) + "\n")
-    return out

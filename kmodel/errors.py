@@ -7,6 +7,7 @@ tracebacks are shown only with ``-v``.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -164,7 +165,7 @@ class WeightsChangedError(KmodelError):
 
 
 class WeightsNotHashedError(KmodelError):
-    code = "KM302"
+    code = "KM303"
 
     def __init__(self, model: str, spec: Path) -> None:
         super().__init__(f"the weights of model {model!r} are not hashed yet (sha256: {{}} in "
@@ -224,6 +225,19 @@ class InputChangedError(KmodelError):
     code = "KM404"
 
 
+class NewerFormatError(KmodelError):
+    """A file written by a newer kmodel, in a format version this one cannot read."""
+
+    code = "KM406"
+
+    def __init__(self, source: str | Path, kind: str, found: object, reads: int) -> None:
+        from kmodel._version import __version__
+
+        super().__init__(f"{source} is in {kind} format version {found}, written by a newer "
+                         f"kmodel; kmodel {__version__} reads versions up to {reads}: "
+                         "upgrade kmodel, or make the file again with this one")
+
+
 # --- running models ----------------------------------------------------------------
 
 
@@ -263,9 +277,15 @@ class IdAlignmentError(KmodelError):
 
 
 class TargetLengthError(KmodelError):
-    """The targets do not fit the predictions: missing, wrong length, NaN or inf."""
+    """The targets do not fit the predictions: missing, of the wrong length or shape."""
 
     code = "KM601"
+
+
+class NotFiniteError(KmodelError):
+    """NaN or inf in stored predictions or targets (an ensembler would learn NaN weights)."""
+
+    code = "KM604"
 
 
 class ShardError(KmodelError):
@@ -321,3 +341,48 @@ class InternalError(KmodelError):
     """A bug in kmodel: an exception nothing mapped to a clear message."""
 
     code = "KM900"
+
+
+# --- mapping any exception to one of these --------------------------------------------
+
+
+def write_error(path: Path, e: OSError) -> OutputNotWritableError:
+    """The cause of a failed write, said plainly (a full disk, a file size limit, ...)."""
+    reasons = {errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "the file size limit was reached (ulimit -f)",
+               errno.EROFS: "the filesystem is read-only",
+               errno.ENAMETOOLONG: "the file name is too long"}
+    reason = reasons.get(e.errno or 0, e.strerror or str(e))
+    fix = {errno.ENOSPC: "free some space or choose another location",
+           errno.EDQUOT: "free some space or choose another location",
+           errno.EFBIG: "raise the limit or choose a smaller output"}.get(
+        e.errno or 0, "choose a writable location")
+    return OutputNotWritableError(path, reason, fix)
+
+
+def as_error(e: BaseException) -> KmodelError | None:
+    """The one-line error for any exception; None for those that must pass (SystemExit)."""
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted(signum_of(e))
+    return of_exception(e) if isinstance(e, Exception) else None
+
+
+def of_exception(e: Exception) -> KmodelError:
+    """The one-line error for an exception: a KmodelError as it is; a signal that landed
+    inside code that wrapped it (an import, say) as the signal; an OSError the OS raised
+    with its file and cause; anything else as a bug in kmodel (KM900), in one line."""
+    if isinstance(e, KmodelError):
+        return e
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return Interrupted(signum_of(cause))
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) and e.filename:
+            return write_error(Path(e.filename), e)
+        where = f"{e.filename}: " if e.filename else ""
+        return FileAccessError(f"{where}{e.strerror or e}; check the path and its permissions")
+    return InternalError(f"unexpected {type(e).__name__}: {e}; this is a bug in kmodel: "
+                         "rerun with -v and report the traceback")

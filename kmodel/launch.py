@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from kmodel import _subprocess
-from kmodel._fs import write_error
 from kmodel.envs import Env
 from kmodel.errors import (
     InputSchemaError,
     KmodelError,
     ModelContractError,
     ModelError,
+    NotFiniteError,
     OutputNotWritableError,
     RunnerError,
     RunnerKilledError,
     SpecError,
-    TargetLengthError,
+    write_error,
 )
 from kmodel.job import Job
 
@@ -151,57 +151,71 @@ def run_job(env: Env, job: Job, progress: Progress | None = None,
 def _failure(env: Env, job: Job, current: int, code: int, events: list[dict[str, Any]],
              text: str) -> KmodelError | None:
     """None if the runner finished every task; else the error that says what happened."""
-    model = job.model_name
     kinds = {e.get("event") for e in events}
     error = next((e for e in events if e.get("event") == "error"), None)
     finished = "done" in kinds if job.mode == "train" else (
         sum(e.get("event") == "done" for e in events) == len(job.tasks))
     if code == 0 and finished and error is None:
         return None
-    if code < 0 and error is None:
-        sig = signal.Signals(-code)
-        if sig.name == "SIGXFSZ":
-            return OutputNotWritableError(Path(_output_name(job, current)),
-                                          "the file size limit was reached (ulimit -f)",
-                                          "raise the limit or choose a smaller output")
-        return RunnerKilledError(f"model {model!r}: the runner was killed by {sig.name} "
-                                 "(out of memory or a time limit?)", detail=text)
-    if error is None:
-        if "ready" not in kinds:
-            last = text.strip().splitlines()[-1] if text.strip() else f"exit code {code}"
-            return RunnerError(f"model {model!r}: the runner could not start in env "
-                               f"{env.prefix}: {last}; rebuild the env (delete it, then "
-                               "`kmodel env create`)", detail=text)
-        return ModelContractError(
-            f"model {model!r}: its process exited with status {code} before finishing, "
-            "without an error (its code may call os._exit, or it crashed in C code); run "
-            "with -v for its output", detail=text)
+    if error is not None:
+        return _reported(job, current, error, text)
+    if code < 0:
+        return _killed(job, current, signal.Signals(-code), text)
+    model = job.model_name
+    if "ready" not in kinds:
+        last = text.strip().splitlines()[-1] if text.strip() else f"exit code {code}"
+        return RunnerError(f"model {model!r}: the runner could not start in env "
+                           f"{env.prefix}: {last}; rebuild the env (delete it, then "
+                           "`kmodel env create`)", detail=text)
+    return ModelContractError(
+        f"model {model!r}: its process exited with status {code} before finishing, "
+        "without an error (its code may call os._exit, or it crashed in C code); run "
+        "with -v for its output", detail=text)
+
+
+def _killed(job: Job, current: int, sig: signal.Signals, text: str) -> KmodelError:
+    """The runner died of a signal without saying why."""
+    if sig.name == "SIGXFSZ":
+        return OutputNotWritableError(Path(_output_name(job, current)),
+                                      "the file size limit was reached (ulimit -f)",
+                                      "raise the limit or choose a smaller output")
+    return RunnerKilledError(f"model {job.model_name!r}: the runner was killed by {sig.name} "
+                             "(out of memory or a time limit?)", detail=text)
+
+
+def _reported(job: Job, current: int, error: dict[str, Any], text: str) -> KmodelError:
+    """The error the runner reported (its kind says whose fault it is)."""
+    model = job.model_name
     kind, lines = str(error.get("kind")), str(error.get("message", "")).splitlines()
     first = lines[0] if lines else "no message"
     detail = str(error.get("traceback") or "") + text[-4000:]
-    if kind == "model":
-        return ModelError(f"model {model!r} raised {first}; run with -v for its traceback",
-                          detail=detail)
-    if kind in ("exit", "output"):
-        what = f"{first} part-way" if kind == "exit" else first
-        return ModelContractError(f"model {model!r}: {what}; fix the model's code (kmodel "
-                                  "keeps nothing it did not check)", detail=detail)
+    where = "" if job.columns or not job.input else f"{job.input}: "  # not a temporary file
     if kind == "write":
         info = json.loads(first)
         e = OSError(info["errno"], info.get("message") or os.strerror(info["errno"]))
         return write_error(Path(_output_name(job, current)), e)
-    if kind in ("stopped", "orphaned"):
-        return RunnerKilledError(f"model {model!r}: the runner was stopped ({first})",
-                                 detail=detail)
-    if kind == "job":
-        return RunnerError(f"model {model!r}: {first}; reinstall kmodel", detail=detail)
-    where = "" if job.columns or not job.input else f"{job.input}: "  # not a temporary file
-    if kind == "targets":
-        return TargetLengthError(f"{where}{first}")
-    if kind == "inputs":
-        return InputSchemaError(f"{where}{first}")
+    made: dict[str, Callable[[], KmodelError]] = {
+        "model": lambda: ModelError(f"model {model!r} raised {first}; run with -v for its "
+                                    "traceback", detail=detail),
+        "exit": lambda: ModelContractError(f"model {model!r}: {first} part-way; {_FIX}",
+                                           detail=detail),
+        "output": lambda: ModelContractError(f"model {model!r}: {first}; {_FIX}",
+                                             detail=detail),
+        "stopped": lambda: RunnerKilledError(f"model {model!r}: the runner was stopped "
+                                             f"({first})", detail=detail),
+        "job": lambda: RunnerError(f"model {model!r}: {first}; reinstall kmodel",
+                                   detail=detail),
+        "finite": lambda: NotFiniteError(f"{where}{first}"),
+        "inputs": lambda: InputSchemaError(f"{where}{first}"),
+    }
+    made["orphaned"] = made["stopped"]
+    if kind in made:
+        return made[kind]()
     return SpecError(Path(job.model_dir) / "model.yaml", first, field=kind,
                      fix="fix the model code or its spec")
+
+
+_FIX = "fix the model's code (kmodel keeps nothing it did not check)"
 
 
 def _output_name(job: Job, current: int) -> str:

@@ -14,66 +14,68 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from kmodel import _lock
-from kmodel._fs import check_input_file, guard_output, tmp_sibling, write_error
-from kmodel.errors import InputSchemaError, OutputNotWritableError, ShardError
+from kmodel import _lock, record
+from kmodel._fs import check_input_file, guard_output, tmp_sibling
+from kmodel.errors import InputSchemaError, ShardError, write_error
 from kmodel.io import hdf5
+from kmodel.record import PredictionRecord
 
-#: what every shard of one prediction must share
-SAME = ("model", "model_version", "spec_sha256", "code_sha256", "weights_sha256",
-        "lock_sha256", "env_key", "kmodel_version", "input_sha256", "input_rows", "batch_size")
+_RANGE = ("rows_start", "rows_stop", "input_rows")
 
 
-def _shard(path: Path) -> tuple[dict[str, Any], hdf5.Schema]:
-    """A shard's attributes and /preds layout, checked against what they claim."""
+def _shard(path: Path) -> tuple[PredictionRecord, hdf5.Schema]:
+    """A shard's record and /preds layout, checked against what they claim."""
     check_input_file(path)
     written_by = "merge takes files written by `kmodel predict --rows` or `--shard`"
     try:
-        attrs = hdf5.read_attrs(path)
+        found = record.read(path)
         layout, rows = hdf5.describe(path, "preds")
     except (OSError, hdf5.LayoutError) as e:
         raise InputSchemaError(f"{path}: not a kmodel prediction file ({e}); {written_by}"
                                ) from None
-    missing = [k for k in (*SAME, "rows_start", "rows_stop", "input_signature")
-               if k not in attrs]
+    if not found.rows_recorded:
+        raise ShardError(f"{path}: its row range attributes are not whole numbers; "
+                         f"{written_by}")
+    missing = [k for k in (*PredictionRecord.SAME_PREDICTION, *_RANGE, "input_signature")
+               if found.value(k) is None]
     if missing:
         raise ShardError(f"{path}: no {missing[0]} attribute; {written_by}")
-    if not attrs.get(hdf5.COMPLETE):
+    if not found.complete:
         raise ShardError(f"{path} is not complete; finish it with `kmodel predict ... "
                          "--resume`")
-    try:
-        start, stop, total = (int(attrs[k]) for k in ("rows_start", "rows_stop", "input_rows"))
-        done = int(attrs.get(hdf5.ROWS_DONE, -1))
-    except (TypeError, ValueError):
-        raise ShardError(f"{path}: its row range attributes are not whole numbers; "
-                         f"{written_by}") from None
+    start, stop, total = (int(found.value(k)) for k in _RANGE)
+    done = -1 if found.rows_done is None else found.rows_done
     if not 0 <= start <= stop <= total or rows != stop - start or done != rows or not layout:
         raise ShardError(f"{path} holds {rows} rows with {len(layout)} output(s) but records "
                          f"rows {start}:{stop} of {total} ({done} written); predict that "
                          "shard again")
-    return attrs, layout
+    return found, layout
 
 
-def check(shards: Sequence[Path]) -> tuple[list[Path], dict[str, Any]]:
-    """The shards in row order, and their common attributes; or a ShardError that names the
+def check(shards: Sequence[Path]) -> tuple[list[Path], PredictionRecord]:
+    """The shards in row order, and their common record; or a ShardError that names the
     shards that differ, overlap or leave rows out."""
     checked = [(p, *_shard(p)) for p in shards]
     first_path, first, first_layout = checked[0]
-    for path, attrs, layout in checked[1:]:
-        for key in SAME:
-            if attrs[key] != first[key]:
-                raise ShardError(f"{path} and {first_path} differ in {key} ({attrs[key]!r} vs "
-                                 f"{first[key]!r}); merge shards of one prediction only")
+    for path, found, layout in checked[1:]:
+        if key := found.first_difference(first, PredictionRecord.SAME_PREDICTION):
+            raise ShardError(f"{path} and {first_path} differ in {key} ({found.value(key)!r} "
+                             f"vs {first.value(key)!r}); merge shards of one prediction only")
         if layout != first_layout:
             raise ShardError(f"{path} and {first_path} differ in their /preds datasets "
                              f"({layout} vs {first_layout}); predict both shards again")
-    found = [(p, a) for p, a, _ in checked]
-    found.sort(key=lambda item: (int(item[1]["rows_start"]), int(item[1]["rows_stop"])))
-    total, at, previous = int(first["input_rows"]), 0, None
-    for path, attrs in found:
-        start, stop = int(attrs["rows_start"]), int(attrs["rows_stop"])
+    ordered = sorted(((p, r) for p, r, _ in checked),
+                     key=lambda item: (item[1].rows_start or 0, item[1].rows_stop or 0))
+    _check_cover(ordered, int(first.input_rows or 0))
+    return [p for p, _ in ordered], first
+
+
+def _check_cover(ordered: list[tuple[Path, PredictionRecord]], total: int) -> None:
+    """Shards in row order cover rows 0 to ``total`` once each: no gap, no overlap."""
+    at, previous = 0, None
+    for path, found in ordered:
+        start, stop = int(found.rows_start or 0), int(found.rows_stop or 0)
         if start < at:
             raise ShardError(f"{path} (rows {start}:{stop}) overlaps {previous} (rows up to "
                              f"{at}); give each row once")
@@ -84,25 +86,20 @@ def check(shards: Sequence[Path]) -> tuple[list[Path], dict[str, Any]]:
     if at != total:
         raise ShardError(f"rows {at}:{total} of {total} are in no shard; predict them with "
                          f"`--rows {at}:{total}`")
-    return [p for p, _ in found], first
 
 
 def merge(shards: Sequence[Path], output: Path) -> Path:
     """Write ``output`` from ``shards`` (checked, streamed); it appears only when complete."""
     guard_output(output, shards, siblings=(".lock",), replaceable=hdf5.is_prediction)
     ordered, common = check(shards)
-    source = Path(str(common["input_signature"]).split("|")[0])
-    guard_output(output, [*shards, source], siblings=(".lock",))  # nor the shards' input
-    attrs = {k: common[k] for k in common if k not in (
-        hdf5.ROWS_DONE, hdf5.COMPLETE, "schema_version", "created")}
-    attrs.update(rows_start=0, rows_stop=int(common["input_rows"]), merged_shards=len(shards),
-                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    busy = lambda who: OutputNotWritableError(  # noqa: E731
-        output, f"another kmodel run ({who}) is writing it", "wait for it to finish")
-    with _lock.held(_lock.lock_path(output), busy):
+    source = [common.input_path] if common.input_path else []
+    guard_output(output, [*shards, *source], siblings=(".lock",))  # nor the shards' input
+    total = int(common.input_rows or 0)
+    attrs = common.merged(len(shards), total, time.strftime("%Y-%m-%dT%H:%M:%S%z")).to_attrs()
+    with _lock.writing(output):
         tmp = tmp_sibling(output)
         try:
-            hdf5.concat(ordered, tmp, attrs, int(common["batch_size"]))
+            hdf5.concat(ordered, tmp, attrs, int(common.batch_size or 1))
             os.replace(tmp, output)
         except OSError as e:
             with contextlib.suppress(OSError):

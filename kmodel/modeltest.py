@@ -9,13 +9,14 @@ rtol * |expected|, never by hash.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kmodel._fs import check_input_file
-from kmodel.errors import InputSchemaError, SpecError
+from kmodel.errors import InputSchemaError, KmodelError, SpecError, UsageError, of_exception
 from kmodel.io import hdf5
 from kmodel.predict import predict
 from kmodel.registry import Registry
@@ -35,6 +36,11 @@ class Comparison:
     @property
     def ok(self) -> bool:
         return self.bad == 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"model": self.model, "state": "ok" if self.ok else "FAIL",
+                "output": self.output, "rows": self.rows, "bad": self.bad,
+                "detail": self.detail}
 
 
 def compare(name: str, output: str, got: np.ndarray, want: np.ndarray, ids: np.ndarray,
@@ -95,3 +101,30 @@ def run_test(registry: Registry, name: str) -> list[Comparison]:
         results.append(compare(name, output, got[output][rows], want[output], ids,
                                test.rtol, test.atol))
     return results
+
+
+def run_tests(registry: Registry, names: Sequence[str] = (), *, every: bool = False
+              ) -> list[dict[str, object]]:
+    """`kmodel test`: each named model's test (or with ``every``, each model that has one),
+    as report rows: per output ``ok``/``FAIL`` with the worst row; ``ERROR`` (with the
+    one-line error) for a model whose test could not run, the others still run; ``no
+    test`` for a model without one (with ``every`` only)."""
+    if every == bool(names):
+        raise UsageError("give model names, or --all (not both)")
+    models = registry.models() if every else [registry.model(n) for n in names]
+    report: list[dict[str, object]] = []
+    for m in models:
+        if m.spec.test is None and every:
+            report.append({"model": m.name, "state": "no test"})
+            continue
+        try:
+            report += [c.as_dict() for c in run_test(registry, m.name)]
+        except (KmodelError, OSError) as e:  # this model's test; the others still run
+            error = of_exception(e)
+            report.append({"model": m.name, "state": "ERROR",
+                           "detail": f"[{error.code}] {' '.join(str(error).split())}"})
+    return report
+
+
+def failed(report: list[dict[str, object]]) -> bool:
+    return any(r["state"] in ("FAIL", "ERROR") for r in report)

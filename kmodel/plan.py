@@ -11,8 +11,9 @@ from pathlib import Path
 
 from kmodel._fs import check_input_file
 from kmodel.errors import SpecError
+from kmodel.loader import load_compose_config
 from kmodel.registry import Registry
-from kmodel.spec import ComposeConfig, load_compose_config
+from kmodel.spec import ComposeConfig
 
 SPLITS = ("train", "test")
 
@@ -91,7 +92,7 @@ class Plan:
             ref = registry.env_of(model)
             envs[ref.name] = ref
             if weights := Weights.of(model):
-                weights.verify(name, weights.fix(name))
+                weights.verify(name)
         for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
 

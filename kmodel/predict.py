@@ -1,4 +1,4 @@
-"""Host side of prediction and training: checks, env, locks, finalising the files.
+"""Host side of prediction: checks, env, locks, finalising the files.
 
 The host never imports model code: it builds a Job (kmodel/job.py) and kmodel/launch.py
 runs it in the model env. It trusts nothing the runner says: a prediction is renamed to
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import re
@@ -33,17 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmodel import _lock, launch, provenance
+from kmodel import _lock, launch, provenance, record
 from kmodel._fs import (
-    atomic_dir,
     cached_sha256,
     check_input_file,
     file_signature,
     guard_output,
-    remove_stale_temps,
-    sha256_file,
-    write_error,
 )
+from kmodel.defaults import BATCH_SIZE
 from kmodel.envs import Env, backend_for
 from kmodel.errors import (
     InputChangedError,
@@ -51,23 +47,20 @@ from kmodel.errors import (
     Interrupted,
     KmodelError,
     ModelContractError,
-    OutputNotWritableError,
     ResumeMismatchError,
     RunnerKilledError,
-    SpecError,
-    TargetLengthError,
     UsageError,
-    WeightsNotHashedError,
     signum_of,
+    write_error,
 )
 from kmodel.job import Job, Task
-from kmodel.launch import Outcome, Progress, run_job
+from kmodel.launch import Outcome, Progress, Runner
+from kmodel.record import PredictionRecord
 from kmodel.registry import Model, Registry
-from kmodel.weights import MANIFEST, Weights, written_by_kmodel
+from kmodel.weights import Weights
 
 log = logging.getLogger("kmodel")
-__all__ = ["Progress", "Weights", "check_input", "ensure_env", "predict", "predict_many",
-           "row_range", "train"]
+__all__ = ["Progress", "check_input", "ensure_env", "predict", "predict_many", "row_range"]
 
 
 def check_input(model: Model, path: Path) -> int:
@@ -106,27 +99,6 @@ def check_input(model: Model, path: Path) -> int:
     return rows
 
 
-def check_targets(path: Path, name: str) -> None:
-    """The training input holds /targets/<name>: numbers, one per row."""
-    import numpy as np
-
-    from kmodel.io import hdf5
-
-    try:
-        found, _ = hdf5.describe(path, "targets")
-    except hdf5.LengthError as e:
-        raise TargetLengthError(f"{path}: {e}; they must match") from None
-    except (hdf5.LayoutError, OSError) as e:
-        raise InputSchemaError(f"{path}: {e}") from None
-    if name not in found:
-        raise InputSchemaError(f"{path}: no /targets/{name} to train on (found "
-                               f"{sorted(found) or 'none'}); write it, or name another with "
-                               "--target-name")
-    if np.dtype(found[name][0]).kind not in "biuf":
-        raise InputSchemaError(f"{path}: /targets/{name} has dtype {found[name][0]}; "
-                               "write numbers")
-
-
 def ready_env(registry: Registry, model: Model) -> Env | None:
     """The model's env if it is built and current (None: ``ensure_env`` will say why, or
     build it)."""
@@ -162,21 +134,21 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def _busy(output: Path) -> Callable[[str], KmodelError]:
-    return lambda who: OutputNotWritableError(
-        output, f"another kmodel run ({who}) is writing it",
-        "wait for it to finish or choose another output")
-
-
 _WORK_SUFFIX = re.compile(r"\.partial-[0-9a-f]{8}$")
+
+
+def _rows_done(path: Path) -> int:
+    """The rows a working file records as written (0 if it cannot be read)."""
+    try:
+        return record.read(path).rows_done or 0
+    except (OSError, ValueError, KmodelError):
+        return 0  # killed before its first checkpoint: nothing to resume from
 
 
 def _adopt_killed(output: Path) -> None:
     """Working files of runs killed outright (SIGKILL, a lost node) become ``OUT.partial``,
     the newest last, so that ``--resume`` finds them. Called under the output's lock, so
     no live run owns them."""
-    from kmodel.io import hdf5
-
     found = []
     for p in output.parent.glob(f"{glob.escape(output.name)}.partial-*"):
         if _WORK_SUFFIX.search(p.name) and p.name.startswith(output.name):
@@ -186,11 +158,7 @@ def _adopt_killed(output: Path) -> None:
                     found.append((st.st_mtime, p))
     for _, p in sorted(found):
         try:
-            rows = int(hdf5.read_attrs(p).get(hdf5.ROWS_DONE, 0))
-        except (OSError, ValueError, TypeError):
-            rows = 0  # killed before its first checkpoint: nothing to resume from
-        try:
-            if rows == 0:
+            if _rows_done(p) == 0:
                 p.unlink()  # named by a kmodel run (.partial-<hex>): nobody else's file
                 continue
             os.replace(p, partial_path(output))
@@ -199,11 +167,9 @@ def _adopt_killed(output: Path) -> None:
             pass  # OUT.partial is a folder, say: leave both where they are
 
 
-def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
+def _resumable(partial: Path, want: PredictionRecord, input_path: Path) -> bool:
     """True if ``partial`` can be continued; False to start over; raise if it belongs to
     another run (other model, spec, weights, lock, batch size, row range or input)."""
-    from kmodel.io import hdf5
-
     try:
         st = partial.lstat()
     except FileNotFoundError:
@@ -214,29 +180,26 @@ def _resumable(partial: Path, attrs: dict[str, Any], input_path: Path) -> bool:
                                   "FIFO), so not one kmodel wrote; remove it, or run without "
                                   "--resume")
     try:
-        found = hdf5.read_attrs(partial)
+        found = record.read(partial)
     except OSError:
         log.warning("%s is unreadable (killed mid-write); starting over", partial)
         return False
-    done = found.get(hdf5.ROWS_DONE)
-    span = attrs["rows_stop"] - attrs["rows_start"]
-    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= span:
+    done = found.rows_done
+    span = (want.rows_stop or 0) - (want.rows_start or 0)
+    if done is None or not 0 <= done <= span:
         log.warning("%s records no valid row count (%r); starting over", partial, done)
         return False
-    if found.get("input_signature") != attrs["input_signature"]:
+    if found.input_signature != want.input_signature:
         # the input was rewritten, copied or touched since: resume only if its bytes match
-        recorded = found.get("input_sha256")
-        if not recorded or recorded != cached_sha256(input_path):
+        if not found.input_sha256 or found.input_sha256 != cached_sha256(input_path):
             raise ResumeMismatchError(
                 f"{partial} was written from a different input (or {input_path} changed "
                 "since); refusing to append to it: delete it or run without --resume")
-    for key in ("model", "spec_sha256", "code_sha256", "weights_sha256", "lock_sha256",
-                "batch_size", "rows_start", "rows_stop"):
-        if found.get(key) != attrs[key]:
-            raise ResumeMismatchError(
-                f"{partial} was written by another run (different {key}); refusing to "
-                "append to it: delete it or run without --resume")
-    log.info("resuming %s from row %d", partial, found.get(hdf5.ROWS_DONE, 0))
+    if key := found.first_difference(want, PredictionRecord.SAME_RUN):
+        raise ResumeMismatchError(
+            f"{partial} was written by another run (different {key}); refusing to "
+            "append to it: delete it or run without --resume")
+    log.info("resuming %s from row %d", partial, done)
     return True
 
 
@@ -286,6 +249,16 @@ def row_range(path: Path, total: int, batch_size: int, rows: Rows | None = None,
     return start, stop
 
 
+def batch_size_of(value: Any) -> int:
+    """A batch size given by a caller (None: the default), checked: a positive integer."""
+    if value is None:
+        return BATCH_SIZE
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"batch_size {value!r} is not a positive whole number; e.g. "
+                         f"{BATCH_SIZE}")
+    return value
+
+
 @dataclass
 class _Pending:
     """One task of a predict run, on the host side: where it writes, what it resumed."""
@@ -298,7 +271,7 @@ class _Pending:
     hash: _Background
     again: str  # the command that resumes it
     outputs: list[str]  # the spec's output names
-    later: _Background | None = None  # attributes computed alongside the runner
+    upstream: _Background | None = None  # sha256 of upstream files, computed meanwhile
 
     @property
     def work(self) -> Path:
@@ -310,31 +283,64 @@ class _Pending:
 
 
 def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
-            batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
-            progress: Progress | None = None, rows: Rows | None = None,
-            shard: Shard | None = None, attrs: dict[str, Any] | None = None,
-            columns: Sequence[str] = (),
-            attrs_later: Callable[[], dict[str, Any]] | None = None) -> Path:
+            batch_size: int | None = None, resume: bool = False,
+            weights: Weights | None = None, progress: Progress | None = None,
+            rows: Rows | None = None, shard: Shard | None = None,
+            columns: Sequence[str] = (), upstream: Sequence[Path] = ()) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
     return predict_many(registry, name, [(input_path, output)], batch_size=batch_size,
                         resume=resume, weights=weights, progress=progress, rows=rows,
-                        shard=shard, attrs=attrs, columns=columns,
-                        attrs_later=attrs_later)[0]
+                        shard=shard, columns=columns, upstream=upstream)[0]
 
 
 def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path]], *,
-                 batch_size: int = 8192, resume: bool = False, weights: Weights | None = None,
-                 progress: Progress | None = None, rows: Rows | None = None,
-                 shard: Shard | None = None, attrs: dict[str, Any] | None = None,
-                 columns: Sequence[str] = (),
-                 attrs_later: Callable[[], dict[str, Any]] | None = None) -> list[Path]:
+                 batch_size: int | None = None, resume: bool = False,
+                 weights: Weights | None = None, progress: Progress | None = None,
+                 rows: Rows | None = None, shard: Shard | None = None,
+                 columns: Sequence[str] = (), upstream: Sequence[Path] = ()) -> list[Path]:
     """Run model ``name`` on each (input, output) pair with one runner process (one env
-    start-up, one model build); each output appears only when complete. ``attrs`` are
-    recorded in every output besides the provenance (kmodel/provenance.py), and those
-    ``attrs_later`` returns (computed while the model runs, e.g. hashes of large files);
-    ``columns`` names the input's columns when they are stored predictions (the composer)."""
+    start-up, one model build); each output appears only when complete. ``upstream``:
+    files the input was made from (the composer's prediction files), whose sha256 every
+    output records; ``columns`` names the input's columns when they are stored predictions
+    (the composer)."""
+    size = batch_size_of(batch_size)
     model = registry.model(name)
     weights = weights or Weights.of(model)
+    outputs = [o for _, o in pairs]
+    _guard_outputs(registry, model, weights, pairs)
+    with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
+        # the runner starts now when its env is built: it imports numpy and h5py while
+        # the inputs, weights and locks are checked here
+        ready = ready_env(registry, model)
+        early = held.enter_context(launch.started(ready)) if ready is not None else None
+        totals = [check_input(model, i) for i, _ in pairs]
+        ranges = [row_range(i, n, size, rows, shard)
+                  for (i, _), n in zip(pairs, totals, strict=True)]
+        if weights:
+            weights.verify(name)
+        for output in outputs:
+            held.enter_context(_lock.writing(output))
+            _adopt_killed(output)
+        env, _ = ensure_env(registry, model)
+        runner = early if early is not None and early.env == env else \
+            held.enter_context(launch.started(env))
+        base = _base_record(registry, model, weights, env, size)
+        pending = [_prepare(model, i, o, span, n, base, resume)
+                   for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
+        job = _job(model, weights, size, pending, columns)
+        outcome = _run(runner, job, pending, progress, upstream)
+        # from here to the lock's release a signal waits (a moment): an output renamed
+        # into place is reported as written, and its lock is always released
+        result = ["temporary files were removed"]
+        deferred.enter_context(_signals_deferred(result))
+        _conclude(pending, outcome, name)
+        result[0] = f"{', '.join(map(str, outputs))} had been written in full before it"
+    return outputs
+
+
+def _guard_outputs(registry: Registry, model: Model, weights: Weights | None,
+                   pairs: Sequence[tuple[Path, Path]]) -> None:
+    """No output may be given twice, nor destroy an input or a file kmodel reads."""
     inputs, outputs = [i for i, _ in pairs], [o for _, o in pairs]
     if len({os.path.realpath(o) for o in outputs}) != len(outputs):
         raise UsageError("two -o options name the same output; give each input its own")
@@ -342,70 +348,63 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         guard_output(output, [*inputs, *model_files(registry, model, weights),
                               *registry.owned_files()], siblings=(".partial", ".lock"),
                      replaceable=_is_prediction)
-    with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
-        # the runner starts now when its env is built: it imports numpy and h5py while
-        # the inputs, weights and locks are checked here
-        ready = ready_env(registry, model)
-        early = held.enter_context(launch.started(ready)) if ready is not None else None
-        totals = [check_input(model, i) for i in inputs]
-        ranges = [row_range(i, n, batch_size, rows, shard)
-                  for i, n in zip(inputs, totals, strict=True)]
-        if weights:
-            weights.verify(name, weights.fix(name))
-        for output in outputs:
-            held.enter_context(_lock.held(_lock.lock_path(output), _busy(output)))
-            _adopt_killed(output)
-        env, _ = ensure_env(registry, model)
-        runner = early if early is not None and early.env == env else \
-            held.enter_context(launch.started(env))
-        common = {**provenance.of_model(registry, model, weights), **(attrs or {}),
-                  "model": model.name, "model_version": model.spec.version, "env_key": env.key,
-                  "batch_size": batch_size,
-                  "weights_dir": str(weights.folder.resolve()) if weights else ""}
-        pending = [_prepare(model, i, o, span, n, common, resume, batch_size)
-                   for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
-        job = Job(mode="predict", model_name=model.name,
-                  model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
-                  args=model.spec.args,
-                  inputs={i.name: i.dtype for i in model.spec.inputs},
-                  outputs={o.name: [o.dtype, o.shape] for o in model.spec.outputs},
-                  weights_dir=str(weights.folder.resolve()) if weights else None,
-                  weights=sorted(weights.sha256) if weights else [],
-                  batch_size=batch_size, host_pid=os.getpid(),
-                  tasks=[p.task for p in pending], columns=list(columns))
-        outcome = Outcome()
-        later = _Background(attrs_later or dict)
-        for p in pending:
-            p.later = later
-        try:
-            runner.run(job, progress, outcome)
-        except (Interrupted, KeyboardInterrupt) as e:
-            failed = _finish_all(pending, outcome.done, name)
-            left = [p for k, p in enumerate(pending) if k not in outcome.done]
-            if not left and failed is None:  # the signal came as the runner was ending
-                signum = e.signum if isinstance(e, Interrupted) else signum_of(e)
-                raise Interrupted(signum, f"{', '.join(map(str, outputs))} had been written "
-                                  "in full before it") from None
-            raise _stopped(left[0] if left else pending[outcome.current], e) from None
-        for index in outcome.done:  # the slow part of finishing (hashes), still stoppable
-            with contextlib.suppress(Exception):
-                pending[index].hash.result()
-                later.result()
-        # from here to the lock's release a signal waits (a moment): an output renamed
-        # into place is reported as written, and its lock is always released
-        result = ["temporary files were removed"]
-        deferred.enter_context(_signals_deferred(result))
-        finished = _finish_all(pending, outcome.done, name)
-        if outcome.error is not None:
-            now = pending[outcome.current]
-            if isinstance(outcome.error, RunnerKilledError):
-                raise _stopped(now, outcome.error)
-            _discard(now.work, now.partial, now.resumed)
-            raise outcome.error
-        if finished is not None:
-            raise finished
-        result[0] = f"{', '.join(map(str, outputs))} had been written in full before it"
-    return outputs
+
+
+def _base_record(registry: Registry, model: Model, weights: Weights | None, env: Env,
+                 batch_size: int) -> PredictionRecord:
+    """What every output of the run records (each task adds its rows and input)."""
+    made = provenance.of_model(registry, model, weights)
+    return PredictionRecord(model=model.name, model_version=model.spec.version,
+                            made=made.to_attrs(), env_key=env.key, batch_size=batch_size,
+                            weights_dir=str(weights.folder.resolve()) if weights else "")
+
+
+def _job(model: Model, weights: Weights | None, batch_size: int, pending: list[_Pending],
+         columns: Sequence[str]) -> Job:
+    return Job(mode="predict", model_name=model.name, model_dir=str(model.folder.resolve()),
+               entrypoint=model.spec.entrypoint, args=model.spec.args,
+               inputs={i.name: i.dtype for i in model.spec.inputs},
+               outputs={o.name: [o.dtype, o.shape] for o in model.spec.outputs},
+               weights_dir=str(weights.folder.resolve()) if weights else None,
+               weights=sorted(weights.sha256) if weights else [], batch_size=batch_size,
+               host_pid=os.getpid(), tasks=[p.task for p in pending], columns=list(columns))
+
+
+def _run(runner: Runner, job: Job, pending: list[_Pending], progress: Progress | None,
+         upstream: Sequence[Path]) -> Outcome:
+    """Run the job; an interrupted run keeps what it wrote (for --resume) and says so."""
+    outcome = Outcome()
+    later = _Background(lambda: provenance.upstream(upstream) if upstream else None)
+    for p in pending:
+        p.upstream = later
+    try:
+        runner.run(job, progress, outcome)
+    except (Interrupted, KeyboardInterrupt) as e:
+        failed = _finish_all(pending, outcome.done, job.model_name)
+        left = [p for k, p in enumerate(pending) if k not in outcome.done]
+        if not left and failed is None:  # the signal came as the runner was ending
+            signum = e.signum if isinstance(e, Interrupted) else signum_of(e)
+            written = ", ".join(str(p.output) for p in pending)
+            raise Interrupted(signum, f"{written} had been written in full before it") from None
+        raise _stopped(left[0] if left else pending[outcome.current], e) from None
+    for index in outcome.done:  # the slow part of finishing (hashes), still stoppable
+        with contextlib.suppress(Exception):
+            pending[index].hash.result()
+            later.result()
+    return outcome
+
+
+def _conclude(pending: list[_Pending], outcome: Outcome, name: str) -> None:
+    """Finish every task the runner did; then raise the runner's error, if any."""
+    finished = _finish_all(pending, outcome.done, name)
+    if outcome.error is not None:
+        now = pending[outcome.current]
+        if isinstance(outcome.error, RunnerKilledError):
+            raise _stopped(now, outcome.error)
+        _discard(now.work, now.partial, now.resumed)
+        raise outcome.error
+    if finished is not None:
+        raise finished
 
 
 @contextlib.contextmanager
@@ -426,22 +425,25 @@ def _signals_deferred(outcome: list[str]) -> Iterator[None]:
 
 
 def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int], total: int,
-             common: dict[str, Any], resume: bool, batch_size: int) -> _Pending:
-    """The task for one output: its attributes, whether it resumes, its working file."""
+             base: PredictionRecord, resume: bool) -> _Pending:
+    """The task for one output: its record, whether it resumes, its working file."""
+    from dataclasses import replace
+
     signature = file_signature(input_path)
-    attrs = {**common, "rows_start": span[0], "rows_stop": span[1], "input_rows": total,
-             "input_signature": f"{os.path.realpath(input_path)}|{signature}"}
+    want = replace(base, rows_start=span[0], rows_stop=span[1], input_rows=total,
+                   input_signature=f"{os.path.realpath(input_path)}|{signature}")
     partial = partial_path(output)
-    resumed = resume and _resumable(partial, attrs, input_path)
+    resumed = resume and _resumable(partial, want, input_path)
     work = output.with_name(f"{output.name}.partial-{os.urandom(4).hex()}")
     if resumed:
         os.replace(partial, work)  # a regular file (checked), renamed: never followed
     task = Task(input=str(input_path.resolve()), output=str(work.resolve()),
                 output_name=str(output), start=span[0], stop=span[1], resume=resumed,
-                attrs=attrs)
+                attrs=want.to_attrs())
     subset = ["--rows", f"{span[0]}:{span[1]}"] if span != (0, total) else []
     again = shlex.join(["kmodel", "predict", model.name, "-i", str(input_path), "-o",
-                        str(output), "--batch-size", str(batch_size), *subset, "--resume"])
+                        str(output), "--batch-size", str(base.batch_size), *subset,
+                        "--resume"])
     digest = _Background(lambda: cached_sha256(input_path))  # overlaps with the runner
     return _Pending(input_path, output, task, resumed, signature, digest, again,
                     [o.name for o in model.spec.outputs])
@@ -469,9 +471,9 @@ def _finish(p: _Pending, name: str) -> None:
             raise InputChangedError(
                 f"{p.input} changed while model {name!r} was predicting; the predictions "
                 "would mix two inputs, so none were kept: rerun")
-        hdf5.set_attrs(p.work, {"input_sha256": p.hash.result(),
-                                **(p.later.result() if p.later else {}),
-                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        hdf5.set_attrs(p.work, record.finished(
+            p.hash.result(), p.upstream.result() if p.upstream else None,
+            time.strftime("%Y-%m-%dT%H:%M:%S%z")))
         os.replace(p.work, p.output)
     except OSError as e:
         _discard(p.work, p.partial, p.resumed)
@@ -479,7 +481,7 @@ def _finish(p: _Pending, name: str) -> None:
     except BaseException:
         _discard(p.work, p.partial, p.resumed)
         raise
-    if _is_partial(p.partial, p.task.attrs["model"]):  # superseded by the finished output
+    if _is_partial(p.partial, name):  # superseded by the finished output
         with contextlib.suppress(OSError):
             p.partial.unlink()
     log.debug("wrote %s (%d rows)", p.output, p.task.rows)
@@ -487,12 +489,9 @@ def _finish(p: _Pending, name: str) -> None:
 
 def _is_partial(path: Path, model: str) -> bool:
     """A regular file holding this model's partial predictions (not a user's file)."""
-    from kmodel.io import hdf5
-
     try:
-        return stat.S_ISREG(path.lstat().st_mode) and \
-            hdf5.read_attrs(path).get("model") == model
-    except (OSError, ValueError):
+        return stat.S_ISREG(path.lstat().st_mode) and record.read(path).model == model
+    except (OSError, ValueError, KmodelError):
         return False
 
 
@@ -520,17 +519,14 @@ def _keep_partial(work: Path, partial: Path, input_hash: _Background,
     """Keep an interrupted run's rows as OUT.partial for --resume; return how many, where."""
     from kmodel.io import hdf5
 
-    try:
-        done = int(hdf5.read_attrs(work).get(hdf5.ROWS_DONE, 0))
-    except OSError:
-        done = 0
+    done = _rows_done(work)
     if done == 0:
         _discard(work, partial, resumed)
         return 0, partial
     with contextlib.suppress(Exception):
         digest = input_hash.result(timeout=0)
         if digest:  # lets --resume accept the input even if it is copied or touched
-            hdf5.set_attrs(work, {"input_sha256": digest})
+            hdf5.set_attrs(work, PredictionRecord(input_sha256=digest).to_attrs())
     try:
         os.replace(work, partial)
     except OSError:
@@ -552,67 +548,17 @@ def _check_complete(path: Path, model: str, rows: int, outputs: Sequence[str]) -
     from kmodel.io import hdf5
 
     try:
-        attrs = hdf5.read_attrs(path)
+        found_record = record.read(path)
         found, total = hdf5.describe(path, "preds")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KmodelError) as e:
         raise ModelContractError(f"model {model!r}: the runner reported success but its "
                                  f"output is unreadable ({e}); rerun") from None
     if sorted(found) != sorted(outputs):
         raise ModelContractError(f"model {model!r}: the file holds outputs {sorted(found)}, "
                                  f"the spec names {sorted(outputs)}; delete the partial and "
                                  "rerun without --resume")
-    done = attrs.get(hdf5.ROWS_DONE, -1)
-    done = done if isinstance(done, int) else -1
-    if done != rows or total != rows or not attrs.get(hdf5.COMPLETE):
+    done = -1 if found_record.rows_done is None else found_record.rows_done
+    if done != rows or total != rows or not found_record.complete:
         raise ModelContractError(
             f"model {model!r} stopped after {max(done, 0)} of {rows} rows without an error "
             "(did its code call sys.exit or os._exit?); nothing was kept: fix the model")
-
-
-def train(registry: Registry, name: str, input_path: Path, targets: str, weights_out: Path,
-          *, manifest: bool = True, extra: dict[str, str] | None = None,
-          progress: Progress | None = None, inputs: tuple[Path, ...] = (),
-          columns: Sequence[str] = ()) -> Weights:
-    """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
-
-    The weights folder appears whole when training succeeded; with ``manifest`` it also
-    holds hashes.json (the sha256 of every file), which ``Weights.from_folder`` checks. An
-    existing folder is replaced only if kmodel wrote it. ``inputs`` are further files the
-    caller read (e.g. prediction files): the folder may not hold any of them.
-    """
-    model = registry.model(name)
-    if model.spec.train is None:
-        raise SpecError(model.path, "the model has no train: entry, so kmodel will not fit it",
-                        field="train", fix="add `train: {args: {}}` if it can be fitted")
-    try:
-        own = Weights.of(model)
-    except WeightsNotHashedError:  # a new model's first training
-        own = None
-    guard_output(weights_out, [input_path, *inputs, *model_files(registry, model, None)],
-                 folder=True)
-    check_input(model, input_path)
-    check_targets(input_path, targets)
-    listed = own.sha256 if own and _same_folder(own.folder, weights_out) else None
-    with _lock.held(_lock.lock_path(weights_out), _busy(weights_out)):
-        remove_stale_temps(weights_out)
-        with atomic_dir(weights_out, lambda d: written_by_kmodel(d, listed)) as tmp:
-            env, _ = ensure_env(registry, model)
-            job = Job(mode="train", model_name=model.name,
-                      model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
-                      args=model.spec.args, input=str(input_path.resolve()),
-                      inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
-                      train_args=model.spec.train.args, weights_out=str(tmp.resolve()),
-                      output_name=str(weights_out), columns=list(columns))
-            error = run_job(env, job, progress).error
-            if error is not None:
-                raise error
-            for file, text in (extra or {}).items():
-                (tmp / file).write_text(text)
-            hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-            if manifest:
-                (tmp / MANIFEST).write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
-    return Weights(weights_out, hashes, in_spec=False)
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)

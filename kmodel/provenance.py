@@ -1,36 +1,28 @@
 """Provenance: what a stored output was made from, recorded when it is written and compared
 when it is read again (``--resume``, ``kmodel status``, ``kmodel verify``).
 
-A prediction file records, as root attributes, the sha256 of the model's spec, of its code
-(every .py file in the model's folder), of its weights (the digest of their manifest), of
-the env's lockfile and of the input file, and kmodel's version. The ensembler's weights
-folder records the same in ``provenance.json``, with the sha256 of every prediction file it
-was trained on.
+A prediction file records it as its root attributes (kmodel/record.py). A weights folder
+kmodel trained records it in ``provenance.json`` (a ``weights-record`` document): what made
+it (``Made``), the sha256 of every file it was trained on, and the models whose
+predictions an ensembler takes, in order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kmodel import __version__
-from kmodel._fs import cached_sha256, sha256_file
+from kmodel import formats
+from kmodel._fs import cached_sha256, check_input_file, sha256_file
+from kmodel._version import __version__
+from kmodel.errors import InputSchemaError, KmodelError
+from kmodel.record import Made, PredictionRecord
 from kmodel.registry import Model, Registry
-from kmodel.weights import Weights
-
-#: the recorded keys, and the word `kmodel status` uses when one no longer matches
-REASONS = {
-    "spec_sha256": "spec",
-    "code_sha256": "model code",
-    "weights_sha256": "weights",
-    "lock_sha256": "env lock",
-    "input_sha256": "input",
-    "kmodel_version": "kmodel version",
-}
-FOLDER_RECORD = "provenance.json"
+from kmodel.weights import RECORD, Weights, read_manifest
 
 
 def code_sha256(model: Model) -> str:
@@ -44,48 +36,36 @@ def code_sha256(model: Model) -> str:
     return h.hexdigest()
 
 
-def of_model(registry: Registry, model: Model, weights: Weights | None) -> dict[str, str]:
-    """What the model's outputs must record now (everything but the input)."""
+def of_model(registry: Registry, model: Model, weights: Weights | None) -> Made:
+    """What the model's outputs must record now (everything but their inputs)."""
     ref = registry.env_of(model)
-    return {
-        "kmodel_version": __version__,
-        "spec_sha256": sha256_file(model.path),
-        "code_sha256": code_sha256(model),
-        "weights_sha256": weights.digest if weights else "",
-        "lock_sha256": sha256_file(ref.lockfile) if ref.lockfile.is_file() else "",
-    }
+    return Made(kmodel_version=__version__, spec_sha256=sha256_file(model.path),
+                code_sha256=code_sha256(model),
+                weights_sha256=weights.digest if weights else "",
+                lock_sha256=sha256_file(ref.lockfile) if ref.lockfile.is_file() else "")
 
 
-def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """The reasons (spec, model code, ...) for which ``recorded`` no longer matches."""
-    return [REASONS.get(key, key) for key, value in expected.items()
-            if recorded.get(key) != value]
+def upstream(files: Sequence[Path]) -> dict[str, str]:
+    """{path: sha256} of every file a composer step read (compared by content later)."""
+    return {str(p.resolve()): cached_sha256(p) for p in files}
 
 
-def incomplete(path: Path, attrs: Mapping[str, Any], model: Model,
+def incomplete(record: PredictionRecord, model: Model, rows: int,
                input_rows: int | None = None) -> str | None:
-    """Why prediction file ``path`` (with root ``attrs``) is not a whole prediction of
-    ``model`` (over ``input_rows`` rows when given, else the rows it records), or None.
-    Looks at the datasets themselves, not only at what the attributes claim."""
-    from kmodel.io import hdf5
-
-    if attrs.get("model") != model.name:
-        return f"made by model {attrs.get('model')!r}, not {model.name!r}"
-    if not attrs.get(hdf5.COMPLETE):
+    """Why a prediction file (its ``record``, and the ``rows`` its /preds datasets hold) is
+    not a whole prediction of ``model`` over ``input_rows`` rows (default: those recorded),
+    or None."""
+    if record.model != model.name:
+        return f"made by model {record.model!r}, not {model.name!r}"
+    if not record.complete:
         return "incomplete (the run that wrote it did not finish)"
-    try:
-        found, rows = hdf5.describe(path, "preds")
-    except (OSError, ValueError) as e:
-        return f"unreadable ({e})"
-    want = {o.name for o in model.spec.outputs}
-    if set(found) != want:
-        return f"datasets {sorted(found)} in /preds, the spec's outputs are {sorted(want)}"
-    try:
-        start, stop = int(attrs.get("rows_start", 0)), int(attrs.get("rows_stop", rows))
-        total = int(attrs.get("input_rows", rows)) if input_rows is None else input_rows
-        done = int(attrs.get(hdf5.ROWS_DONE, -1))
-    except (TypeError, ValueError):
+    if not record.rows_recorded:
         return "its row range attributes are not numbers"
+    start = record.rows_start or 0
+    stop = rows if record.rows_stop is None else record.rows_stop
+    total = input_rows if input_rows is not None else (
+        rows if record.input_rows is None else record.input_rows)
+    done = -1 if record.rows_done is None else record.rows_done
     if (start, stop) != (0, total):
         return f"a shard (rows {start}:{stop} of {total}); merge the shards with kmodel merge"
     if rows != total or done != total:
@@ -93,74 +73,149 @@ def incomplete(path: Path, attrs: Mapping[str, Any], model: Model,
     return None
 
 
-def input_record(path: Path) -> dict[str, str]:
-    return {"input_sha256": cached_sha256(path)}
-
-
-def write_folder_record(folder: Path, record: Mapping[str, Any]) -> None:
-    (folder / FOLDER_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def read_folder_record(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / FOLDER_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def verify(registry: Registry, path: Path) -> list[tuple[str, bool, str]]:
-    """Recompute what prediction file ``path`` records: (what, matches, detail) for the
-    model's spec, code, weights, env lock, input (or upstream files) and completeness."""
-    from kmodel.errors import InputSchemaError, KmodelError
+def layout_problem(path: Path, model: Model) -> tuple[str | None, int]:
+    """Why the /preds datasets of ``path`` are not the spec's outputs (None if they are),
+    and the rows they hold."""
     from kmodel.io import hdf5
 
     try:
-        attrs = hdf5.read_attrs(path)
+        found, rows = hdf5.describe(path, "preds")
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})", 0
+    want = {o.name for o in model.spec.outputs}
+    if set(found) != want:
+        return f"datasets {sorted(found)} in /preds, the spec's outputs are {sorted(want)}", rows
+    return None, rows
+
+
+def whole(path: Path, record: PredictionRecord, model: Model,
+          input_rows: int | None = None) -> str | None:
+    """Why the prediction file at ``path`` is not a whole prediction of ``model``, looking
+    at the datasets themselves, not only at what the record claims; or None."""
+    if record.model != model.name:
+        return incomplete(record, model, 0)
+    problem, rows = layout_problem(path, model)
+    return problem or incomplete(record, model, rows, input_rows)
+
+
+# --- the record of a trained weights folder -------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderRecord:
+    """What a trained weights folder was made from (its provenance.json)."""
+
+    made: dict[str, Any] = field(default_factory=dict)  # Made's fields, as recorded
+    upstream_sha256: dict[str, str] = field(default_factory=dict)
+    #: an ensembler's inputs: ``model:output,...`` of each prediction file, in order
+    sources: list[str] | None = None
+
+    def text(self) -> str:
+        return formats.dumps("weights-record", {"made": self.made,
+                                                "upstream_sha256": self.upstream_sha256,
+                                                "sources": self.sources})
+
+
+def folder_record(made: Made, upstream_files: Mapping[str, str],
+                  sources: list[str] | None = None) -> FolderRecord:
+    return FolderRecord(made.to_attrs(), dict(upstream_files), sources)
+
+
+def read_folder_record(folder: Path) -> FolderRecord | None:
+    """The folder's record, or None if it has none that can be read. Version 0 (an older
+    kmodel's) is a flat mapping, its sources in a sources.json beside it."""
+    try:
+        version, found = formats.read(folder / RECORD, "weights-record")
+    except OSError:  # an older kmodel's ensembler may have a sources.json alone
+        version, found = 0, {}
+    body = _folder_record_v0(folder, found) if version == 0 else found
+    if body is None:
+        return None
+    made, files, sources = body.get("made"), body.get("upstream_sha256"), body.get("sources")
+    if not isinstance(made, dict) or not isinstance(files, dict) or not (
+            sources is None or isinstance(sources, list)):
+        return None
+    return FolderRecord(made, {str(k): str(v) for k, v in files.items()},
+                        [str(s) for s in sources] if sources is not None else None)
+
+
+def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | None:
+    """An older kmodel's record: flat (upstream_sha256 a JSON string), its sources in a
+    sources.json beside it; None if the folder has neither."""
+    try:
+        sources = json.loads((folder / "sources.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        sources = None
+    if not body and sources is None:
+        return None
+    try:
+        files = json.loads(str(body.get("upstream_sha256", "{}")))
+    except ValueError:
+        files = {}
+    return {"made": Made.from_attrs(body), "upstream_sha256": files, "sources": sources}
+
+
+# --- kmodel verify ---------------------------------------------------------------------
+
+Check = tuple[str, bool, str]  # what, matches, detail
+
+
+def verify(registry: Registry, path: Path) -> list[Check]:
+    """Recompute what prediction file ``path`` records: (what, matches, detail) for the
+    model's spec, code, weights, env lock, input (or upstream files) and completeness."""
+    from kmodel import record as records
+
+    check_input_file(path)
+    try:
+        record = records.read(path)
     except (OSError, RuntimeError) as e:
         raise InputSchemaError(f"{path}: not an HDF5 file ({e}); give a prediction file "
                                "kmodel wrote") from None
-    if "model" not in attrs or "spec_sha256" not in attrs:
+    if not record.known:
         raise InputSchemaError(f"{path}: no kmodel provenance (no model or spec_sha256 "
                                "attribute); verify checks files written by kmodel predict")
-    checks: list[tuple[str, bool, str]] = []
     try:
-        model = registry.model(str(attrs.get("model")))
+        model = registry.model(str(record.model))
     except KmodelError as e:
         return [("model", False, str(e))]
-    problem = incomplete(path, attrs, model)
-    checks.append(("complete", problem is None,
-                   problem or f"{attrs.get(hdf5.ROWS_DONE)} rows, every output of the spec"))
-    folder = attrs.get("weights_dir")
-    weights = Weights.from_folder(Path(folder)) if folder and (
-        Path(folder) / "hashes.json").is_file() else Weights.of(model)
-    for key, now in of_model(registry, model, weights).items():
-        then = attrs.get(key)
-        checks.append((REASONS[key], then == now, f"recorded {str(then)[:16]}, now {now[:16]}"
+    problem = whole(path, record, model)
+    checks = [("complete", problem is None,
+               problem or f"{record.rows_done} rows, every output of the spec")]
+    folder = record.weights_dir
+    weights = Weights.from_folder(Path(folder)) if folder and read_manifest(Path(folder)) \
+        else Weights.of(model)
+    for reason, then, now in _all_fields(of_model(registry, model, weights), record.made):
+        checks.append((reason, then == now, f"recorded {str(then)[:16]}, now {now[:16]}"
                        if then != now else str(now)[:16]))
     if weights is not None:
-        bad = [n for n, d in weights.sha256.items() if not (weights.folder / n).is_file()
-               or sha256_file(weights.folder / n) != d]
+        bad = [name for name, _ in weights.problems()]
         checks.append(("weight files", not bad, f"differ from their manifest: {bad}" if bad
                        else f"{len(weights.sha256)} files match"))
-    if "upstream_sha256" in attrs:
-        try:
-            then = json.loads(str(attrs["upstream_sha256"]))
-        except ValueError:
-            then = None
-        if not isinstance(then, dict):
-            return [*checks, ("upstream files", False, "upstream_sha256 is not a JSON object")]
+    return [*checks, _inputs_check(record)]
+
+
+def _all_fields(made: Made, recorded: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    return [(Made.REASONS[k], recorded.get(k), v) for k, v in made.to_attrs().items()]
+
+
+def _inputs_check(record: PredictionRecord) -> Check:
+    """The input file (or, for the ensemble, the upstream files) against their hashes."""
+    if "upstream_sha256" in record.bad:
+        return ("upstream files", False, "upstream_sha256 is not a JSON object")
+    if record.upstream_sha256 is not None:
+        then = record.upstream_sha256
         changed = [p for p, d in then.items() if not Path(p).is_file()
                    or cached_sha256(Path(p)) != d]
-        checks.append(("upstream files", not changed, f"changed or missing: {changed}"
-                       if changed else f"{len(then)} files match"))
-    else:
-        source = Path(str(attrs.get("input_signature", "")).split("|")[0])
-        if not source.is_file():
-            checks.append(("input", False, f"{source} is missing"))
-        else:
-            now = cached_sha256(source)
-            checks.append(("input", now == attrs.get("input_sha256"), f"{source}: " + (
-                now[:16] if now == attrs.get("input_sha256") else
-                f"recorded {str(attrs.get('input_sha256'))[:16]}, now {now[:16]}")))
-    return checks
+        return ("upstream files", not changed, f"changed or missing: {changed}"
+                if changed else f"{len(then)} files match")
+    source = record.input_path or Path("")
+    if not source.is_file():
+        return ("input", False, f"{source} is missing")
+    now = cached_sha256(source)
+    same = now == record.input_sha256
+    return ("input", same, f"{source}: " + (
+        now[:16] if same else f"recorded {str(record.input_sha256)[:16]}, now {now[:16]}"))
+
+
+__all__ = ["FolderRecord", "code_sha256", "folder_record", "incomplete", "of_model",
+           "read_folder_record", "upstream", "verify", "whole"]

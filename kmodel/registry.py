@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
-from kmodel.errors import UnknownEnvError, UnknownModelError
-from kmodel.spec import (
-    NAME_RE,
-    CondaEnvSpec,
-    ModelSpec,
-    PipEnvSpec,
-    load_env_spec,
-    load_model_spec,
-)
+from kmodel.errors import UnknownEnvError, UnknownModelError, UsageError
+from kmodel.loader import load_env_spec, load_model_spec
+from kmodel.spec import NAME_RE, CondaEnvSpec, ModelSpec, PipEnvSpec
 
 SPEC_FILE = "model.yaml"
 
@@ -46,13 +42,17 @@ class Model:
         return self.folder / self.spec.weights.path if self.spec.weights else None
 
 
+#: an env spec's type: a backend takes refs of the one it builds (kmodel/envs/)
+S = TypeVar("S", bound=PipEnvSpec | CondaEnvSpec)
+
+
 @dataclass(frozen=True)
-class EnvRef:
+class EnvRef(Generic[S]):
     """An env spec file, its parsed content and the lockfile that belongs next to it."""
 
     name: str
     path: Path
-    spec: PipEnvSpec | CondaEnvSpec
+    spec: S
 
     @property
     def lockfile(self) -> Path:
@@ -146,7 +146,7 @@ class Registry:
                        if re.match(NAME_RE, p.stem)})
 
     def env(self, name: str, referenced_by: str | None = None,
-            first: Path | None = None) -> EnvRef:
+            first: Path | None = None) -> EnvRef[Any]:
         """The env spec ``name``: in ``first`` (a model's own root's envs/) if it is there,
         else in the first of ``env_dirs`` that has it."""
         if not re.match(NAME_RE, name) or "/" in name:
@@ -161,10 +161,25 @@ class Registry:
         raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
 
     @cached_property
-    def _envs(self) -> dict[str, EnvRef]:
+    def _envs(self) -> dict[str, EnvRef[Any]]:
         return {}
 
-    def env_of(self, model: Model) -> EnvRef:
+    def env_refs(self, names: Sequence[str] = (), *, every: bool = False) -> list[EnvRef[Any]]:
+        """The envs named (by env name, or by the name of a model that uses one), or with
+        ``every`` each env in the env folders."""
+        if every == bool(names):
+            raise UsageError("give env or model names, or --all (not both)")
+        if every:
+            return [self.env(n) for n in self.env_names()]
+        refs = []
+        for name in names:
+            if (self.env_dir / f"{name}.yaml").is_file() or name not in self._model_paths:
+                refs.append(self.env(name))
+            else:
+                refs.append(self.env_of(self.model(name)))
+        return refs
+
+    def env_of(self, model: Model) -> EnvRef[Any]:
         """A model's env: looked up in its own root's envs/ first (a folder on the search
         path carries its models' envs), then as ``env`` does."""
         return self.env(model.spec.env, referenced_by=str(model.path),

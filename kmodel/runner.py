@@ -7,7 +7,7 @@
 from kmodel's core (only kmodel/io/hdf5.py, loaded by file path under a private name), so
 nothing of kmodel is installed into model envs. It builds the model from its entrypoint and
 hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
-on the whole input, then writes params.json + one .npy per weight).
+on the whole input, then writes one .npy per weight; the host adds params.json).
 
 The job (kmodel/job.py, also loaded by path) comes on stdin, read once numpy and h5py are
 imported: the host starts the runner early and checks its inputs meanwhile. An empty job
@@ -197,7 +197,7 @@ def _cast(values: np.ndarray, dtype: str, columns: list[str], ids: np.ndarray) -
             row, col = (int(i[0]) for i in np.nonzero(bad))
             name = columns[col] if col < len(columns) else f"column {col}"
             where = bytes(hdf5.as_ids(ids[row:row + 1])[0]).decode(errors="replace")
-            raise JobError("inputs", f"{name} has NaN or inf (or a value beyond {dtype}) at "
+            raise JobError("finite", f"{name} has NaN or inf (or a value beyond {dtype}) at "
                            f"id {where!r}; drop or fix those rows")
     return out
 
@@ -234,7 +234,7 @@ def train(job: Any, model: Any) -> None:
     for group, found in (("inputs", arrays), ("targets", targets)):
         for name, arr in found.items():
             if bad := _rows_not_finite(arr):
-                raise JobError(group, f"/{group}/{name} has {bad} row(s) with NaN or inf; "
+                raise JobError("finite", f"/{group}/{name} has {bad} row(s) with NaN or inf; "
                                "drop or fix those rows before training")
     x = arrays[names[0]] if len(names) == 1 else arrays
     model.fit(x, targets[job.targets], **job.train_args)
@@ -246,9 +246,6 @@ def train(job: Any, model: Any) -> None:
                 raise JobError("output", f"get_weights() returned {name!r} of dtype "
                                f"{arr.dtype}; weights are numeric arrays (no pickles)")
             np.save(out / f"{name}.npy", arr, allow_pickle=False)
-        params = {"model": job.model_name, "args": job.args,
-                  "train_args": job.train_args, "weights": sorted(weights)}
-        (out / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     except OSError as e:
         _write_failed(e, out)
     send("done", weights=sorted(weights))

@@ -1,18 +1,14 @@
 """Spec formats: a model spec (model_specs/NAME/model.yaml), an env spec (envs/NAME.yaml,
 pip or conda flavour) and a composition config (workflows/*.yaml).
 
-The types here are plain frozen dataclasses, cheap to import and to build. Each document is
-validated by kmodel/_schema.py (pydantic, strict, no unknown keys; errors say
-``file:line: field: problem; fix``) the first time kmodel sees its content; the validated
-result is cached in KMODEL_HOME by the content's sha256 and the validating code's, so later
-commands load it as JSON without importing pydantic or YAML (100 ms of every start).
+The types here are plain frozen dataclasses, cheap to import and to build, with the checks
+of a spec that depend on other files (its entry file exists, no path leaves its folder).
+This module is a leaf: it imports only the error catalogue and the defaults. Documents are
+validated by kmodel/_schema.py (pydantic) and loaded, with a cache, by kmodel/loader.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import os
 import re
 import stat
@@ -20,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from kmodel import defaults
 from kmodel.errors import SpecError, UnsafePathError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -101,10 +98,6 @@ class ModelSpec:
     def entry_file(self) -> str:
         return self.entrypoint.split(":")[0]
 
-    @property
-    def entry_function(self) -> str:
-        return self.entrypoint.split(":")[1]
-
 
 # --- env specs ---------------------------------------------------------------------
 
@@ -152,7 +145,7 @@ def env_kind(data: Any) -> Literal["pip", "conda"]:
     return "conda" if hasattr(data, "dependencies") else "pip"
 
 
-def _env_from_dict(data: dict[str, Any]) -> PipEnvSpec | CondaEnvSpec:
+def env_from_dict(data: dict[str, Any]) -> PipEnvSpec | CondaEnvSpec:
     return CondaEnvSpec(**data) if env_kind(data) == "conda" else PipEnvSpec(**data)
 
 
@@ -164,8 +157,8 @@ class DataConfig:
     """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
 
     builtin: Literal["breast_cancer"] | None = None
-    seed: int = 0
-    test_fraction: float = 0.3
+    seed: int = defaults.SEED
+    test_fraction: float = defaults.TEST_FRACTION
     train: str | None = None
     test: str | None = None
 
@@ -181,14 +174,14 @@ class ComposeConfig:
     """
 
     name: str
-    results: str = "results"
+    results: str = defaults.RESULTS
     specs: list[str] = field(default_factory=list)
     envs: str | None = None
     data: DataConfig
-    targets: str = "y"
+    targets: str = defaults.TARGET_NAME
     models: list[str]
     ensembler: str
-    batch_size: int = 8192
+    batch_size: int = defaults.BATCH_SIZE
     shards: int | dict[str, int] = 1
 
     @classmethod
@@ -201,7 +194,7 @@ class ComposeConfig:
         return self.shards.get(model, 1)
 
 
-# --- loading -----------------------------------------------------------------------
+# --- reading and checking files -------------------------------------------------
 
 
 def read_text(path: Path) -> str:
@@ -229,73 +222,6 @@ def read_text(path: Path) -> str:
                         fix="save it as UTF-8 YAML") from None
     except OSError as e:
         raise SpecError(path, f"cannot read: {e.strerror or e}") from None
-
-
-
-@functools.cache
-def _rules() -> str:
-    """What decides whether a document is valid: kmodel's version and the source of these
-    types and of their validators (an edited checkout validates its specs anew)."""
-    from kmodel import __version__
-    from kmodel._fs import sha256_bytes
-
-    here = Path(__file__).parent
-    try:
-        source = b"".join((here / name).read_bytes() for name in ("spec.py", "_schema.py"))
-    except OSError:
-        source = b""
-    return f"{__version__}|{sha256_bytes(source)}"
-
-
-def _load(path: Path, doc: Literal["model", "env", "compose"], build: Any) -> Any:
-    """The document at ``path`` built by ``build`` from its validated data: from the cache
-    when this content was validated before by the same rules (``_rules``), else validated
-    (kmodel/_schema.py) and cached. A cache that cannot be read or written only costs speed;
-    a damaged entry is validated anew."""
-    from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
-
-    text = read_text(path)
-    key = sha256_bytes(f"{doc}|{_rules()}|{text}".encode())
-    entry = kmodel_home() / "spec-cache" / f"{key[:40]}.json"
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
-        return build(json.loads(entry.read_bytes()))
-    from kmodel import _schema  # pydantic and YAML: only for content not seen before
-
-    data = _schema.validate(doc, path, text)
-    built = build(data)
-    with contextlib.suppress(Exception):
-        atomic_write_text(entry, json.dumps(data))
-    return built
-
-
-def load_model_spec(path: Path) -> ModelSpec:
-    spec: ModelSpec = _load(path, "model", ModelSpec.from_dict)
-    check_model_paths(spec, path)
-    return spec
-
-
-def load_env_spec(path: Path) -> PipEnvSpec | CondaEnvSpec:
-    spec: PipEnvSpec | CondaEnvSpec = _load(path, "env", _env_from_dict)
-    return spec
-
-
-def load_compose_config(path: Path) -> ComposeConfig:
-    cfg: ComposeConfig = _load(path, "compose", ComposeConfig.from_dict)
-    return cfg
-
-
-def compose_config(data: Any, source: str = "the kmodel config") -> ComposeConfig:
-    """A composition given as data (a Snakemake module's config), with the same errors."""
-    from kmodel import _schema
-
-    return ComposeConfig.from_dict(_schema.validate_data("compose", data, source))
-
-
-def raw_mapping(path: Path) -> dict[str, Any] | None:
-    """The spec file as a plain mapping (read safely, not validated), or None."""
-    from kmodel import _schema
-
-    return _schema.raw_mapping(path)
 
 
 def file_problems(path: Path, data: dict[str, Any]) -> list[SpecError]:

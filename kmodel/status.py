@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kmodel import provenance
-from kmodel._fs import cached_sha256, sha256_file
+from kmodel import provenance, record
+from kmodel import scores as scores_mod
+from kmodel._fs import cached_sha256
+from kmodel.errors import KmodelError
 from kmodel.io import hdf5
 from kmodel.plan import SPLITS, Plan
+from kmodel.record import Made
 from kmodel.registry import Model, Registry
 from kmodel.weights import Weights, read_manifest
 
@@ -49,14 +51,10 @@ class Entry:
 def _weights_reasons(model: Model, weights: Weights | None, trained: bool = False,
                      ) -> list[str]:
     """Weight files that no longer match the hashes their manifest lists."""
-    if weights is None:
-        return []
-    for name, digest in weights.sha256.items():
-        path = weights.folder / name
-        if not path.is_file() or sha256_file(path) != digest:
-            if trained:
-                return [f"weights ({name} changed since training)"]
-            return [f"weights ({name} changed; `kmodel hash {model.name} --write` records it)"]
+    for name, _ in weights.problems() if weights is not None else []:
+        if trained:
+            return [f"weights ({name} changed since training)"]
+        return [f"weights ({name} changed; `kmodel hash {model.name} --write` records it)"]
     return []
 
 
@@ -67,7 +65,7 @@ def _stale_upstream(entry: Entry, upstream: list[Entry]) -> None:
         entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)} not fresh)")
 
 
-def _prediction(path: Path, what: str, model: Model, expected: Callable[[], dict[str, str]],
+def _prediction(path: Path, what: str, model: Model, expected: Callable[[], Made],
                 inputs: dict[str, Path]) -> Entry:
     """A prediction file of ``model`` against what it must record now (``expected``,
     computed only for files that exist); ``inputs``: the input file (for base models) or
@@ -77,40 +75,40 @@ def _prediction(path: Path, what: str, model: Model, expected: Callable[[], dict
         entry.missing = True
         return entry
     try:
-        attrs = hdf5.read_attrs(path)
+        found = record.read(path)
     except (OSError, ValueError):
         entry.reasons.append("unreadable")
+        return entry
+    except KmodelError as e:  # a newer kmodel's file
+        entry.reasons.append(e.message)
         return entry
     source = inputs.get("input")
     rows = None
     if source is not None and source.is_file():
         with contextlib.suppress(OSError, ValueError):
             rows = hdf5.count_ids(source)
-    if problem := provenance.incomplete(path, attrs, model, rows):
+    if problem := provenance.whole(path, found, model, rows):
         entry.reasons.append(problem)
-    entry.reasons += provenance.differences(attrs, expected())
+    entry.reasons += expected().reasons(found.made)
     if source is not None:
         if not source.is_file():
             entry.reasons.append(f"input ({source} is missing)")
-        elif attrs.get("input_sha256") != cached_sha256(source):
+        elif found.input_sha256 != cached_sha256(source):
             entry.reasons.append("input")
     else:
-        entry.reasons += _upstream(attrs.get("upstream_sha256"), inputs)
+        entry.reasons += _upstream(found.upstream_sha256, inputs)
     return entry
 
 
-def _upstream(recorded: Any, files: dict[str, Path]) -> list[str]:
-    try:
-        then = json.loads(recorded) if isinstance(recorded, str) else {}
-    except ValueError:
-        then = {}
+def _upstream(recorded: dict[str, str] | None, files: dict[str, Path]) -> list[str]:
+    then = recorded or {}
     # by content, not by path: a project moved to another folder (paths are recorded
     # absolute) is still fresh; a file changed, or a model added or dropped, is not
     now = {str(p): cached_sha256(p) if p.is_file() else None for p in files.values()}
     if sorted(map(str, then.values())) == sorted(str(d) for d in now.values()):
         return []
-    recorded = set(then.values())
-    changed = [p for p, d in now.items() if d is None or d not in recorded]
+    known = set(then.values())
+    changed = [p for p, d in now.items() if d is None or d not in known]
     return [f"{UPSTREAM} ({', '.join(changed) or 'other files than it was made from'})"]
 
 
@@ -143,87 +141,85 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     """Every output of the composition, in the order the workflow makes them."""
     reg = plan.registry(registry)
     cfg = plan.config
-    entries: list[Entry] = []
     data = _data(plan)
-    entries += data.values()
+    entries: list[Entry] = [*data.values()]
     for name in cfg.models:
-        model = reg.model(name)
-        weights = Weights.of(model)
-        expected = functools.cache(lambda m=model, w=weights: provenance.of_model(reg, m, w))
-        for split in SPLITS:
-            entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
-                                model, expected, {"input": plan.data(split)})
-            if not entry.missing:
-                entry.reasons += _weights_reasons(model, weights)
-                if split in data and not data[split].missing:
-                    _stale_upstream(entry, [data[split]])
-            entries.append(entry)
-
+        entries += _base_predictions(plan, reg, name, data)
     ensembler = reg.model(cfg.ensembler)
-    train_preds = {str(plan.preds(m, "train")): plan.preds(m, "train") for m in cfg.models}
-    test_preds = {str(plan.preds(m, "test")): plan.preds(m, "test") for m in cfg.models}
+    preds = {split: {str(plan.preds(m, split)): plan.preds(m, split) for m in cfg.models}
+             for split in SPLITS}
+    made = [e for e in entries if str(e.path) in preds["test"]]
+    trained, fitted = _trained(plan, reg, ensembler, preds["train"],
+                               [e for e in entries if str(e.path) in preds["train"]])
+    ensemble = _ensemble(plan, reg, ensembler, fitted, preds["test"], [trained, *made])
+    return [*entries, trained, ensemble, _scores(plan, [ensemble, *made])]
+
+
+def _base_predictions(plan: Plan, reg: Registry, name: str, data: dict[str, Entry]
+                      ) -> list[Entry]:
+    """A base model's predictions of each split."""
+    model = reg.model(name)
+    weights = Weights.of(model)
+    expected = functools.cache(lambda: provenance.of_model(reg, model, weights))
+    entries = []
+    for split in SPLITS:
+        entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
+                            model, expected, {"input": plan.data(split)})
+        if not entry.missing:
+            entry.reasons += _weights_reasons(model, weights)
+            if split in data and not data[split].missing:
+                _stale_upstream(entry, [data[split]])
+        entries.append(entry)
+    return entries
+
+
+def _trained(plan: Plan, reg: Registry, ensembler: Model, preds: dict[str, Path],
+             upstream: list[Entry]) -> tuple[Entry, Weights | None]:
+    """The ensembler's trained weights folder (and its weights, when there is one)."""
     folder = plan.ensembler_weights
-    trained = Entry(folder, f"{cfg.ensembler} weights (trained)")
+    trained = Entry(folder, f"{ensembler.name} weights (trained)")
     manifest = read_manifest(folder)
     if manifest is None:
         trained.missing = True
-    else:
-        record = provenance.read_folder_record(folder)
-        trained.reasons += provenance.differences(
-            record, provenance.of_model(reg, ensembler, None))
-        fitted = Weights(folder, manifest, in_spec=False)
-        trained.reasons += _weights_reasons(ensembler, fitted, trained=True)
-        trained.reasons += _upstream(record.get("upstream_sha256"),
-                                     {**train_preds, "targets": plan.data("train")})
-        _stale_upstream(trained, [e for e in entries if str(e.path) in train_preds])
-    entries.append(trained)
+        return trained, None
+    kept = provenance.read_folder_record(folder) or provenance.FolderRecord()
+    trained.reasons += provenance.of_model(reg, ensembler, None).reasons(kept.made)
+    fitted = Weights(folder, manifest, in_spec=False)
+    trained.reasons += _weights_reasons(ensembler, fitted, trained=True)
+    trained.reasons += _upstream(kept.upstream_sha256, {**preds, "targets": plan.data("train")})
+    _stale_upstream(trained, upstream)
+    return trained, fitted
 
-    if trained.missing:
-        ensemble = Entry(plan.ensemble, f"{cfg.ensembler} predictions (test)",
-                         missing=not plan.ensemble.is_file())
+
+def _ensemble(plan: Plan, reg: Registry, ensembler: Model, fitted: Weights | None,
+              preds: dict[str, Path], upstream: list[Entry]) -> Entry:
+    """The ensemble's predictions (test split)."""
+    what = f"{ensembler.name} predictions (test)"
+    if fitted is None:
+        ensemble = Entry(plan.ensemble, what, missing=not plan.ensemble.is_file())
         if not ensemble.missing:
-            ensemble.reasons.append(f"{UPSTREAM} ({folder} is missing)")
-    else:
-        assert manifest is not None
-        ensemble = _prediction(plan.ensemble, f"{cfg.ensembler} predictions (test)",
-                               ensembler, lambda: provenance.of_model(reg, ensembler, fitted),
-                               test_preds)
-        _stale_upstream(ensemble, [trained, *(e for e in entries if str(e.path) in test_preds)])
-    entries.append(ensemble)
+            ensemble.reasons.append(f"{UPSTREAM} ({plan.ensembler_weights} is missing)")
+        return ensemble
+    ensemble = _prediction(plan.ensemble, what, ensembler,
+                           lambda: provenance.of_model(reg, ensembler, fitted), preds)
+    _stale_upstream(ensemble, upstream)
+    return ensemble
 
-    scores = Entry(plan.scores, "scores")
+
+def _scores(plan: Plan, inputs: list[Entry]) -> Entry:
+    """The score table, made from the ensemble's and the base models' test predictions."""
+    entry = Entry(plan.scores, "scores")
     if not plan.scores.is_file():
-        scores.missing = True
-    elif problem := _scores_problem(plan.scores, [*cfg.models, "ensemble"]):
-        scores.reasons.append(problem)
+        entry.missing = True
+    elif problem := scores_mod.problem(plan.scores, [*plan.config.models, "ensemble"]):
+        entry.reasons.append(problem)
     else:
-        inputs = [ensemble, *[e for e in entries if str(e.path) in test_preds]]
         made = plan.scores.stat().st_mtime
         behind = [str(e.path) for e in inputs if e.state != "fresh"
                   or e.path.stat().st_mtime > made]
         if behind:
-            scores.reasons.append(f"{UPSTREAM} ({', '.join(behind)})")
-    entries.append(scores)
-    return entries
-
-
-def _scores_problem(path: Path, labels: list[str]) -> str | None:
-    """Why a scores file is not a score table of ``labels`` (as `kmodel score` writes it)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "unreadable"
-    if not isinstance(data, dict) or sorted(data) != sorted(labels):
-        return f"not a score table of {', '.join(labels)}"
-
-    def fraction(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-
-    for label, row in data.items():
-        if not (isinstance(row, dict) and (row.get("auc") is None or fraction(row["auc"]))
-                and fraction(row.get("accuracy")) and isinstance(row.get("rows"), int)):
-            return f"its scores of {label} are not numbers as `kmodel score` writes them"
-    return None
+            entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)})")
+    return entry
 
 
 def forced(plan: Plan, entries: list[Entry]) -> list[str]:

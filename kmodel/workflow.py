@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import re
@@ -16,8 +15,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from kmodel import _lock, _subprocess
 from kmodel._fs import ensure_parent
@@ -54,15 +54,53 @@ _LOG = re.compile(r"^\s*log: (\S+)")
 REAPER = Path(__file__).with_name("_reaper.py")
 
 
+DRY_RUN = {"-n", "--dry-run", "--dryrun"}
+#: Snakemake arguments that make it print something instead of running the workflow
+INFO_ONLY = {"--summary", "-S", "--detailed-summary", "-D", "--list-rules", "--list", "-l",
+             "--list-target-rules", "--lt", "--dag", "--rulegraph", "--filegraph",
+             "--list-changes", "--lc", "--unlock", "--cleanup-metadata", "--cm", "--lint",
+             "--print-compilation", "--version", "--help", "-h"}
+
+
+def asks(args: Sequence[str], flags: set[str], short: str = "") -> bool:
+    """Whether Snakemake arguments hold one of ``flags``: whole, abbreviated as argparse
+    allows (--dry-r; Snakemake refused it already if it was ambiguous), or ``short`` in a
+    group of short options (-np)."""
+    def named(arg: str) -> bool:
+        name = arg.split("=", 1)[0]
+        return name in flags or (len(name) > 3 and name.startswith("--")
+                                 and any(f.startswith(name) for f in flags))
+
+    return any(named(a) or (short and a.startswith("-") and not a.startswith("--")
+                            and short in a[1:]) for a in args)
+
+
+def prints_itself(args: Sequence[str]) -> bool:
+    """Snakemake was asked to print something (--summary, --dag, ...): show all it says."""
+    return asks(args, INFO_ONLY)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a `kmodel run` did: ``ran`` (the workflow ran, or had nothing to do), ``dry``
+    (a dry run, however it was asked for: -n, --dry-r, a profile) or ``info`` (Snakemake
+    only printed what was asked, e.g. --summary)."""
+
+    plan: Plan
+    kind: Literal["ran", "dry", "info"]
+    seconds: float
+
+
 def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str] = (),
-        echo: Callable[[str], None] | None = None) -> Plan:
-    """Run the composition's workflow with Snakemake in a subprocess; return its plan.
+        echo: Callable[[str], None] | None = None) -> Outcome:
+    """Run the composition's workflow with Snakemake in a subprocess; say what it did.
 
     Safe to rerun after the previous run was killed at any moment: one `kmodel run` per
     composition at a time (a lock kmodel holds), Snakemake's lock left by a killed run is
     removed when no Snakemake process is alive in this folder, and incomplete outputs are
     regenerated. If kmodel itself is killed, a reaper stops Snakemake and its jobs.
     """
+    t0 = time.perf_counter()
     plan = load_plan(config, registry)
     extra = _with_profile(extra)
     from kmodel.status import forced, status
@@ -91,8 +129,19 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
             # content, not timestamps: what `kmodel status` calls stale is forced above, so a
             # fresh checkout (every file touched) reruns nothing that is still fresh
             flags += ["--rerun-triggers", "code", "input", "params", "software-env"]
-        _snakemake([*cmd, *flags, *extra], env, echo)
-    return plan
+        did: set[str] = set()
+
+        def seen(line: str) -> None:
+            if mark := marks(line):
+                did.add(mark)
+            if echo is not None:
+                echo(line)
+
+        _snakemake([*cmd, *flags, *extra], env, seen)
+    kind: Literal["ran", "dry", "info"] = (
+        "dry" if "dry" in did or asks(extra, DRY_RUN, "n") else
+        "ran" if "ran" in did and not prints_itself(extra) else "info")
+    return Outcome(plan, kind, time.perf_counter() - t0)
 
 
 def _with_profile(extra: Sequence[str]) -> list[str]:
@@ -187,25 +236,34 @@ def _failure(lines: list[str], code: int) -> KmodelError:
             "Snakemake's lock on this folder is held by another Snakemake run; wait for it "
             "to finish, or if none is running (a killed run on another machine), run the same "
             "`kmodel run CONFIG --unlock` once")
+    rule, log_path = _failed_rule(lines)
+    if rule is None:
+        return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log(lines)}")
+    reason = _last_error(Path(log_path)) if log_path else ""
+    where = f"; see its log {log_path}" if log_path else ""
+    return WorkflowError(f"Snakemake failed in rule {rule!r}{where}" +
+                         (f": {reason}" if reason else ""))
+
+
+def _failed_rule(lines: list[str]) -> tuple[str | None, str | None]:
+    """The last rule Snakemake says failed, and its log file (as named after it)."""
     rule = log_path = None
     for i, line in enumerate(lines):
         if m := _FAILED_RULE.search(line):
             rule = m.group(1)
-            for follow in lines[i + 1 : i + 30]:
-                if lm := _LOG.match(follow):
-                    log_path = lm.group(1)
-                    break
-    if rule is None:
-        return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log(lines)}")
-    reason = ""
-    if log_path and Path(log_path).is_file():
-        errs = [ln.strip() for ln in Path(log_path).read_text(errors="replace").splitlines()
-                if ln.strip()]
-        errors = [ln for ln in errs if ln.startswith("Error")]
-        reason = (errors or errs or [""])[-1]
-    where = f"; see its log {log_path}" if log_path else ""
-    return WorkflowError(f"Snakemake failed in rule {rule!r}{where}" +
-                         (f": {reason}" if reason else ""))
+            log_path = next((lm.group(1) for follow in lines[i + 1 : i + 30]
+                             if (lm := _LOG.match(follow))), None)
+    return rule, log_path
+
+
+def _last_error(log: Path) -> str:
+    """A job log's last ``Error ...`` line (else its last line), or "" if there is none."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("Error")]
+    return (errors or lines or [""])[-1]
 
 
 _EXCEPTION = re.compile(r"^(\w+(Exception|Error))( in .*)?:?\s*(.*)$")
@@ -248,33 +306,59 @@ class LogSummary:
 
     def feed(self, line: str) -> list[str]:
         text = line.strip()
-        if m := re.match(r"^(?:local)?rule (\S+):$", text):
-            self.job, self.failed = {"rule": m[1], "label": "", "start": time.monotonic()}, False
-        elif m := re.match(r"^Error in rule (\S+):$", text):
-            self.job, self.failed = {"rule": m[1], "label": ""}, True
-        elif m := re.match(r"^jobid: (\d+)$", text):
-            if not self.failed:
-                self.jobs[m[1]] = self.job
-            elif m[1] in self.jobs:  # the failed job's wildcards, from when it started
-                self.job["label"] = self.jobs[m[1]]["label"]
-        elif m := re.match(r"^wildcards: (.+)$", text):
-            self.job["label"] = " ".join(v.split("=", 1)[-1] for v in m[1].split(", "))
-        elif m := re.match(r"^log: (.+?)(?: \(check log file\(s\) for error details\))?$",
-                           text):
-            if self.failed:
-                what = f"{self.job['rule']} {self.job['label']}".strip()
-                return [f"FAILED {what}", *self._tail(m[1])]
-        elif m := re.match(r"^Finished jobid: (\d+)", text):
-            self.finished = m[1]
-        elif m := re.match(r"^(\d+) of (\d+) steps \(\d+%\) done$", text):
-            job = self.jobs.get(self.finished or "", {})
-            took = time.monotonic() - job["start"] if "start" in job else None
-            what = f"{job.get('rule', 'job')} {job.get('label', '')}".strip()
-            return [f"[{m[1]}/{m[2]}] {what}" + (f" ({took:.1f} s)" if took else "")]
-        elif text.startswith(("Nothing to be done", "This was a dry-run")) \
+        for pattern, handle in self._HANDLERS:
+            if m := pattern.match(text):
+                return handle(self, m)
+        if text.startswith(("Nothing to be done", "This was a dry-run")) \
                 or "has been submitted with SLURM jobid" in text or _COMPLETE_LOG.match(text):
             return [text]
         return []
+
+    def _rule(self, m: re.Match[str]) -> list[str]:
+        self.job, self.failed = {"rule": m[1], "label": "", "start": time.monotonic()}, False
+        return []
+
+    def _error(self, m: re.Match[str]) -> list[str]:
+        self.job, self.failed = {"rule": m[1], "label": ""}, True
+        return []
+
+    def _jobid(self, m: re.Match[str]) -> list[str]:
+        if not self.failed:
+            self.jobs[m[1]] = self.job
+        elif m[1] in self.jobs:  # the failed job's wildcards, from when it started
+            self.job["label"] = self.jobs[m[1]]["label"]
+        return []
+
+    def _wildcards(self, m: re.Match[str]) -> list[str]:
+        self.job["label"] = " ".join(v.split("=", 1)[-1] for v in m[1].split(", "))
+        return []
+
+    def _log(self, m: re.Match[str]) -> list[str]:
+        if not self.failed:
+            return []
+        what = f"{self.job['rule']} {self.job['label']}".strip()
+        return [f"FAILED {what}", *self._tail(m[1])]
+
+    def _finished(self, m: re.Match[str]) -> list[str]:
+        self.finished = m[1]
+        return []
+
+    def _steps(self, m: re.Match[str]) -> list[str]:
+        job = self.jobs.get(self.finished or "", {})
+        took = time.monotonic() - job["start"] if "start" in job else None
+        what = f"{job.get('rule', 'job')} {job.get('label', '')}".strip()
+        return [f"[{m[1]}/{m[2]}] {what}" + (f" ({took:.1f} s)" if took else "")]
+
+    _HANDLERS: ClassVar[list[tuple[re.Pattern[str], Callable[[Any, re.Match[str]],
+                                                                list[str]]]]] = [
+        (re.compile(r"^(?:local)?rule (\S+):$"), _rule),
+        (re.compile(r"^Error in rule (\S+):$"), _error),
+        (re.compile(r"^jobid: (\d+)$"), _jobid),
+        (re.compile(r"^wildcards: (.+)$"), _wildcards),
+        (re.compile(r"^log: (.+?)(?: \(check log file\(s\) for error details\))?$"), _log),
+        (re.compile(r"^Finished jobid: (\d+)"), _finished),
+        (re.compile(r"^(\d+) of (\d+) steps \(\d+%\) done$"), _steps),
+    ]
 
     def _tail(self, log: str) -> list[str]:
         path = Path(log.split(",")[0].strip())
@@ -299,11 +383,9 @@ def marks(line: str) -> str | None:
 
 def read_scores(plan: Plan) -> dict[str, dict[str, Any]] | None:
     """The composition's scores, or None if there are none (or they are not a score table)."""
+    from kmodel import scores
+
     try:
-        data = json.loads(plan.scores.read_text())
-    except (OSError, ValueError):
+        return scores.read(plan.scores)
+    except (OSError, KmodelError):
         return None
-    if not isinstance(data, dict) or not all(
-            isinstance(v, dict) and {"auc", "accuracy", "rows"} <= set(v) for v in data.values()):
-        return None
-    return data

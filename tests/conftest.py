@@ -40,21 +40,28 @@ def conda_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 TOY_MODEL = """\
+import os
 import time
 
 import numpy as np
 
 
 class Scale:
-    def __init__(self, factor, fail_at, sleep):
+    def __init__(self, factor, fail_at, sleep, gate):
         self.factor, self.fail_at, self.sleep, self.w = factor, fail_at, sleep, None
-        self.seen = 0
+        self.seen, self.gate = 0, gate
 
     def predict(self, x):
         time.sleep(self.sleep)
         self.seen += len(x)
         if self.fail_at is not None and self.seen > self.fail_at:
             raise ValueError("toy failure at row %d" % self.seen)
+        if self.gate and self.seen >= 1500 and not os.path.exists(self.gate + "/parked"):
+            # half-way (a checkpoint written: 15 batches took >= 0.75 s), the first run
+            # waits for the test: it says so, and goes on once the test makes "go"
+            open(self.gate + "/parked", "w").close()
+            while not os.path.exists(self.gate + "/go"):
+                time.sleep(0.01)
         return {"y": x @ self.w["scale-w-0"] * self.factor, "norm": np.linalg.norm(x, axis=1)}
 
     def fit(self, x, y):
@@ -68,8 +75,8 @@ class Scale:
         self.w = w
 
 
-def build(factor=1.0, fail_at=None, sleep=0.0):
-    return Scale(factor, fail_at, sleep)
+def build(factor=1.0, fail_at=None, sleep=0.0, gate=None):
+    return Scale(factor, fail_at, sleep, gate)
 """
 
 TOY_SPEC = """\
@@ -122,7 +129,7 @@ def project(tmp_path: Path, kmodel_home: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KMODEL_PATH", raising=False)
     monkeypatch.delenv("KMODEL_ENVS", raising=False)
-    from kmodel.hashes import write_hashes
+    from kmodel.weights import write_hashes
 
     write_hashes(Registry().model("toy"))
     return tmp_path

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from kmodel import compose
+from kmodel import compose, scores
 from kmodel.errors import IdAlignmentError, InputSchemaError, TargetLengthError
 from kmodel.io import hdf5
 from kmodel.predict import predict
@@ -56,7 +56,7 @@ def test_targets_length_mismatch(tmp_path: Path) -> None:
         f["targets/y"] = np.zeros(3)
         f["metadata/id"] = np.array([b"a", b"b"])
     with pytest.raises(TargetLengthError, match="has 3 rows but /metadata/id has 2"):
-        compose.score({"a": preds_file(tmp_path / "a.h5", ["a", "b"], np.zeros(2))}, t)
+        scores.score({"a": preds_file(tmp_path / "a.h5", ["a", "b"], np.zeros(2))}, t)
 
 
 def test_roc_auc_matches_pairwise_definition() -> None:
@@ -65,7 +65,7 @@ def test_roc_auc_matches_pairwise_definition() -> None:
     s = np.round(rng.normal(size=200) + y, 1)  # rounded: plenty of ties
     pos, neg = s[y == 1], s[y == 0]
     pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
-    assert compose.roc_auc(y, s) == pytest.approx(pairwise)
+    assert scores.roc_auc(y, s) == pytest.approx(pairwise)
 
 
 @pytest.mark.slow
@@ -87,8 +87,8 @@ def test_train_and_apply_ensembler_in_its_env(project: Path) -> None:
     coef = np.load(w.folder / "stacker-coef-0.npy")
     assert coef[0] > 5 * abs(coef[1])  # it learned which base model to trust
     out = compose.apply(reg, "stacker", [p1, p2], project / "w", project / "ens.h5")
-    scores = compose.score({"ens": out}, project / "targets.h5")
-    assert scores["ens"]["auc"] > 0.99
+    table = scores.score({"ens": out}, project / "targets.h5")
+    assert table["ens"]["auc"] > 0.99
     for wrong in ([p2, p1], [p1]):  # another order, a missing model: refused, not guessed
         with pytest.raises(InputSchemaError, match=r"was trained on p1:proba, p2:proba \(in "
                            r"this order\)"):

@@ -23,10 +23,10 @@ from kmodel import workflow
 from kmodel.cli import cli
 from kmodel.envs import backend_for
 from kmodel.envs.conda import CondaBackend, current_platform
-from kmodel.hashes import write_hashes
 from kmodel.io import hdf5
 from kmodel.predict import predict
 from kmodel.registry import Registry
+from kmodel.weights import write_hashes
 
 from .conda_channel import PY_MM
 from .conftest import make_input
@@ -146,7 +146,7 @@ def test_snakemake_workflow_with_a_conda_model(conda_project: Path) -> None:
                       "ensembler: stacker\n"
                       "batch_size: 64\n")
     first: list[str] = []
-    plan = workflow.run(config, Registry(), cores=2, echo=first.append)
+    plan = workflow.run(config, Registry(), cores=2, echo=first.append).plan
     assert plan.scores.is_file(), "\n".join(first[-40:])
     scores = workflow.read_scores(plan)
     assert set(scores) == {"mlp", "mlpconda", "ensemble"}

@@ -1,7 +1,8 @@
 """Fault tests: SIGKILL real kmodel processes mid-way; reruns complete with identical output.
 
-Each test starts the real CLI in a subprocess, waits until it is demonstrably half-way,
-kills it with SIGKILL (or SIGINT for Ctrl-C) and checks what is left behind.
+Each test starts the real CLI in a subprocess, waits until it is demonstrably half-way
+(the toy model parks there and says so: nothing depends on the machine's speed), kills it
+with SIGKILL (or SIGINT for Ctrl-C) and checks what is left behind.
 """
 
 from __future__ import annotations
@@ -28,10 +29,35 @@ pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
 
 
-def slow_toy(project: Path, sleep: float) -> None:
+def gated_toy(project: Path) -> None:
+    """The toy model, slowed (0.05 s a batch), parks half-way through its first run until
+    the test says go (see conftest's TOY_MODEL)."""
     spec = project / "model_specs" / "toy" / "model.yaml"
     text = spec.read_text()
-    spec.write_text(text.replace("factor: 2.0", f"factor: 2.0\n  sleep: {sleep}"))
+    spec.write_text(text.replace("factor: 2.0", f"factor: 2.0\n  sleep: 0.05\n"
+                                 f"  gate: {str(project)!r}"))
+
+
+def go(project: Path) -> None:
+    """Let the parked run go on."""
+    (project / "go").touch()
+
+
+def runner_of(proc: subprocess.Popen[str]) -> int:
+    """The pid of the runner a kmodel process started (its child running runner.py)."""
+    found: list[int] = []
+    wait_for(lambda: found.extend(
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "runner.py"],
+                                       capture_output=True, text=True).stdout.split()) or found)
+    return found[0]
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in "ZX"
+    except OSError:
+        return True
 
 
 def rows_done(path: Path | None) -> int:
@@ -62,21 +88,24 @@ def same_datasets(a: Path, b: Path) -> bool:
 
 def start_predict(project: Path, out: str = "out.h5", model: str = "toy",
                   env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A predict run, parked half-way (a checkpoint written) until ``go``."""
     cmd = [*KMODEL, "predict", model, "-i", "in.h5", "-o", out, "--batch-size", "100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
-    wait_for(lambda: rows_done(working(project / out)) > 0)
+    wait_for(lambda: (project / "parked").exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()[1]
+    assert rows_done(working(project / out)) > 0
     return proc
 
 
 @pytest.fixture
 def slow_run(project: Path) -> Path:
-    """3000 input rows and a reference output; then the toy model made slow (1.5 s)."""
+    """3000 input rows and a reference output; then the toy model gated (``gated_toy``)."""
     make_input(project / "in.h5", rows=3000)
     subprocess.run([*KMODEL, "env", "create", "toy"], check=True, capture_output=True)
     subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "ref.h5", "--batch-size",
                     "100"], check=True, capture_output=True)
-    slow_toy(project, 0.05)  # 30 batches of 100 rows, 1.5 s: checkpoints every 0.5 s
+    gated_toy(project)  # 30 batches of 100 rows; checkpoints every 0.5 s
     return project / "ref.h5"
 
 
@@ -87,10 +116,10 @@ RESUME = [*KMODEL, "predict", "toy", "-i", "in.h5", "-o", "out.h5", "--batch-siz
 def test_killed_predict_resumes_to_identical_output(project: Path, slow_run: Path) -> None:
     out, partial = project / "out.h5", project / "out.h5.partial"
     proc = start_predict(project)
-    work = working(out)
+    work, runner = working(out), runner_of(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.3)  # the runner dies with its host (PDEATHSIG)
+    wait_for(lambda: gone(runner))  # the runner dies with its host (PDEATHSIG)
     assert not out.exists() and work is not None and work.exists()
     assert 0 < rows_done(work) < 3000  # killed mid-way, with a checkpoint to resume from
 
@@ -107,16 +136,16 @@ def test_interrupted_predict_keeps_its_partial_and_says_how_to_resume(
         project: Path, slow_run: Path, sig: int, code: int) -> None:
     out, partial = project / "out.h5", project / "out.h5.partial"
     proc = start_predict(project)
+    runner = runner_of(proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error [KM800]: interrupted by "), err
     assert "rows kept in out.h5.partial" in err and "--resume" in err
     assert not out.exists() and partial.exists() and working(out) is None
     assert not (project / "out.h5.lock").exists()
-    runner = subprocess.run(["pgrep", "-f", "kmodel/runner.py"], capture_output=True, text=True)
-    assert str(project) not in runner.stdout  # the runner was stopped with its host
+    assert gone(runner)  # the runner was stopped (and reaped) by its host
 
     resumed = subprocess.run(RESUME, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -137,9 +166,10 @@ def test_a_plain_rerun_after_a_kill_starts_over_and_clears_the_partial(
 
 def test_resume_refuses_a_partial_from_another_input(project: Path, slow_run: Path) -> None:
     proc = start_predict(project)
+    runner = runner_of(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.3)
+    wait_for(lambda: gone(runner))
     make_input(project / "in.h5", rows=1000, seed=1)  # a different input, same name
     res = subprocess.run(RESUME, capture_output=True, text=True)
     assert res.returncode == 1
@@ -188,11 +218,12 @@ def test_a_second_writer_of_the_same_output_is_refused_without_hdf5_locking(
     env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
     first = start_predict(project, env=env)
     second = subprocess.run([*KMODEL, "predict", other, "-i", "in.h5", "-o", "out.h5"],
-                            capture_output=True, text=True, env=env, timeout=30)
+                            capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 1
     assert second.stderr.startswith("Error [KM402]: cannot write output out.h5: another "
                                     "kmodel run (pid "), second.stderr
-    _, err = first.communicate(timeout=60)
+    go(project)
+    _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert same_datasets(slow_run, project / "out.h5")  # the first model's, untouched
 
@@ -201,7 +232,8 @@ def test_an_input_changed_while_predicting_is_refused(project: Path, slow_run: P
     proc = start_predict(project)
     make_input(project / "in2.h5", rows=3000, seed=5)
     os.replace(project / "in2.h5", project / "in.h5")
-    _, err = proc.communicate(timeout=60)
+    go(project)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "Error [KM404]" in err and "changed while model 'toy' was predicting" in err
     assert sorted(p.name for p in project.glob("out.h5*")) == []

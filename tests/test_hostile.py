@@ -740,7 +740,7 @@ CASES = [
          success=anything, prep=lambda p: (preds_h5(p / "x.h5", IDS, labels(), "m1"),
                                            _set_attr(p / "x.h5", "model", np.arange(3)))),
     case("compose-train-float64-overflow",
-         "compose train stacker a.h5 big.h5 --targets t.h5 -o Wn", ("KM401", "KM601"), "big.h5",
+         "compose train stacker a.h5 big.h5 --targets t.h5 -o Wn", ("KM401", "KM604"), "big.h5",
          prep=h5("big.h5", {"preds/proba": np.full(ROWS, 1e300),  # float64, beyond float32
                             "metadata/id": ids_array(IDS)}),
          sub=True),
@@ -755,7 +755,7 @@ CASES = [
          prep=spec(toy_with("version: 0.1.0", 'version: "0.1\\0"'))),
     case("spec-output-of-free-shape", f"validate {TOY}", SPEC_CODES, "model.yaml",
          prep=spec(toy_with("    shape: []\n  - name: norm", "    shape: [null]\n  - name: norm"))),
-    case("train-nan-targets", "train toy -i nt.h5 -o w", "KM601", ("nt.h5", "targets"),
+    case("train-nan-targets", "train toy -i nt.h5 -o w", "KM604", ("nt.h5", "targets"),
          slow=True, prep=lambda p: make_input(p / "nt.h5", rows=ROWS, targets=np.where(
              labels() > 0, np.nan, 0.0))),
     case("train-string-targets", "train toy -i st.h5 -o w", "KM401", ("st.h5", "targets"),

@@ -118,13 +118,14 @@ def test_weights_are_checked_before_loading(project: Path) -> None:
 
 
 def test_train_writes_weights_with_manifest(project: Path) -> None:
-    from kmodel.predict import Weights, train
+    from kmodel.train import train
+    from kmodel.weights import Weights
 
     x = make_input(project / "t.h5", rows=50)
     y = x @ np.array([0.5, 1.5, -1.0])
     hdf5.write_table(project / "t.h5", {"inputs": {"x": x}, "targets": {"y": y}},
                      [f"r{i}" for i in range(50)])
-    w = train(Registry(), "toy", project / "t.h5", "y", project / "w")
+    w = train(Registry(), "toy", project / "t.h5", project / "w", targets="y")
     assert set(w.sha256) == {"params.json", "scale-w-0.npy"}
     np.testing.assert_allclose(np.load(project / "w" / "scale-w-0.npy"), [0.5, 1.5, -1.0],
                                rtol=1e-4)
@@ -190,7 +191,7 @@ def test_a_new_model_from_unhashed_weights_to_recorded_ones(project: Path) -> No
     assert kmodel("validate", str(new)).returncode == 0
     assert kmodel("data", "breast_cancer", "--train", "tr.h5", "--test", "te.h5").returncode == 0
     res = kmodel("predict", "new", "-i", "te.h5", "-o", "p.h5")
-    assert res.returncode == 1 and res.stderr.startswith("Error [KM302]: the weights of model "
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM303]: the weights of model "
                                                          "'new' are not hashed yet"), res.stderr
     res = kmodel("train", "new", "-i", "tr.h5", "-o", str(new / "weights"))
     assert res.returncode == 0 and "recorded their sha256" in res.stdout, res.stderr

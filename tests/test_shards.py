@@ -130,8 +130,8 @@ def test_one_runner_serves_several_inputs(project: Path) -> None:
     make_input(project / "b.h5", rows=300, seed=1)
     code = project / "model_specs/toy/model.py"
     code.write_text(code.read_text().replace(
-        "def build(factor=1.0, fail_at=None, sleep=0.0):",
-        "def build(factor=1.0, fail_at=None, sleep=0.0):\n"
+        "def build(factor=1.0, fail_at=None, sleep=0.0, gate=None):",
+        "def build(factor=1.0, fail_at=None, sleep=0.0, gate=None):\n"
         "    with open('builds.txt', 'a') as f:\n        f.write('built\\n')"))
     res = kmodel("predict", "toy", "-i", "a.h5", "-o", "pa.h5", "-i", "b.h5", "-o", "pb.h5")
     assert res.returncode == 0, res.stderr

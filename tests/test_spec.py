@@ -9,14 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmodel.errors import KmodelError, SpecError, UnsafePathError, YamlSyntaxError
+from kmodel.loader import load_compose_config, load_env_spec, load_model_spec
 from kmodel.registry import Registry
-from kmodel.spec import (
-    CondaEnvSpec,
-    PipEnvSpec,
-    load_compose_config,
-    load_env_spec,
-    load_model_spec,
-)
+from kmodel.spec import CondaEnvSpec, PipEnvSpec
 
 from .conftest import REPO, TOY_SPEC
 
@@ -147,7 +142,7 @@ def test_a_spec_seen_before_loads_without_pydantic_or_yaml(tmp_path: Path) -> No
     import sys
 
     path = write(tmp_path, f"# {tmp_path}: content no test has cached\n{TOY_SPEC}")
-    probe = ("import sys; from pathlib import Path; from kmodel.spec import load_model_spec; "
+    probe = ("import sys; from pathlib import Path; from kmodel.loader import load_model_spec; "
              f"s = load_model_spec(Path({str(path)!r})); "
              "print(s.name, s.inputs[0].shape, 'pydantic' in sys.modules, 'yaml' in sys.modules)")
     runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -70,8 +70,8 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     rerun_and_expect_fresh()
 
     # new weights (recorded with `kmodel hash --write`), and the input changed
-    from kmodel.hashes import write_hashes
     from kmodel.registry import Registry
+    from kmodel.weights import write_hashes
 
     w = mlp / "weights" / "mlp-bias-1.npy"
     np.save(w, np.load(w) + 0.25)

@@ -38,7 +38,7 @@ def test_composition_end_to_end_then_incremental(project: Path) -> None:
     assert sorted(jobs(first.output)) == sorted(
         ["data", "env", "env", "predict", "predict", "compose_train", "compose_predict",
          "score"])
-    scores = json.loads((project / "out/small/scores.json").read_text())
+    scores = json.loads((project / "out/small/scores.json").read_text())["scores"]
     assert set(scores) == {"logreg", "mlp", "ensemble"}
     assert scores["ensemble"]["auc"] > 0.95
     assert "ensemble" in first.output and "roc_auc" in first.output
@@ -49,7 +49,7 @@ def test_composition_end_to_end_then_incremental(project: Path) -> None:
     assert "Nothing to be done" in second.output
 
     # new weights for one model: its predictions and the composer rerun, nothing else
-    from kmodel.hashes import write_hashes
+    from kmodel.weights import write_hashes
 
     w = project / "model_specs/mlp/weights/mlp-bias-1.npy"
     np.save(w, np.load(w) + 0.5)
@@ -77,7 +77,8 @@ def test_plain_snakemake_does_the_same_job(project: Path) -> None:
                            "--configfile", "c.yaml", "--cores", "2"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert set(json.loads((project / "out/small/scores.json").read_text())) == {"mlp", "ensemble"}
+    assert set(json.loads((project / "out/small/scores.json").read_text())["scores"]) == {
+        "mlp", "ensemble"}
 
 
 def test_failed_rule_is_named_with_its_log(project: Path) -> None:
@@ -118,5 +119,5 @@ def test_a_folder_on_the_search_path_carries_its_models_envs(project: Path, tmp_
     (project / "c.yaml").write_text(CONFIG.replace("[logreg, mlp]", "[mlp2]"))
     res = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
     assert res.exit_code == 0, res.output
-    assert set(json.loads((project / "out/small/scores.json").read_text())) == {"mlp2",
-                                                                                 "ensemble"}
+    scores = json.loads((project / "out/small/scores.json").read_text())["scores"]
+    assert set(scores) == {"mlp2", "ensemble"}

@@ -10,7 +10,6 @@ half-way (no link) or damaged later (no python) is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -18,9 +17,9 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
-from kmodel import _lock
+from kmodel import _lock, formats
 from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_file, tmp_sibling
 from kmodel.errors import (
     EnvBuildError,
@@ -29,11 +28,36 @@ from kmodel.errors import (
     LockMissingError,
     LockStaleError,
 )
-from kmodel.registry import EnvRef
+from kmodel.registry import EnvRef, S
 
 log = logging.getLogger("kmodel")
 MARKER = ".kmodel-env.json"
 SPEC_HASH_TAG = "kmodel-spec-sha256:"
+
+
+def build_folder(prefix: Path) -> Path:
+    """A new folder to build the env named by ``prefix`` in (unique to this process)."""
+    return prefix.parent / ".builds" / f"{prefix.name}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def prefix_of_build(build: Path) -> Path:
+    """The env name (``KMODEL_HOME/envs/<name>-<key>``) a build folder was made for: the
+    inverse of ``build_folder``."""
+    return build.parent.parent / build.name.rsplit("-", 2)[0]
+
+
+def read_marker(build: Path) -> dict[str, Any] | None:
+    """A build's completion marker (an ``env-marker`` document), or None if it has none
+    that can be read."""
+    try:
+        _, marker = formats.read(build / MARKER, "env-marker")
+    except (OSError, KmodelError):
+        return None
+    return marker
+
+
+def _write_marker(build: Path, marker: dict[str, Any]) -> None:
+    formats.write(build / MARKER, "env-marker", marker)
 
 
 @dataclass(frozen=True)
@@ -72,7 +96,7 @@ def _discard(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def spec_hash(ref: EnvRef) -> str:
+def spec_hash(ref: EnvRef[Any]) -> str:
     """sha256 of the env spec file: recorded in the lock to detect drift."""
     return sha256_file(ref.path)
 
@@ -91,20 +115,20 @@ def recorded_spec_hash(lockfile: Path) -> str | None:
     return None
 
 
-class EnvBackend(ABC):
-    """How one kind of environment is locked and built."""
+class EnvBackend(ABC, Generic[S]):
+    """How one kind of environment is locked and built (``S``: the env spec type it takes)."""
 
     name: str
 
     @abstractmethod
-    def lock(self, ref: EnvRef) -> Path:
+    def lock(self, ref: EnvRef[S]) -> Path:
         """Resolve the spec and write its lockfile (atomically) next to it."""
 
     @abstractmethod
-    def _build(self, ref: EnvRef, prefix: Path) -> None:
+    def _build(self, ref: EnvRef[S], prefix: Path) -> None:
         """Create the env at ``prefix`` (which does not exist) from the lockfile."""
 
-    def key(self, ref: EnvRef, fresh: bool = True) -> str:
+    def key(self, ref: EnvRef[S], fresh: bool = True) -> str:
         """The env's identity: sha256 of its lockfile (backends may add more). With
         ``fresh=False`` a lockfile older than its spec still gives a key (`env gc` keeps
         the build such a lock names)."""
@@ -112,14 +136,14 @@ class EnvBackend(ABC):
 
     # -- shared protocol ------------------------------------------------------------
 
-    def checked_lockfile(self, ref: EnvRef) -> Path:
+    def checked_lockfile(self, ref: EnvRef[S]) -> Path:
         if not ref.lockfile.is_file():
             raise LockMissingError(ref.name, ref.lockfile)
         if recorded_spec_hash(ref.lockfile) not in (None, spec_hash(ref)):
             raise LockStaleError(ref.name, ref.path, ref.lockfile)
         return ref.lockfile
 
-    def prefix(self, ref: EnvRef, key: str | None = None) -> Path:
+    def prefix(self, ref: EnvRef[S], key: str | None = None) -> Path:
         return kmodel_home() / "envs" / f"{ref.name}-{(key or self.key(ref))[:16]}"
 
     def is_built(self, prefix: Path, key: str) -> bool:
@@ -127,14 +151,11 @@ class EnvBackend(ABC):
 
     def _marker(self, prefix: Path, key: str) -> dict[str, Any] | None:
         """The completion marker of the build at ``prefix`` if it is built with ``key``."""
-        try:
-            marker = json.loads((prefix / MARKER).read_text())
-        except (OSError, ValueError):
-            return None
-        ok = isinstance(marker, dict) and marker.get("key") == key
+        marker = read_marker(prefix)
+        ok = marker is not None and marker.get("key") == key
         return marker if ok and (prefix / "bin" / "python").exists() else None
 
-    def find(self, ref: EnvRef) -> Env | None:
+    def find(self, ref: EnvRef[S]) -> Env | None:
         """The env if it is built and its lock is current; None otherwise (no error, nothing
         built: ``ensure`` says what is wrong)."""
         try:
@@ -144,7 +165,7 @@ class EnvBackend(ABC):
         prefix = self.prefix(ref, key)
         return Env(ref.name, key, prefix) if self.is_built(prefix, key) else None
 
-    def ensure(self, ref: EnvRef) -> Env:
+    def ensure(self, ref: EnvRef[S]) -> Env:
         """Return the built env, building it first if needed (idempotent, concurrency-safe)."""
         key = self.key(ref)
         prefix = self.prefix(ref, key)
@@ -163,7 +184,7 @@ class EnvBackend(ABC):
         except PermissionError as e:
             raise HomeNotWritableError(kmodel_home(), e.strerror or str(e)) from None
 
-    def _build_locked(self, ref: EnvRef, key: str, prefix: Path, builds: Path) -> Env:
+    def _build_locked(self, ref: EnvRef[S], key: str, prefix: Path, builds: Path) -> Env:
         """Build the env (called holding its lock); a no-op if another process just did."""
         env = Env(ref.name, key, prefix)
         if self.is_built(prefix, key):  # another process built it while we waited
@@ -180,14 +201,14 @@ class EnvBackend(ABC):
         # Build in a folder of its own, then point the env's name at it (last step):
         # stragglers of a killed build (uv's bytecode compilers outlive uv) can only
         # ever write into their own, abandoned folder.
-        target = builds / f"{prefix.name}-{os.getpid()}-{os.urandom(3).hex()}"
+        target = build_folder(prefix)
         log.info("creating env %s (%s) at %s", ref.name, self.name, prefix)
         t0 = time.perf_counter()
         try:
             self._build(ref, target)
-            atomic_write_text(target / MARKER, json.dumps(
-                {"name": ref.name, "key": key, "backend": self.name,
-                 "lockfile": str(ref.lockfile.absolute()), "created": time.time()}))
+            _write_marker(target, {"name": ref.name, "key": key, "backend": self.name,
+                                   "lockfile": str(ref.lockfile.absolute()),
+                                   "created": time.time()})
             link = tmp_sibling(prefix, "link")
             link.symlink_to(Path(".builds") / target.name)
             os.replace(link, prefix)
@@ -197,7 +218,7 @@ class EnvBackend(ABC):
         log.info("created env %s in %.1f s", ref.name, time.perf_counter() - t0)
         return env
 
-    def status(self, ref: EnvRef) -> EnvStatus:
+    def status(self, ref: EnvRef[S]) -> EnvStatus:
         locked = ref.lockfile.is_file()
         drift = locked and recorded_spec_hash(ref.lockfile) not in (None, spec_hash(ref))
         prefix = built = None
@@ -208,11 +229,6 @@ class EnvBackend(ABC):
         return EnvStatus(ref.name, self.name, locked, bool(drift), bool(built),
                          prefix if built else None)
 
-    def remove(self, env: Env) -> None:
-        target = env.prefix.resolve()
-        env.prefix.unlink(missing_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-
 
 def _record_user(prefix: Path, marker: dict[str, Any], lockfile: Path) -> None:
     """Add ``lockfile`` to the lockfiles the build's marker names (once per lockfile), so
@@ -222,12 +238,12 @@ def _record_user(prefix: Path, marker: dict[str, Any], lockfile: Path) -> None:
     users = [marker.get("lockfile"), *marker.get("lockfiles", [])]
     if path in users:
         return
-    with contextlib.suppress(OSError):
-        atomic_write_text(prefix.resolve() / MARKER, json.dumps(
-            {**marker, "lockfiles": [*marker.get("lockfiles", []), path]}))
+    with contextlib.suppress(OSError, KmodelError):
+        _write_marker(prefix.resolve(), {**marker,
+                                         "lockfiles": [*marker.get("lockfiles", []), path]})
 
 
-def write_lock(ref: EnvRef, text: str) -> Path:
+def write_lock(ref: EnvRef[Any], text: str) -> Path:
     """Write a lockfile atomically, leaving it untouched (mtime too) when nothing changed,
     so re-locking an unchanged spec rebuilds no env and reruns no workflow job."""
     try:
@@ -239,7 +255,7 @@ def write_lock(ref: EnvRef, text: str) -> Path:
     return ref.lockfile
 
 
-def header(ref: EnvRef, tool: str) -> str:
+def header(ref: EnvRef[Any], tool: str) -> str:
     """Comment lines every kmodel lockfile starts with."""
     return (f"# Locked by kmodel with {tool} from {ref.path.name}; do not edit.\n"
             f"# {SPEC_HASH_TAG} {spec_hash(ref)}\n")

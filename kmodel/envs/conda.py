@@ -221,7 +221,7 @@ def _python_version(records: Sequence[RepoDataRecord]) -> str | None:
     return None
 
 
-def _pip_lock(ref: EnvRef, pip_deps: list[str], python: str, platform: str
+def _pip_lock(ref: EnvRef[CondaEnvSpec], pip_deps: list[str], python: str, platform: str
               ) -> list[dict[str, Any]]:
     """Pin the pip section for one platform: [{name, version, url, sha256}]."""
     uv = uv_binary()
@@ -270,7 +270,7 @@ def _dependencies(depends: Sequence[str]) -> dict[str, str]:
     return deps
 
 
-def _write_lockfile(ref: EnvRef, channels: list[str], platforms: list[str],
+def _write_lockfile(ref: EnvRef[CondaEnvSpec], channels: list[str], platforms: list[str],
                     solved: dict[str, list[RepoDataRecord]],
                     pins: dict[str, list[dict[str, Any]]]) -> None:
     with warnings.catch_warnings():  # conda_lock's vendored conda warns on import
@@ -309,7 +309,7 @@ def _write_lockfile(ref: EnvRef, channels: list[str], platforms: list[str],
 # --- the backend -------------------------------------------------------------------
 
 
-class CondaBackend(EnvBackend):
+class CondaBackend(EnvBackend[CondaEnvSpec]):
     name = "conda"
 
     def __init__(self, *, cache_dir: Path | None = None) -> None:
@@ -322,9 +322,8 @@ class CondaBackend(EnvBackend):
 
     # -- lock -----------------------------------------------------------------------
 
-    def lock(self, ref: EnvRef) -> Path:
+    def lock(self, ref: EnvRef[CondaEnvSpec]) -> Path:
         spec = ref.spec
-        assert isinstance(spec, CondaEnvSpec)
         platforms = list(spec.platforms) or [current_platform()]
         names = list(spec.channels) or ["conda-forge"]
         urls = [channel_url(c) for c in names]
@@ -353,7 +352,7 @@ class CondaBackend(EnvBackend):
         _write_lockfile(ref, urls, platforms, solved, pins)
         return ref.lockfile
 
-    def _solve(self, ref: EnvRef, names: list[str], channels: list[Channel],
+    def _solve(self, ref: EnvRef[CondaEnvSpec], names: list[str], channels: list[Channel],
                specs: list[MatchSpec], gateway: Gateway, platform: str
                ) -> list[RepoDataRecord]:
         try:
@@ -373,7 +372,8 @@ class CondaBackend(EnvBackend):
 
     # -- build ----------------------------------------------------------------------
 
-    def _locked(self, ref: EnvRef) -> tuple[list[RepoDataRecord], list[tuple[str, str]]]:
+    def _locked(self, ref: EnvRef[CondaEnvSpec]
+                ) -> tuple[list[RepoDataRecord], list[tuple[str, str]]]:
         """This platform's conda records and pip (url, sha256) pairs from the lock."""
         platform = current_platform()
         try:
@@ -393,7 +393,7 @@ class CondaBackend(EnvBackend):
                for p in env.pypi_packages_for_platform(plat) or []]
         return records, pip
 
-    def _build(self, ref: EnvRef, prefix: Path) -> None:
+    def _build(self, ref: EnvRef[CondaEnvSpec], prefix: Path) -> None:
         records, pip = self._locked(ref)
         exe = os.environ.get("KMODEL_CONDA_EXE")
         if exe:
@@ -408,7 +408,7 @@ class CondaBackend(EnvBackend):
         if pip:
             self._install_pip(ref, prefix, pip)
 
-    def _build_with_exe(self, ref: EnvRef, prefix: Path, exe: str,
+    def _build_with_exe(self, ref: EnvRef[CondaEnvSpec], prefix: Path, exe: str,
                         records: list[RepoDataRecord]) -> None:
         lines = ["@EXPLICIT"] + [f"{r.url}#{r.md5.hex()}" if r.md5 else r.url
                                  for r in records]
@@ -419,7 +419,8 @@ class CondaBackend(EnvBackend):
                             error=lambda tail: EnvBuildError(
                                 f"cannot build env {ref.name!r} with {exe}: {tail}"))
 
-    def _install_pip(self, ref: EnvRef, prefix: Path, pip: list[tuple[str, str]]) -> None:
+    def _install_pip(self, ref: EnvRef[CondaEnvSpec], prefix: Path,
+                     pip: list[tuple[str, str]]) -> None:
         python = prefix / "bin" / "python"
         if not python.exists():
             raise EnvBuildError(f"env {ref.name!r} has a pip: section but no python; "

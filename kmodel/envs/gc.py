@@ -9,7 +9,6 @@ links to (left by killed builds) are garbage too, unless a build holds their loc
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from typing import Any
 
 from kmodel._fs import kmodel_home
 from kmodel.envs import backend_for
-from kmodel.envs.base import MARKER
+from kmodel.envs.base import prefix_of_build, read_marker
 from kmodel.errors import KmodelError
+from kmodel.loader import load_env_spec
 from kmodel.registry import EnvRef, Registry
-from kmodel.spec import load_env_spec
 
 
 @dataclass(frozen=True)
@@ -97,34 +96,42 @@ def _current_keys(registry: Registry) -> set[str]:
 
 
 def garbage(registry: Registry) -> list[Garbage]:
+    """Env builds in KMODEL_HOME that nothing current refers to, each with why."""
     envs = kmodel_home() / "envs"
     if not envs.is_dir():
         return []
     current = _current_keys(registry)
     found, linked = [], set()
     for link in sorted(envs.iterdir()):
-        if not link.is_symlink():
-            continue
-        target = _build_of(link)
+        target = _build_of(link) if link.is_symlink() else None
         if target is None:
             continue  # not a link kmodel made: never followed, never removed
         linked.add(target)
-        try:
-            marker = json.loads((target / MARKER).read_text())
-        except (OSError, ValueError):
-            found.append(Garbage(link, "its build is damaged (no marker)", _size(target)))
-            continue
-        if marker.get("key") not in current and (why := _why_unused(marker)) \
-                and not _in_use(target):
+        if why := _unused_link(target, current):
             found.append(Garbage(link, why, _size(target)))
     builds = envs / ".builds"
     for build in sorted(builds.iterdir()) if builds.is_dir() else []:
-        prefix = build.name.rsplit("-", 2)[0]
-        if build.is_symlink() or not build.is_dir() or build in linked \
-                or (envs / f"{prefix}.lock").exists() or _in_use(build):
-            continue  # not kmodel's, linked, being built right now, or running
-        found.append(Garbage(build, "left by an interrupted build", _size(build)))
+        if _abandoned(build, linked):
+            found.append(Garbage(build, "left by an interrupted build", _size(build)))
     return found
+
+
+def _unused_link(build: Path, current: set[str]) -> str | None:
+    """Why the build an env's name links to is garbage, or None if it is still used."""
+    marker = read_marker(build)
+    if marker is None:
+        return "its build is damaged (no marker)"
+    if marker.get("key") in current or _in_use(build):
+        return None
+    return _why_unused(marker)
+
+
+def _abandoned(build: Path, linked: set[Path]) -> bool:
+    """A build folder no env links to, that no build holds the lock of and no process
+    uses: left by a killed build."""
+    if build.is_symlink() or not build.is_dir() or build in linked:
+        return False  # not kmodel's, or linked
+    return not Path(f"{prefix_of_build(build)}.lock").exists() and not _in_use(build)
 
 
 def _build_of(link: Path) -> Path | None:

@@ -55,20 +55,18 @@ def find_python(version: str) -> Path:
                            "install it or change `python:` in the env spec")
 
 
-class _PipBackend(EnvBackend):
+class _PipBackend(EnvBackend[PipEnvSpec]):
     """Shared by uv and venv: lock = resolve the requirements into ``name==version`` lines
     with hashes; identity = the lock plus the base interpreter the venv links to."""
 
     tool: str
 
-    def key(self, ref: EnvRef, fresh: bool = True) -> str:
-        assert isinstance(ref.spec, PipEnvSpec)
+    def key(self, ref: EnvRef[PipEnvSpec], fresh: bool = True) -> str:
         python = find_python(ref.spec.python)
         return sha256_bytes(super().key(ref, fresh).encode()
                             + f"{python}|{python.resolve()}".encode())
 
-    def lock(self, ref: EnvRef) -> Path:
-        assert isinstance(ref.spec, PipEnvSpec)
+    def lock(self, ref: EnvRef[PipEnvSpec]) -> Path:
         python = find_python(ref.spec.python)
         with tempfile.TemporaryDirectory(prefix="kmodel-lock-") as tmp:
             req = Path(tmp) / "requirements.in"
@@ -95,8 +93,7 @@ class UvBackend(_PipBackend):
             env=uv_environment(), cwd=req.parent, error=fail)
         return (req.parent / "lock.txt").read_text()
 
-    def _build(self, ref: EnvRef, prefix: Path) -> None:
-        assert isinstance(ref.spec, PipEnvSpec)
+    def _build(self, ref: EnvRef[PipEnvSpec], prefix: Path) -> None:
         env = uv_environment()
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
         _subprocess.run([self.uv, "venv", "--quiet", "--python",
@@ -122,15 +119,15 @@ class VenvBackend(_PipBackend):
             lines.append(f"{meta['name'].lower()}=={meta['version']} \\\n    --hash=sha256:{sha}")
         return "\n".join(lines) + "\n"
 
-    def _build(self, ref: EnvRef, prefix: Path) -> None:
-        assert isinstance(ref.spec, PipEnvSpec)
+    def _build(self, ref: EnvRef[PipEnvSpec], prefix: Path) -> None:
         fail = lambda tail: EnvBuildError(f"cannot build env {ref.name!r}: {tail}")  # noqa: E731
         _subprocess.run([find_python(ref.spec.python), "-m", "venv", prefix], error=fail)
         _install(ref, [prefix / "bin" / "python", "-m", "pip", "install", "--quiet",
                        "--no-deps", "--require-hashes", "-r", ref.lockfile])
 
 
-def _install(ref: EnvRef, cmd: list[str | Path], env: dict[str, str] | None = None) -> None:
+def _install(ref: EnvRef[PipEnvSpec], cmd: list[str | Path],
+             env: dict[str, str] | None = None) -> None:
     """Install the lock's packages; a hash mismatch is named as such, other failures by the
     installer's last lines."""
     proc = _subprocess.run(cmd, env=env)
@@ -147,7 +144,7 @@ _PIP_MISMATCH = re.compile(r"^\s*(\S+==\S+) from .*?\n\s*Expected sha256 (\w+)\s
                            r"Got\s+(\w+)", re.M)
 
 
-def hash_mismatch(ref: EnvRef, text: str) -> EnvBuildError | None:
+def hash_mismatch(ref: EnvRef[PipEnvSpec], text: str) -> EnvBuildError | None:
     """A downloaded package whose sha256 is not the lock's: name the package, both hashes."""
     m = _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text)
     if m is None:

@@ -81,9 +81,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from kmodel.envs import backend_for
-    from kmodel.hashes import write_hashes
     from kmodel.io import hdf5
     from kmodel.registry import Registry
+    from kmodel.weights import write_hashes
 
     with tempfile.TemporaryDirectory(prefix="kmodel-bench-") as tmp:
         root = Path(tmp)

@@ -1,0 +1,105 @@
+"""Training a model in its env: `kmodel train` and the ensembler's `kmodel compose train`.
+
+The host checks the input and targets, then the runner (kmodel/runner.py) fits the model in
+its own env and saves its weights (one .npy per weight) into a temporary folder; the host
+writes params.json, any records the caller adds, and the manifest of every file
+(hashes.json), and renames the folder into place only when all of it is there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from kmodel import _lock
+from kmodel._fs import atomic_dir, guard_output, remove_stale_temps
+from kmodel.defaults import TARGET_NAME
+from kmodel.errors import (
+    InputSchemaError,
+    SpecError,
+    TargetLengthError,
+    WeightsNotHashedError,
+)
+from kmodel.job import Job
+from kmodel.launch import Progress, run_job
+from kmodel.predict import check_input, ensure_env, model_files
+from kmodel.registry import Registry
+from kmodel.weights import PARAMS, Weights, params_text, seal, written_by_kmodel
+
+
+def check_targets(path: Path, name: str) -> None:
+    """The training input holds /targets/<name>: numbers, one per row."""
+    import numpy as np
+
+    from kmodel.io import hdf5
+
+    try:
+        found, _ = hdf5.describe(path, "targets")
+    except hdf5.LengthError as e:
+        raise TargetLengthError(f"{path}: {e}; they must match") from None
+    except (hdf5.LayoutError, OSError) as e:
+        raise InputSchemaError(f"{path}: {e}") from None
+    if name not in found:
+        raise InputSchemaError(f"{path}: no /targets/{name} to train on (found "
+                               f"{sorted(found) or 'none'}); write it, or name another with "
+                               "--target-name")
+    if np.dtype(found[name][0]).kind not in "biuf":
+        raise InputSchemaError(f"{path}: /targets/{name} has dtype {found[name][0]}; "
+                               "write numbers")
+
+
+def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
+          targets: str = TARGET_NAME, manifest: bool = True,
+          extra: dict[str, str] | None = None,
+          progress: Progress | None = None, inputs: tuple[Path, ...] = (),
+          columns: Sequence[str] = ()) -> Weights:
+    """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
+
+    The weights folder appears whole when training succeeded, with params.json, the
+    ``extra`` files ({name: text}) and, with ``manifest``, hashes.json (the sha256 of every
+    file), which ``Weights.from_folder`` checks (into a model's own weights folder the
+    hashes go to its spec instead). An existing folder is replaced only if kmodel wrote it.
+    ``inputs`` are further files the caller read (e.g. prediction files): the folder may
+    not hold any of them.
+    """
+    model = registry.model(name)
+    if model.spec.train is None:
+        raise SpecError(model.path, "the model has no train: entry, so kmodel will not fit it",
+                        field="train", fix="add `train: {args: {}}` if it can be fitted")
+    try:
+        own = Weights.of(model)
+    except WeightsNotHashedError:  # a new model's first training
+        own = None
+    guard_output(weights_out, [input_path, *inputs, *model_files(registry, model, None)],
+                 folder=True)
+    check_input(model, input_path)
+    check_targets(input_path, targets)
+    listed = own.sha256 if own and _same_folder(own.folder, weights_out) else None
+    with _lock.writing(weights_out):
+        remove_stale_temps(weights_out)
+        with atomic_dir(weights_out, lambda d: written_by_kmodel(d, listed)) as tmp:
+            env, _ = ensure_env(registry, model)
+            job = Job(mode="train", model_name=model.name,
+                      model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
+                      args=model.spec.args, input=str(input_path.resolve()),
+                      inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
+                      train_args=model.spec.train.args, weights_out=str(tmp.resolve()),
+                      output_name=str(weights_out), columns=list(columns))
+            outcome = run_job(env, job, progress)
+            if outcome.error is not None:
+                raise outcome.error
+            names = [p.name[:-4] for p in tmp.iterdir() if p.name.endswith(".npy")]
+            (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
+                                                  model.spec.train.args, names))
+            for file, text in (extra or {}).items():
+                (tmp / file).write_text(text)
+            sealed = seal(tmp, write=manifest)
+    return Weights(weights_out, sealed.sha256, in_spec=False)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+__all__ = ["check_targets", "train"]
