@@ -114,25 +114,57 @@ ensembler: stacker
 batch_size: 64
 """
 
-@pytest.fixture
-def project(tmp_path: Path, kmodel_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh project folder (cwd) with the repo's envs and models plus a toy model."""
-    shutil.copytree(REPO / "envs", tmp_path / "envs")
-    shutil.copytree(REPO / "model_specs", tmp_path / "model_specs",
+def make_project(folder: Path) -> Path:
+    """A project folder with the repo's envs and models plus a toy model."""
+    shutil.copytree(REPO / "envs", folder / "envs")
+    shutil.copytree(REPO / "model_specs", folder / "model_specs",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    toy = tmp_path / "model_specs" / "toy"
+    toy = folder / "model_specs" / "toy"
     (toy / "weights").mkdir(parents=True)
     (toy / "model.py").write_text(TOY_MODEL)
     (toy / "model.yaml").write_text(TOY_SPEC)
     np.save(toy / "weights" / "scale-w-0.npy", np.array([1.0, -2.0, 0.5]))
     (toy / "weights" / "params.json").write_text('{"weights": ["scale-w-0"]}\n')
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("KMODEL_PATH", raising=False)
-    monkeypatch.delenv("KMODEL_ENVS", raising=False)
     from kmodel.weights import write_hashes
 
-    write_hashes(Registry().model("toy"))
+    write_hashes(Registry([folder / "model_specs"]).model("toy"))
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path, kmodel_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project folder (cwd) with the repo's envs and models plus a toy model."""
+    monkeypatch.delenv("KMODEL_PATH", raising=False)
+    monkeypatch.delenv("KMODEL_ENVS", raising=False)
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_composition_run(tmp_path_factory: pytest.TempPathFactory, kmodel_home: Path
+                          ) -> Path:
+    """A project in which `kmodel run` made every output of SMALL_COMPOSITION (c.yaml), once
+    per session: tests copy it (``composed``) instead of running it again."""
+    import subprocess
+    import sys
+
+    folder = make_project(tmp_path_factory.mktemp("composed"))
+    (folder / "c.yaml").write_text(SMALL_COMPOSITION)
+    env = {k: v for k, v in os.environ.items() if k not in ("KMODEL_PATH", "KMODEL_ENVS")}
+    res = subprocess.run([sys.executable, "-m", "kmodel", "run", "c.yaml", "--cores", "2"],
+                         cwd=folder, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return folder
+
+
+def copy_outputs(source: Path, project: Path) -> None:
+    """The composition's config, outputs and Snakemake's records of them, copied into
+    ``project`` (times kept: Snakemake and status see them as made there)."""
+    shutil.copy2(source / "c.yaml", project / "c.yaml")
+    for name in ("out", ".snakemake"):
+        shutil.copytree(source / name, project / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("locks", "incomplete"))
 
 
 def make_input(path: Path, rows: int = 100, dim: int = 3, seed: int = 0,
@@ -145,7 +177,7 @@ def make_input(path: Path, rows: int = 100, dim: int = 3, seed: int = 0,
     return x
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 180.0) -> None:
     """Poll until ``predicate()`` is true (a process reached a moment), or fail."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -138,7 +137,7 @@ def test_interrupted_predict_keeps_its_partial_and_says_how_to_resume(
     proc = start_predict(project)
     runner = runner_of(proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error [KM800]: interrupted by "), err
@@ -184,7 +183,7 @@ def test_resume_detects_an_input_rewritten_with_the_same_size_and_mtime(
     before = source.stat()
     proc = start_predict(project)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=120)
     data = bytearray(source.read_bytes())
     data[-1] ^= 0xFF  # same size; then the old mtime back: only the content changed
     source.write_bytes(bytes(data))
@@ -198,7 +197,7 @@ def test_resume_accepts_a_copied_input_with_the_same_bytes(project: Path,
                                                            slow_run: Path) -> None:
     proc = start_predict(project)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=120)
     shutil.copy2(project / "in.h5", project / "copy.h5")
     os.replace(project / "copy.h5", project / "in.h5")  # new inode and ctime, same bytes
     res = subprocess.run(RESUME, capture_output=True, text=True)
@@ -250,7 +249,7 @@ def test_killed_env_create_is_rebuilt(project: Path) -> None:
     proc = subprocess.Popen([*KMODEL, "env", "create", "fresh"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for(lambda: any((p / "bin" / "python").exists() for p in home.glob("fresh-*")
-                         if p.is_dir() and p not in before), timeout=60)
+                         if p.is_dir() and p not in before), timeout=180)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     res = subprocess.run([*KMODEL, "env", "create", "fresh"], capture_output=True, text=True)
@@ -283,7 +282,7 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, si
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (project / "fitting").exists())
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=120)
     assert not (project / "w").exists()
     if sig == signal.SIGTERM:  # handled: one line, exit 143, its temporary folder removed
         assert proc.returncode == 143 and err.startswith("Error [KM800]: interrupted by SIGTERM")
@@ -295,21 +294,62 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, si
     assert json.loads((project / "w2" / "hashes.json").read_text()) == first
 
 
-def test_sigterm_during_an_env_build_stops_it(project: Path) -> None:
-    envs = project / "envs"
-    (envs / "late.yaml").write_text(f'# {os.urandom(8).hex()}\npython: "3.11"\npip:\n'
-                                    '  - numpy>=2.2\n  - six\n')
-    subprocess.run([*KMODEL, "env", "lock", "late"], check=True, capture_output=True)
+GATED_SETUP = """\
+import os
+import time
+
+from setuptools import setup
+
+gate = os.environ.get("KMTEST_GATE")
+if gate:  # building, in the test's env build: say so, and wait for the test
+    open(os.path.join(gate, "building"), "w").close()
+    while not os.path.exists(os.path.join(gate, "go")):
+        time.sleep(0.01)
+setup(name="kmtest-gate", version="{version}", py_modules=["kmtest_gate"])
+"""
+
+
+def gated_sdist(folder: Path) -> Path:
+    """A source distribution whose build waits for the test (when KMTEST_GATE is set), a
+    new version each time so that no cache holds its wheel."""
+    import tarfile
+
+    version = f"0.{int.from_bytes(os.urandom(4), 'big')}"
+    name = f"kmtest_gate-{version}"
+    files = {"setup.py": GATED_SETUP.format(version=version), "kmtest_gate.py": "x = 1\n",
+             "PKG-INFO": f"Metadata-Version: 2.1\nName: kmtest-gate\nVersion: {version}\n"}
+    sdist = folder / f"{name}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for file, text in files.items():
+            (folder / file).write_text(text)
+            tar.add(folder / file, f"{name}/{file}")
+    return sdist
+
+
+def test_sigterm_during_an_env_build_stops_it(project: Path, tmp_path: Path) -> None:
+    envs, gate = project / "envs", tmp_path / "gate"
+    gate.mkdir()
+    sdist = gated_sdist(tmp_path)
+    (envs / "late.yaml").write_text(f'python: "3.11"\npip:\n  - six\n'
+                                    f'  - kmtest-gate @ {sdist.as_uri()}\n')
+    res = subprocess.run([*KMODEL, "env", "lock", "late"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
     home = Path(os.environ["KMODEL_HOME"]) / "envs"
     proc = subprocess.Popen([*KMODEL, "env", "create", "late"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # reading pip's configuration, or building
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KMTEST_GATE": str(gate)})
+    try:
+        wait_for(lambda: (gate / "building").exists() or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1]  # it is building now
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        (gate / "go").touch()  # a build the signal did not stop would go on, not hang
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("Error [KM800]: interrupted by SIGTERM")
     for linked in (p for p in home.glob("late-*") if p.is_symlink()):  # linked only if whole
         assert (linked / ".kmodel-env.json").is_file() and (linked / "bin/python").exists()
+    assert not [p for p in home.glob("late-*") if p.is_symlink()]  # it was not finished
     res = subprocess.run([*KMODEL, "env", "create", "late"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -361,7 +401,7 @@ def test_lock_files_that_are_not_kmodels_are_named_at_once(project: Path) -> Non
     (project / "n.h5.lock").write_text("my notes\n")
     for out in ("f.h5", "n.h5"):
         res = subprocess.run([*KMODEL, "predict", "toy", "-i", "in.h5", "-o", out],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=180)
         assert res.returncode == 1
         assert res.stderr.startswith(f"Error [KM402]: cannot write output {out}.lock: it "
                                      "exists and is not a kmodel lock"), res.stderr

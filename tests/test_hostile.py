@@ -68,7 +68,12 @@ def invoke(*args: str) -> Outcome:
     return Outcome(r.exit_code, r.stdout, r.stderr, r.exception)
 
 
-def spawn(*args: str, timeout: float = 20, memory: int | None = MEMORY) -> Outcome:
+#: seconds after which a command counts as hung: a guard against hangs, never a speed test
+#: (a busy machine takes longer; how fast kmodel refuses a bomb is a benchmark's business)
+HANG = 180
+
+
+def spawn(*args: str, timeout: float = HANG, memory: int | None = MEMORY) -> Outcome:
     """``python -m kmodel`` with a timeout (a hang fails the test) and a memory limit."""
 
     def limit() -> None:
@@ -405,7 +410,7 @@ class Case:
     names: tuple[str, ...]
     prep: Prep | None = None
     sub: bool = False  # run as a subprocess (may hang or eat memory, or: check real stderr)
-    timeout: float = 60
+    timeout: float = HANG
     memory: int | None = MEMORY
     exit_code: int = 1
     success: Callable[[Path], None] | None = None
@@ -534,7 +539,7 @@ CASES = [
     case("input-is-folder", "predict toy -i indir -o out.h5", "KM400", "indir",
          prep=mkdir("indir")),
     case("input-is-fifo", "predict toy -i in.fifo -o out.h5", "KM400", "in.fifo",
-         prep=fifo("in.fifo"), sub=True, timeout=15),
+         prep=fifo("in.fifo"), sub=True, timeout=HANG),
     case("input-is-dev-null", "predict toy -i /dev/null -o out.h5", INPUT_CODES, "/dev/null"),
     case("input-dangling-symlink", "predict toy -i gone.h5 -o out.h5", "KM400", "gone.h5",
          prep=symlink("gone.h5", "nowhere.h5")),
@@ -619,30 +624,30 @@ CASES = [
          prep=spec(DATE_ARGS), slow=True),
     case("spec-python-tag", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(PY_TAG)),
     case("spec-alias-bomb-args-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
-         prep=spec(BOMB_ARGS), sub=True, timeout=10),
+         prep=spec(BOMB_ARGS), sub=True, timeout=HANG),
     case("spec-alias-bomb-args-info", "info toy --json", SPEC_CODES, "model.yaml",
-         prep=spec(BOMB_ARGS), sub=True, timeout=10),
+         prep=spec(BOMB_ARGS), sub=True, timeout=HANG),
     case("spec-alias-bomb-shape-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
-         prep=spec(BOMB_SHAPE), sub=True, timeout=10),
+         prep=spec(BOMB_SHAPE), sub=True, timeout=HANG),
     case("spec-deep-nesting-validate", f"validate {TOY}", SPEC_CODES, "model.yaml",
-         prep=spec(DEEP), sub=True, timeout=10),
+         prep=spec(DEEP), sub=True, timeout=HANG),
     case("spec-deep-nesting-ls", "ls", SPEC_CODES, "model.yaml", prep=spec(DEEP), sub=True,
-         timeout=10),
+         timeout=HANG),
     case("spec-is-fifo-validate", "validate fifo.yaml", "KM101", "fifo.yaml",
-         prep=fifo("fifo.yaml"), sub=True, timeout=10),
+         prep=fifo("fifo.yaml"), sub=True, timeout=HANG),
     case("spec-model-yaml-is-fifo-info", "info toy", "KM101", "model.yaml", prep=fifo(TOY),
-         sub=True, timeout=10),
+         sub=True, timeout=HANG),
     case("spec-model-yaml-is-fifo-ls", "ls", "KM101", "model.yaml", prep=fifo(TOY), sub=True,
-         timeout=10),
-    case("spec-dev-zero", "validate /dev/zero", "KM101", "/dev/zero", sub=True, timeout=10),
+         timeout=HANG),
+    case("spec-dev-zero", "validate /dev/zero", "KM101", "/dev/zero", sub=True, timeout=HANG),
     case("spec-dev-urandom", "validate /dev/urandom", "KM101", "/dev/urandom", sub=True,
-         timeout=10),
+         timeout=HANG),
     case("spec-binary", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(BINARY)),
     case("spec-binary-info", "info toy", SPEC_CODES, "model.yaml", prep=spec(BINARY)),
     case("spec-empty", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec("")),
     case("spec-empty-info", "info toy", SPEC_CODES, "model.yaml", prep=spec("")),
     case("spec-50mb", f"validate {TOY}", SPEC_CODES, "model.yaml", prep=spec(BIG), sub=True,
-         timeout=10),
+         timeout=HANG),
 
     # 5. integer ids (Kipoi's files), NaN/inf targets, one-class targets
     case("score-int-ids", "score a=ai.h5 b=bi.h5 --targets ti.h5", "KM6", "ai.h5",
@@ -720,16 +725,16 @@ CASES = [
     case("score-out-over-other-models-spec", f"score a=a.h5 --targets t.h5 -o {TOY}",
          "KM402", "model.yaml"),
     case("score-out-is-fifo", "score a=a.h5 --targets t.h5 -o out.json", "KM402", "out.json",
-         sub=True, timeout=20, prep=fifo("out.json")),
+         sub=True, timeout=HANG, prep=fifo("out.json")),
     case("merge-out-is-fifo", "merge a.h5 -o out.h5", "KM402", "out.h5", sub=True,
-         timeout=20, prep=fifo("out.h5")),
+         timeout=HANG, prep=fifo("out.h5")),
     case("data-out-is-fifo", "data breast_cancer --train tr.h5 --test te.h5", "KM402",
-         "tr.h5", sub=True, timeout=20, prep=fifo("tr.h5")),
+         "tr.h5", sub=True, timeout=HANG, prep=fifo("tr.h5")),
     case("compose-predict-pred-is-fifo", "compose predict stacker a.h5 f.h5 --weights W -o o.h5",
-         INPUT_CODES, "f.h5", sub=True, timeout=20, prep=fifo("f.h5")),
+         INPUT_CODES, "f.h5", sub=True, timeout=HANG, prep=fifo("f.h5")),
     case("score-pred-is-fifo", "score a=f.h5 --targets t.h5", INPUT_CODES, "f.h5", sub=True,
-         timeout=20, prep=fifo("f.h5")),
-    case("hash-weight-is-fifo", "hash toy", "KM300", "scale-w-0.npy", sub=True, timeout=20,
+         timeout=HANG, prep=fifo("f.h5")),
+    case("hash-weight-is-fifo", "hash toy", "KM300", "scale-w-0.npy", sub=True, timeout=HANG,
          prep=fifo("model_specs/toy/weights/scale-w-0.npy")),
     case("score-zero-row-preds", "score a=e.h5 --targets t.h5", ("KM600", "KM401"), "e.h5",
          prep=h5("e.h5", {"preds/proba": np.zeros(0, np.float32),
@@ -763,7 +768,7 @@ CASES = [
                                       "targets/y": np.full(ROWS, b"yes"),
                                       "metadata/id": ids_array(IDS)})),
     case("run-data-file-missing", "run cfg.yaml --cores 1", "KM400", "nope.h5", sub=True,
-         timeout=120, memory=None, prep=write("cfg.yaml", compose_cfg(
+         timeout=HANG, memory=None, prep=write("cfg.yaml", compose_cfg(
              data="{train: nope.h5, test: in.h5}"))),
 
     # usage errors: exit 2, still one KM line (KM002)

@@ -73,14 +73,9 @@ def processes_in(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory: pytest.TempPathFactory, kmodel_home: Path) -> dict[str, object]:
-    """The outputs of an uninterrupted run (which also builds the envs once)."""
-    folder = tmp_path_factory.mktemp("clean")
-    _project(folder)
-    res = subprocess.run([*KMODEL, "run", "c.yaml", "--cores", "2"], cwd=folder,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return outputs(folder / "out" / "small")
+def clean_run(small_composition_run: Path) -> dict[str, object]:
+    """The outputs of an uninterrupted run of the same composition (made once a session)."""
+    return outputs(small_composition_run / "out" / "small")
 
 
 def _project(folder: Path, results: str = "out") -> None:
@@ -113,11 +108,11 @@ def test_killed_run_leaves_no_process_and_a_plain_rerun_matches_a_clean_run(
     log = tmp_path / "out" / "small" / "logs" / STAGES[stage]
     wait_for(log.exists)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=90)
+    _, err = proc.communicate(timeout=180)
     if sig == signal.SIGTERM:
         assert proc.returncode == 143, err
         assert err.strip().splitlines()[-1].startswith("Error [KM800]: interrupted by SIGTERM")
-    wait_for(lambda: not processes_in(tmp_path), timeout=30)  # nothing left behind
+    wait_for(lambda: not processes_in(tmp_path), timeout=180)  # nothing left behind
 
     rerun = subprocess.run([*KMODEL, "run", "c.yaml", "--cores", "2"], cwd=tmp_path,
                            capture_output=True, text=True)

@@ -17,7 +17,7 @@ import pytest
 
 from kmodel.io import hdf5
 
-from .conftest import SMALL_COMPOSITION
+from .conftest import SMALL_COMPOSITION, copy_outputs
 
 pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
@@ -40,7 +40,16 @@ def stale(report: dict[str, tuple[str, list[str]]]) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def composed(project: Path) -> Path:
+def composed(project: Path, small_composition_run: Path) -> Path:
+    """A project whose composition (c.yaml) has every output made and fresh."""
+    copy_outputs(small_composition_run, project)
+    assert stale(status()) == {}
+    return project
+
+
+@pytest.fixture
+def composed_here(project: Path) -> Path:
+    """Like ``composed``, but run in this very folder (what it records names this folder)."""
     (project / "c.yaml").write_text(CONFIG)
     res = kmodel("status", "c.yaml")
     assert res.returncode == 1 and res.stdout.count("missing") == 9  # data, preds, composer
@@ -132,7 +141,8 @@ def test_a_changed_lockfile_is_named_and_run_refuses_a_stale_one(composed: Path)
     assert "kmodel env lock numpy2" in res.stderr and "Nothing to be done" not in res.stderr
 
 
-def test_verify_says_what_no_longer_matches(composed: Path) -> None:
+def test_verify_says_what_no_longer_matches(composed_here: Path) -> None:
+    composed = composed_here
     pred = "out/small/preds/mlp/test.h5"
     ok = kmodel("verify", pred)
     assert ok.returncode == 0 and "CHANGED" not in ok.stdout, ok.stdout
@@ -311,13 +321,12 @@ def test_env_gc_never_leaves_kmodel_home_and_keeps_builds_others_use(
     assert [p.name for p in (home / "envs").iterdir() if p.is_symlink()] == ["mine"]
 
 
-@pytest.mark.parametrize("flags", [["-np"], ["--dry-run"], ["--dry-r"], ["--summary"],
-                                   ["--summ"], ["--list-rules"]])
-def test_informational_runs_print_no_finished_line_nor_old_scores(composed: Path,
-                                                                  flags: list[str]) -> None:
-    res = kmodel("run", "c.yaml", *flags)
-    assert res.returncode == 0, res.stderr
-    assert "finished" not in res.stdout and "roc_auc" not in res.stdout
+def test_informational_runs_print_no_finished_line_nor_old_scores(composed: Path) -> None:
+    for flags in (["-np"], ["--dry-run"], ["--dry-r"], ["--summary"], ["--summ"],
+                  ["--list-rules"]):
+        res = kmodel("run", "c.yaml", *flags)
+        assert res.returncode == 0, (flags, res.stderr)
+        assert "finished" not in res.stdout and "roc_auc" not in res.stdout, flags
 
 
 def test_model_test_files_that_cannot_serve_are_errors_not_hangs(project: Path) -> None:
