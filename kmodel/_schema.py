@@ -47,12 +47,26 @@ class StrictModel(BaseModel):
 
 
 class ArraySpec(StrictModel):
-    """One named input or output array; shape is per row (``[]`` = one scalar per row)."""
+    """One named input or output array; shape is per row (``[]`` = one scalar per row; an
+    output's ``null`` shape: whatever the model's first batch gives, e.g. an ensembler's
+    P(y=1) or its class probabilities). ``classes``: for an output of class probabilities,
+    the class label of each column (default: the sorted labels, in order)."""
 
     name: Annotated[str, Field(pattern=NAME_RE)]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    shape: Annotated[list[Annotated[int, Field(ge=1)] | None], Field(max_length=16)] = []
+    shape: Annotated[list[Annotated[int, Field(ge=1)] | None], Field(max_length=16)] | None = []
     doc: str = ""
+    classes: Annotated[list[int | float], Field(min_length=2)] | None = None
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> ArraySpec:
+        if self.classes is not None:
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes of {self.name!r} must be unique, got {self.classes}")
+            if self.shape is not None and self.shape != [len(self.classes)]:
+                raise ValueError(f"{self.name!r} lists {len(self.classes)} classes, so its "
+                                 f"shape is [{len(self.classes)}], not {self.shape}")
+        return self
 
 
 class WeightsSpec(StrictModel):
@@ -67,9 +81,9 @@ class WeightsSpec(StrictModel):
         if v and "params.json" not in v:  # {}: not hashed yet (`kmodel hash MODEL --write`)
             raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
         for name in v:
-            if name != "params.json" and not name.endswith(".npy"):
-                raise ValueError(f"{name!r} is neither params.json nor a .npy file "
-                                 "(weights are arrays in .npy, no pickles)")
+            if name not in ("params.json", "provenance.json") and not name.endswith(".npy"):
+                raise ValueError(f"{name!r} is neither params.json, provenance.json nor a .npy "
+                                 "file (weights are arrays in .npy, no pickles)")
         return v
 
 
@@ -135,9 +149,14 @@ class ModelSpec(StrictModel):
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names must be unique, got {names}")
         for out in self.outputs:
-            if None in out.shape:
+            if out.shape is not None and None in out.shape:
                 raise ValueError(f"output {out.name!r} has shape {out.shape}: outputs are "
-                                 "stored in fixed-size rows, so give every dimension")
+                                 "stored in fixed-size rows, so give every dimension (or "
+                                 "shape: null, set by the model's first batch)")
+        for inp in self.inputs:
+            if inp.shape is None:
+                raise ValueError(f"input {inp.name!r} has shape null; give its shape per "
+                                 "row ([] for a scalar, [null] for any length)")
         return self
 
 
@@ -189,22 +208,41 @@ PlainPath = Annotated[str, AfterValidator(_plain_path)]
 
 
 class DataConfig(StrictModel):
-    """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
+    """Train and test input files, or a dataset kmodel can generate (``builtin``); ``blend``:
+    rows the base models never saw, to fit the ensembler on (``stacking: holdout``)."""
 
     builtin: Literal["breast_cancer"] | None = None
     seed: int = defaults.SEED
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = defaults.TEST_FRACTION
     train: PlainPath | None = None
     test: PlainPath | None = None
+    blend: PlainPath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if self.builtin is None and not (self.train and self.test):
-            raise ValueError("give either builtin: breast_cancer or both train: and test: paths")
+        if self.builtin is None and not (self.test and (self.train or self.blend)):
+            raise ValueError("give either builtin: breast_cancer, or a test: path with a "
+                             "train: path (or a blend: path for stacking: holdout)")
+        if self.builtin is not None and (self.train or self.test or self.blend):
+            raise ValueError("give either builtin: or data files (train:, test:, blend:), "
+                             "not both")
         return self
 
 
+class StackingConfig(StrictModel):
+    """How the ensembler's training rows are kept apart from the base models' (``method``):
+    ``cv`` fits every base model once per fold and trains the ensembler on out-of-fold
+    predictions (the default when every base model is trainable); ``holdout`` trains it on
+    ``data: blend`` rows; ``in-sample`` on the rows the base models were trained on (every
+    score is then flagged)."""
+
+    method: Literal["cv", "holdout", "in-sample"] | None = None
+    folds: Annotated[int, Field(ge=2, le=100)] = defaults.FOLDS
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = defaults.SEED
+
+
 Count = Annotated[int, Field(ge=1, le=10_000)]
+Name = Annotated[str, Field(pattern=NAME_RE)]
 
 
 class ComposeConfig(StrictModel):
@@ -226,6 +264,10 @@ class ComposeConfig(StrictModel):
     ensembler: Annotated[str, Field(pattern=NAME_RE)]
     batch_size: Annotated[int, Field(gt=0)] = defaults.BATCH_SIZE
     shards: Count | dict[str, Count] = 1
+    task: Literal["binary", "multiclass", "regression"] | None = None
+    stacking: StackingConfig = StackingConfig()
+    outputs: dict[Name, Name] = {}
+    passthrough: list[Name] = []
 
     @field_validator("models")
     @classmethod
@@ -235,10 +277,16 @@ class ComposeConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _shards_name_models(self) -> ComposeConfig:
-        if isinstance(self.shards, dict) and (unknown := sorted(set(self.shards) -
-                                                                set(self.models))):
-            raise ValueError(f"shards names {unknown}, which are not in models {self.models}")
+    def _names_are_models(self) -> ComposeConfig:
+        for key in ("shards", "outputs"):
+            given = getattr(self, key)
+            if isinstance(given, dict) and (unknown := sorted(set(given) - set(self.models))):
+                raise ValueError(f"{key} names {unknown}, which are not in models "
+                                 f"{self.models}")
+        if self.ensembler in self.models:
+            raise ValueError(f"the ensembler {self.ensembler!r} is also listed in models; an "
+                             "ensembler takes the base models' predictions, so list it once, "
+                             "as ensembler")
         return self
 
 

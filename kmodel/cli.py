@@ -35,6 +35,10 @@ if TYPE_CHECKING:  # imported where needed: pydantic alone costs 20 ms of every 
 log = logging.getLogger("kmodel")
 _WRITE_FAILED = False  # set when a command failed writing a file (see main)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+task_option = click.option(
+    "--task", type=click.Choice(["binary", "multiclass", "regression"]),
+    help="The task (default: inferred from the targets: two values binary, at most 20 whole "
+         "numbers multiclass, else regression).")
 
 
 class KmodelGroup(click.Group):
@@ -461,9 +465,13 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted or killed run from OUTPUT.partial (refused if "
                    "the partial was made by another model, spec, weights, env or input).")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Use these weights (a folder `kmodel train -o` wrote, e.g. a fold's) "
+                   "instead of the model's own.")
 @click.pass_context
 def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...],
-            batch_size: int | None, rows: Any, shard: Any, resume: bool) -> None:
+            batch_size: int | None, rows: Any, shard: Any, resume: bool,
+            weights: Path | None) -> None:
     """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id).
 
     OUTPUT appears only when every row is written. One run at a time may write it (a second
@@ -483,16 +491,20 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
     if is_bundle(model):
         from kmodel import bundle
 
-        if rows is not None or shard is not None or resume:
-            raise UsageError("--rows, --shard and --resume take a model by name, not a bundle")
+        if rows is not None or shard is not None or resume or weights is not None:
+            raise UsageError("--rows, --shard, --resume and --weights take a model by name, "
+                             "not a bundle")
         bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)), batch_size)
         for output in outputs:
             click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
         return
+    from kmodel.weights import Weights
+
+    trained = Weights.from_folder(weights) if weights is not None else None
     with _progress(model) as progress:
         predict_many(_registry(ctx), model, list(zip(inputs, outputs, strict=True)),
                      batch_size=batch_size, resume=resume, progress=progress, rows=rows,
-                     shard=shard)
+                     shard=shard, weights=trained)
     for output in outputs:
         click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
 
@@ -553,6 +565,42 @@ def merge(ctx: click.Context, shards: tuple[Path, ...], output: Path) -> None:
 
 
 @cli.command()
+@click.argument("train_path", metavar="TRAIN", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for fold-K-fit.h5 and fold-K-holdout.h5.")
+@click.option("--folds", default=defaults.FOLDS, show_default=True, type=click.IntRange(2, 100))
+@click.option("--seed", default=defaults.SEED, show_default=True,
+              type=click.IntRange(0, 2**32 - 1))
+@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True)
+@task_option
+def folds(train_path: Path, output: Path, folds: int, seed: int, target_name: str,
+          task: str | None) -> None:
+    """Cut TRAIN into K folds for cross-fitting: each fold's rows (holdout) and the rest
+    (fit), stratified by class for classification; the same ids give the same folds."""
+    from kmodel.folds import make
+
+    written = make(train_path, output, folds=folds, seed=seed, target_name=target_name,
+                   task=task)
+    click.echo(f"wrote {len(written)} files ({folds} folds) to {output}/")
+
+
+@cli.command()
+@click.argument("fold_preds", metavar="FOLD_PRED...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path),
+              help="The file whose rows the folds cover (the train split): its row order.")
+@io_options[1]
+def oof(fold_preds: tuple[Path, ...], reference: Path, output: Path) -> None:
+    """Gather a model's out-of-fold predictions (each fold's holdout rows, predicted by the
+    model fitted on the other folds) into OUTPUT, in REFERENCE's row order. Refused unless
+    every row is there once and no fold's weights were trained on the rows it predicted."""
+    from kmodel.folds import gather
+
+    gather(fold_preds, reference, output)
+    click.echo(f"wrote {output} from {len(fold_preds)} folds")
+
+
+@cli.command()
 @click.argument("model", shell_complete=_complete("model"))
 @io_options[0]
 @click.option("--target-name", default=defaults.TARGET_NAME, show_default=True,
@@ -601,17 +649,32 @@ mixed_option = click.option(
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the trained ensembler's weights (replaced only if kmodel "
                    "wrote it).")
+@task_option
+@click.option("--output-of", "outputs", multiple=True, metavar="MODEL=NAME",
+              help="The prediction dataset to take from MODEL's file (when it has several).")
+@click.option("--passthrough", multiple=True, metavar="NAME",
+              help="Also give the ensembler the targets file's /inputs/NAME as they are.")
+@click.option("--stacking", type=click.Choice(["cv", "holdout", "in-sample"]), default="cv",
+              show_default=True,
+              help="How PREDS were kept apart from the base models' training rows; unless "
+                   "in-sample, rows a base model was trained on are refused (KM606).")
 @mixed_option
 @click.pass_context
 def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], targets: Path,
-                  target_name: str, output: Path, allow_mixed_inputs: bool) -> None:
-    """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets."""
+                  target_name: str, output: Path, task: str | None, outputs: tuple[str, ...],
+                  passthrough: tuple[str, ...], stacking: str,
+                  allow_mixed_inputs: bool) -> None:
+    """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets: out-of-fold
+    or blend-row predictions, the task's columns of each (P(y=1), a probability per class,
+    the value)."""
     from kmodel.compose import train as run_train
 
+    chosen = dict(item.partition("=")[::2] for item in outputs)
     with _progress(ensembler) as progress:
         w = run_train(_registry(ctx), ensembler, preds, targets, output,
-                      target_name=target_name, allow_mixed_inputs=allow_mixed_inputs,
-                      progress=progress)
+                      target_name=target_name, task=task, outputs=chosen,
+                      passthrough=passthrough, stacking=stacking,
+                      allow_mixed_inputs=allow_mixed_inputs, progress=progress)
     click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
 
 
@@ -621,34 +684,27 @@ def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], t
 @click.option("--weights", required=True, type=click.Path(path_type=Path),
               help="Folder written by `kmodel compose train`.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help="The input file whose /inputs the ensembler was trained to take as they "
+                   "are (its passthrough).")
 @mixed_option
 @click.pass_context
 def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
-                    weights: Path, output: Path, allow_mixed_inputs: bool) -> None:
+                    weights: Path, output: Path, data: Path | None,
+                    allow_mixed_inputs: bool) -> None:
     """Apply a trained ENSEMBLER to PREDS (same models, same order as in training)."""
     from kmodel.compose import apply
 
     with _progress(ensembler) as progress:
-        apply(_registry(ctx), ensembler, preds, weights, output,
+        apply(_registry(ctx), ensembler, preds, weights, output, data=data,
               allow_mixed_inputs=allow_mixed_inputs, progress=progress)
     click.echo(f"wrote {output}")
 
 
-@cli.command()
-@click.argument("preds", nargs=-1, required=True)
-@click.option("--targets", required=True, type=click.Path(path_type=Path))
-@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Also write the scores as JSON here.")
-@json_option
-@click.pass_context
-def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name: str,
-          output: Path | None, as_json: bool) -> None:
-    """ROC AUC and accuracy of LABEL=PRED.h5 files against the targets."""
-    from kmodel.scores import score as run_score
-
+def _labelled(items: tuple[str, ...]) -> dict[str, Path]:
+    """LABEL=PRED.h5 arguments (a bare PRED.h5 is labelled by its name)."""
     labelled: dict[str, Path] = {}
-    for item in preds:
+    for item in items:
         label, sep, path = item.partition("=")
         label, file = (label, Path(path)) if sep else (Path(item).stem, Path(item))
         if not label.strip() or label in labelled:
@@ -656,17 +712,75 @@ def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name
             raise UsageError(f"{why} in {item!r}; give each prediction file its own "
                              "LABEL=PRED.h5")
         labelled[label] = file
-    scores = run_score(labelled, targets, target_name, output)
-    click.echo(json.dumps(scores, indent=2) if as_json else _score_table(scores))
+    return labelled
 
 
-def _score_table(scores: dict[str, dict[str, Any]]) -> str:
+@cli.command()
+@click.argument("preds", nargs=-1, required=True)
+@click.option("--targets", required=True, type=click.Path(path_type=Path))
+@click.option("--target-name", default=defaults.TARGET_NAME, show_default=True)
+@task_option
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Also write the scores as JSON here.")
+@click.option("--level-one", "level_one", multiple=True, metavar="LABEL=PRED.h5",
+              help="A base model's level-one predictions (out-of-fold, or of the blend rows): "
+                   "adds level-one scores, the average, the best single model.")
+@click.option("--level-one-targets", type=click.Path(path_type=Path),
+              help="The targets of the level-one rows.")
+@click.option("--ensembler", type=click.Path(path_type=Path),
+              help="The trained ensembler's folder: its task and its weight per model.")
+@click.option("--figure", type=click.Path(path_type=Path),
+              help="Also draw the curves (ROC, calibration or predicted vs true) as SVG.")
+@json_option
+@click.pass_context
+def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name: str,
+          task: str | None, output: Path | None, level_one: tuple[str, ...],
+          level_one_targets: Path | None, ensembler: Path | None, figure: Path | None,
+          as_json: bool) -> None:
+    """Score LABEL=PRED.h5 files against the targets with the task's metrics (as
+    scikit-learn defines them): binary log_loss, roc_auc, brier, accuracy; multiclass
+    log_loss, accuracy, roc_auc_ovr (macro); regression rmse, mae, r2. A prediction the
+    task cannot judge (its columns, values outside [0, 1]) is an error, not a number."""
+    from dataclasses import asdict
+
+    from kmodel.scores import score as run_score
+
+    report = run_score(_labelled(preds), targets, target_name, output, task=task,
+                       level_one=_labelled(level_one) if level_one else None,
+                       level_one_targets=level_one_targets, ensembler=ensembler,
+                       figure=figure)
+    click.echo(json.dumps(asdict(report), indent=2) if as_json
+               else _score_table(asdict(report)))
+
+
+def _score_table(doc: dict[str, Any]) -> str:
+    """A score document as a table: the leaderboard when there is one."""
     def num(x: Any) -> str:
-        return "n/a" if x is None else f"{x:.4f}"
+        return "-" if x is None else f"{x:.4f}"
 
-    lines = [f"{'model':<12} {'roc_auc':>8} {'accuracy':>9} {'rows':>6}"]
-    lines += [f"{k:<12} {num(v['auc']):>8} {num(v['accuracy']):>9} {int(v['rows']):>6}"
-              for k, v in scores.items()]
+    names = doc.get("metrics") or ["auc", "accuracy"]  # an older kmodel's table
+    primary = doc.get("primary") or names[0]
+    board = doc.get("leaderboard") or [{"label": k, "test": v, "level_one": None,
+                                        "best": False} for k, v in doc["scores"].items()]
+    weights = doc.get("weights") or {}
+    wide = max(12, *(len(r["label"]) + 7 for r in board))
+    head = f"{'model':<{wide}} " + " ".join(f"{m:>9}" for m in names) + f" {'rows':>6}"
+    if doc.get("level_one"):
+        head += f"  {'L1 ' + primary:>12} {'weight':>7}"
+    lines = [head]
+    for r in board:
+        label = r["label"] + (" (best)" if r.get("best") else "")
+        line = f"{label:<{wide}} " + " ".join(f"{num(r['test'].get(m)):>9}" for m in names)
+        line += f" {int(r['test']['rows']):>6}"
+        if doc.get("level_one"):
+            first = (r.get("level_one") or {}).get(primary)
+            weight = weights.get(r["label"])
+            line += f"  {num(first):>12} {'-' if weight is None else f'{weight:.3f}':>7}"
+        lines.append(line)
+    if doc.get("stacking"):
+        lines.append(f"stacking: {doc['stacking']}; L1 = scores on the ensembler's training "
+                     "rows (out-of-fold for cv)")
+    lines += [f"FLAG: {flag}" for flag in doc.get("flags") or []]
     return "\n".join(lines)
 
 

@@ -7,15 +7,17 @@ targets file when training, the first prediction file when applying).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from kmodel import metrics, provenance, record
 from kmodel import predict as predict_mod
-from kmodel import provenance, record
 from kmodel import train as train_mod
 from kmodel._fs import check_input_file, guard_output
 from kmodel.defaults import COMPOSE_BATCH_SIZE, TARGET_NAME
@@ -25,12 +27,15 @@ from kmodel.errors import (
     MixedInputsError,
     NotFiniteError,
     TargetLengthError,
+    TaskError,
+    TrainingOverlapError,
+    UsageError,
 )
 from kmodel.io import hdf5
 from kmodel.launch import Progress
 from kmodel.record import PredictionRecord
 from kmodel.registry import Model, Registry
-from kmodel.weights import RECORD, WEIGHTS_MANIFEST, Weights
+from kmodel.weights import WEIGHTS_MANIFEST, Weights
 
 
 def _record(path: Path) -> PredictionRecord:
@@ -163,14 +168,50 @@ def targets_of(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class Task:
+    """What the ensembler is fitted for: the task, its classes (classification), the
+    prediction dataset to take from each model's file when it has several, and the input
+    datasets of the data files that go to the ensembler as they are (``passthrough``)."""
+
+    task: metrics.Task
+    classes: list[Any] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    passthrough: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        """Columns a model gives the ensembler: one per class for multiclass, else one."""
+        return len(self.classes) if self.task == "multiclass" else 1
+
+
+def task_of(targets: Path, target_name: str, task: str | None = None,
+            outputs: dict[str, str] | None = None, passthrough: Sequence[str] = ()) -> Task:
+    """The task of a composition: as given, else inferred from the targets."""
+    y, _ = targets_of(targets, target_name)
+    found = metrics.as_task(task) if task is not None else metrics.infer_task(y)
+    classes = [] if found == "regression" else [
+        v.item() if hasattr(v, "item") else v for v in metrics.classes_of(y)]
+    if found == "binary" and len(classes) > 2:
+        raise TaskError(f"{targets}: /targets/{target_name} holds {len(classes)} classes, "
+                        "so the task is not binary; write task: multiclass (or leave task "
+                        "out)")
+    if found == "multiclass" and len(classes) < 3:
+        raise TaskError(f"{targets}: /targets/{target_name} holds {len(classes)} class(es); "
+                        "a multiclass task needs at least three (task: binary for two)")
+    return Task(found, classes, dict(outputs or {}), list(passthrough))
+
+
+@dataclass(frozen=True)
 class Sources:
     """Prediction files as the ensembler's input columns, aligned to a reference's ids."""
 
     columns: list[tuple[Path, str]]  # (file, 1-D dataset), in order
-    labels: list[str]  # each column's origin (file:/dataset), for error messages
-    names: list[str]  # what each file holds, ``model:output,...``
+    labels: list[str]  # each column's origin (file:/dataset[j]), for error messages
+    names: list[str]  # what each file gives, ``model:output``, then ``data:NAME`` raw
     dtype: str  # float64 if any column is (converted per batch in the runner)
     rows: int
+    models: int  # files of predictions (then the raw columns)
+    raw: int  # raw input columns passed through
 
 
 def _layout(path: Path) -> list[tuple[str, tuple[int, ...], np.dtype]]:
@@ -199,14 +240,74 @@ def _count(path: Path) -> int:
     return rows
 
 
-def sources(preds: Sequence[Path], reference: Path, tmp: Path, *,
-            allow_mixed_inputs: bool = False) -> Sources:
-    """Check the prediction files and line their columns up with ``reference``'s ids.
+def _classes_attr(path: Path, dataset: str) -> list[Any] | None:
+    """The class of each column of a prediction dataset, if its model's spec says."""
+    try:
+        value = hdf5.dataset_attrs(path, dataset).get("classes")
+        return list(json.loads(value)) if value is not None else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def prediction_columns(path: Path, task: Task, model: str
+                       ) -> tuple[str, str, list[int | None]]:
+    """Which prediction of ``path`` the task takes: (output key, dataset path, its column
+    indices in the task's order): P(y = the larger class) for binary, a column per class
+    (in the classes' order) for multiclass, the value for regression."""
+    layout = _layout(path)
+    widths = {name.rsplit("/", 1)[-1]: int(np.prod(shape[1:])) for name, shape, _ in layout}
+    paths = {name.rsplit("/", 1)[-1]: name for name, _, _ in layout}
+    chosen = task.outputs.get(model)
+    if chosen is None:
+        fits = [k for k, w in widths.items() if w == task.width or (
+            task.task == "binary" and w == 2)]
+        chosen = next(iter(widths)) if len(widths) == 1 else fits[0] if len(fits) == 1 else None
+    if chosen is None or chosen not in widths:
+        why = f"has no dataset {chosen!r}" if chosen else "holds several predictions"
+        raise InputSchemaError(f"{path} {why} ({', '.join(widths)}); name the one to "
+                               f"ensemble: outputs: {{{model}: NAME}} in the composition "
+                               "(--output MODEL=NAME)")
+    width, one_d = widths[chosen], len(next(s for n, s, _ in layout if n == paths[chosen])) == 1
+    order = _class_order(path, paths[chosen], width, task)
+    return chosen, paths[chosen], [None if one_d else j for j in order]
+
+
+def _class_order(path: Path, dataset: str, width: int, task: Task) -> list[int]:
+    """The columns of a prediction, in the task's order (checked: a prediction the task
+    cannot take is an error naming the file)."""
+    named = _classes_attr(path, dataset)
+    if task.task == "regression" or (task.task == "binary" and width == 1):
+        if width != 1:
+            raise TaskError(f"{path}: /{dataset} has {width} values a row; a {task.task} "
+                            "ensemble takes one")
+        return [0]
+    if task.task == "binary":
+        if width != 2:
+            raise TaskError(f"{path}: /{dataset} has {width} values a row; a binary ensemble "
+                            "takes P(y=1), or [P(y=0), P(y=1)]")
+        return [named.index(task.classes[-1])] if named and task.classes[-1] in named else [1]
+    if width != len(task.classes):
+        raise TaskError(f"{path}: /{dataset} has {width} values a row; the targets hold "
+                        f"{len(task.classes)} classes {task.classes}: give one probability "
+                        "per class")
+    if named is None:
+        return list(range(width))
+    missing = [c for c in task.classes if c not in named]
+    if missing:
+        raise TaskError(f"{path}: /{dataset} has no column of class {missing[0]!r} "
+                        f"(its columns: {named})")
+    return [named.index(c) for c in task.classes]
+
+
+def sources(preds: Sequence[Path], reference: Path, tmp: Path, task: Task, *,
+            data: Path | None = None, allow_mixed_inputs: bool = False) -> Sources:
+    """Check the prediction files and line the task's columns up with ``reference``'s ids;
+    then the ``task.passthrough`` input datasets of ``data``.
 
     The common case (every file holds the reference's ids in its order, checked a block at
     a time) reads nothing else: the ensembler then reads the files' own datasets through a
-    virtual file. A file in another order, or with rows of more than one dimension, is
-    copied to ``tmp`` in the reference's order first (which needs its ids in memory).
+    virtual file. A file in another order, or with rows of more than one value, is copied
+    to ``tmp`` in the reference's order first.
     """
     for path in preds:
         check_input_file(path)  # before anything opens it (a FIFO would block)
@@ -217,27 +318,52 @@ def sources(preds: Sequence[Path], reference: Path, tmp: Path, *,
     labels: list[str] = []
     names, wide = [], False
     for k, path in enumerate(preds):
-        layout = _layout(path)
         _count(path)
-        found = _columns(path, layout, reference, tmp / f"aligned-{k}.h5")
-        columns += found
-        labels += [f"{path}:/{name}" for _, name in found]
-        wide |= any(dtype.itemsize > 4 or dtype.kind != "f" for _, _, dtype in layout)
-        outputs = ",".join(name.split("/")[-1] for name, _, _ in layout)
-        names.append(f"{_record(path).model or path.stem}:{outputs}")
-    return Sources(columns, labels, names, "float64" if wide else "float32", rows)
+        model = _record(path).model or path.stem
+        key, dataset, cols = prediction_columns(path, task, model)
+        columns += _aligned(path, [(dataset, c) for c in cols], reference,
+                            tmp / f"aligned-{k}.h5")
+        labels += [f"{path}:/{dataset}" + (f"[{c}]" if c is not None else "") for c in cols]
+        wide |= any(dtype.itemsize > 4 or dtype.kind != "f" for n, _, dtype in _layout(path)
+                    if n == dataset)
+        names.append(f"{model}:{key}")
+    raw = 0
+    if task.passthrough:
+        if data is None:
+            raise UsageError("passthrough needs the data file with the raw inputs (--data)")
+        raw_cols = _passthrough(data, task.passthrough)
+        columns += _aligned(data, raw_cols, reference, tmp / "passthrough.h5")
+        labels += [f"{data}:/{name}" + (f"[{c}]" if c is not None else "")
+                   for name, c in raw_cols]
+        names += [f"data:{n}" for n in task.passthrough]
+        raw, wide = len(raw_cols), True
+    return Sources(columns, labels, names, "float64" if wide else "float32", rows, len(preds),
+                   raw)
 
 
-def _columns(path: Path, layout: list[tuple[str, tuple[int, ...], np.dtype]],
-             reference: Path, copy: Path) -> list[tuple[Path, str]]:
-    """The file's prediction columns as (file, 1-D dataset), in ``reference``'s row order:
-    its own datasets when they are, else those of ``copy``, written in that order."""
+def _passthrough(data: Path, names: Sequence[str]) -> list[tuple[str, int | None]]:
+    """The columns (dataset path, column index) of the input datasets ``names`` of ``data``."""
+    check_input_file(data)
+    try:
+        every = hdf5.columns_of(data, "inputs")
+    except (OSError, hdf5.LayoutError) as e:
+        raise InputSchemaError(f"{data}: {e}; passthrough takes /inputs/<name>") from None
+    found = {key for key, _, _ in every}
+    if missing := [n for n in names if n not in found]:
+        raise InputSchemaError(f"{data}: no /inputs/{missing[0]} to pass through to the "
+                               f"ensembler (found {sorted(found) or 'none'}); fix passthrough")
+    return [(path, col) for name in names for key, path, col in every if key == name]
+
+
+def _aligned(path: Path, cols: list[tuple[str, int | None]], reference: Path, copy: Path
+             ) -> list[tuple[Path, str]]:
+    """Columns (dataset path, column index) of ``path`` as (file, 1-D dataset) in
+    ``reference``'s row order: its own datasets when they are, else a copy's."""
     same = _same_ids(reference, path)
-    if same and all(len(shape) == 1 for _, shape, _ in layout):
-        return [(path, name) for name, _, _ in layout]
-    # another order, or several values a row: a copy, in order, one column each
+    if same and all(c is None for _, c in cols):
+        return [(path, name) for name, _ in cols]
     order = None if same else align(hdf5.read_ids(reference), hdf5.read_ids(path), path)
-    return [(copy, name) for name in hdf5.write_aligned(path, copy, order)]
+    return [(copy, name) for name in hdf5.write_aligned(path, copy, order, cols)]
 
 
 def _same_ids(a: Path, b: Path) -> bool:
@@ -246,40 +372,81 @@ def _same_ids(a: Path, b: Path) -> bool:
     return hdf5.same_ids(a, b, trusted=_record(a).same_rows_as(_record(b)))
 
 
+def check_rows_apart(preds: Sequence[Path], targets: Path) -> list[str]:
+    """The ensembler must not be fitted on rows a base model was trained on: for each
+    prediction file whose weights record their training rows, those rows and the targets'
+    are compared. Raises TrainingOverlapError naming the model and the overlap; returns
+    the models whose training rows are unknown (weights that record none)."""
+    ids = hdf5.read_ids(targets)
+    unknown = []
+    for path in preds:
+        found = _record(path)
+        model = found.model or path.stem
+        if found.folds:  # out-of-fold: each row predicted by a model that never saw it
+            continue
+        kept = provenance.read_folder_record(Path(found.weights_dir)) \
+            if found.weights_dir else None
+        if kept is None or kept.trained_on is None:
+            unknown.append(model)
+            continue
+        count, first = kept.trained_on.overlap(ids)
+        if count:
+            raise TrainingOverlapError(
+                f"model {model!r} ({path}) was trained on {count} of the {len(ids)} rows the "
+                f"ensembler would be fitted on (e.g. id {first!r}): its predictions there are "
+                "in-sample; fit the ensembler on rows no base model saw (stacking: {method: "
+                "cv} for trainable models, or data: {blend: FILE} with stacking: {method: "
+                "holdout}), or accept it with stacking: {method: in-sample} (flagged)")
+    return unknown
+
+
 def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Path,
-          weights_out: Path, *, target_name: str = TARGET_NAME,
-          allow_mixed_inputs: bool = False,
+          weights_out: Path, *, target_name: str = TARGET_NAME, task: str | None = None,
+          outputs: dict[str, str] | None = None, passthrough: Sequence[str] = (),
+          stacking: str = "cv", allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Weights:
     """Fit the ensembler on stored predictions aligned to the targets' ids.
 
-    Nothing is stacked in this process: the ensembler's runner reads the prediction files'
-    columns through a small virtual HDF5 file, into its training matrix.
+    ``task`` (binary, multiclass, regression; inferred from the targets when None) decides
+    which columns of each file go in; ``passthrough`` input datasets of the targets' file
+    follow them. ``stacking`` says how the rows were kept apart from the base models'
+    training rows: unless it is ``in-sample``, rows a base model was trained on are
+    refused (TrainingOverlapError). Nothing is stacked in this process: the ensembler's
+    runner reads the columns through a small virtual HDF5 file.
     """
     for path in [*preds, targets]:  # regular, readable files (a FIFO would block)
         check_input_file(path)
     guard_output(weights_out, [*preds, targets], folder=True)
-    targets_of(targets, target_name)  # there, numbers, finite (before any env starts)
+    found_task = task_of(targets, target_name, task, outputs, passthrough)
+    if stacking != "in-sample":
+        check_rows_apart(preds, targets)
     model = registry.model(ensembler)
     made = provenance.of_model(registry, model, None)
     read = provenance.upstream([*preds, targets])
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
-        found = sources(preds, targets, Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
+        found = sources(preds, targets, Path(tmp), found_task, data=targets,
+                        allow_mixed_inputs=allow_mixed_inputs)
         _takes(model, found)
         table = Path(tmp) / "train.h5"
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=targets,
                            extra={f"targets/{target_name}": (targets,
                                                               f"targets/{target_name}")})
-        kept = provenance.folder_record(made, read, found.names)
+        kept = replace(provenance.folder_record(made, read, found.names, stacking),
+                       task=found_task.task, classes=found_task.classes,
+                       outputs=found_task.outputs, passthrough=found_task.passthrough)
+        fit_args = {"task": found_task.task, "classes": found_task.classes or None,
+                    "n_models": found.models, "n_raw": found.raw}
         return train_mod.train(registry, ensembler, table, weights_out, targets=target_name,
-                               extra={RECORD: kept.text()}, progress=progress,
-                               inputs=(*preds, targets), columns=found.labels)
+                               record=kept, fit_args=fit_args, trained_from=targets,
+                               progress=progress, inputs=(*preds, targets),
+                               columns=found.labels)
 
 
 def _takes(model: Model, found: Sources) -> None:
     """The ensembler's one input must take a row of every prediction file's columns."""
     inputs = model.spec.inputs
     width = len(found.columns)
-    shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
+    shape = tuple(inputs[0].shape or ()) if len(inputs) == 1 else None
     if shape is None or shape not in ((width,), (None,)):
         want = f"x of shape {list(shape)}" if shape is not None else f"{len(inputs)} inputs"
         raise InputSchemaError(f"ensembler {model.name!r} takes {want}; the prediction files "
@@ -287,28 +454,32 @@ def _takes(model: Model, found: Sources) -> None:
                                "ensembler whose one input is [N] or [null] for N columns")
 
 
-def _trained_on(weights: Weights, default: list[str]) -> list[str]:
-    """The models (and outputs) a trained ensembler takes, in order (as recorded)."""
-    kept = provenance.read_folder_record(weights.folder)
-    return kept.sources if kept is not None and kept.sources is not None else default
-
-
 def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Path,
-          output: Path, *, allow_mixed_inputs: bool = False,
+          output: Path, *, data: Path | None = None, allow_mixed_inputs: bool = False,
           progress: Progress | None = None) -> Path:
     """Run the trained ensembler on stored predictions; write ``output`` atomically.
 
-    Streamed: the ensembler's runner reads the prediction files batch by batch through a
-    small virtual HDF5 file (rows aligned to the first file's ids)."""
+    The task, classes and passthrough datasets are the ones it was trained with (its
+    record); ``data``: the file holding the passthrough inputs. Streamed: the ensembler's
+    runner reads the prediction files batch by batch through a small virtual HDF5 file
+    (rows aligned to the first file's ids)."""
     for path in preds:
         check_input_file(path)
     w = Weights.from_folder(weights)
     guard_output(output, [*preds, *w.files, w.folder / WEIGHTS_MANIFEST,
                           *registry.owned_files()],
                  siblings=(".partial", ".lock"), replaceable=hdf5.is_prediction)
+    kept = provenance.read_folder_record(w.folder)
+    if kept is None or kept.task is None:
+        raise InputSchemaError(f"{weights}: its provenance.json records no task (trained by "
+                               "an older kmodel); train the ensembler again (kmodel compose "
+                               "train)")
+    task = Task(metrics.as_task(kept.task), list(kept.classes or []), dict(kept.outputs or {}),
+                list(kept.passthrough or []))
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
-        found = sources(preds, preds[0], Path(tmp), allow_mixed_inputs=allow_mixed_inputs)
-        trained_on = _trained_on(w, found.names)
+        found = sources(preds, preds[0], Path(tmp), task, data=data,
+                        allow_mixed_inputs=allow_mixed_inputs)
+        trained_on = kept.sources or found.names
         if found.names != trained_on:
             raise InputSchemaError(f"{weights} was trained on {', '.join(trained_on)} (in this "
                                    f"order), got {', '.join(found.names)}; pass the same "
@@ -317,8 +488,9 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
         table = Path(tmp) / "apply.h5"
         hdf5.write_virtual(table, found.rows, found.columns, found.dtype, ids_from=preds[0])
         return predict_mod.predict(registry, ensembler, table, output, weights=w,
-                                   progress=progress, upstream=preds, columns=found.labels,
-                                   batch_size=COMPOSE_BATCH_SIZE)
+                                   progress=progress,
+                                   upstream=[*preds, *([data] if data else [])],
+                                   columns=found.labels, batch_size=COMPOSE_BATCH_SIZE)
 
 
 def first_column(path: Path, reference: Path) -> np.ndarray:

@@ -14,6 +14,8 @@ TARGET_NAME = "y"
 #: the example data's split (kmodel data, data: builtin:)
 SEED = 0
 TEST_FRACTION = 0.3
+#: cross-fitting: folds of the train split (scikit-learn's StackingClassifier uses cv=5)
+FOLDS = 5
 #: where a composition's outputs go (RESULTS/NAME/...)
 RESULTS = "results"
 #: a progress line every this many seconds when stderr is not a terminal

@@ -282,6 +282,18 @@ class TargetLengthError(KmodelError):
     code = "KM601"
 
 
+class TaskError(KmodelError):
+    """Targets or predictions that do not fit the task (binary, multiclass, regression)."""
+
+    code = "KM605"
+
+
+class TrainingOverlapError(KmodelError):
+    """The ensembler would be fitted on rows a base model was trained on (in-sample)."""
+
+    code = "KM606"
+
+
 class NotFiniteError(KmodelError):
     """NaN or inf in stored predictions or targets (an ensembler would learn NaN weights)."""
 

@@ -27,7 +27,7 @@ CURRENT = {
     "weights-manifest": 1,
     "weights-record": 1,
     "params": 1,
-    "scores": 1,
+    "scores": 2,
     "env-marker": 1,
     "env-record": 1,
     "bundle-manifest": 2,

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class Job:
     input: str = ""
     targets: str = ""
     train_args: dict[str, Any] = field(default_factory=dict)
+    #: what the composer tells an ensembler's fit (task, classes, models, raw columns)
+    fit_args: dict[str, Any] = field(default_factory=dict)
     weights_out: str = ""
     output_name: str = ""
     version: int = VERSION

@@ -43,6 +43,8 @@ class Outcome:
     done: list[int] = field(default_factory=list)
     current: int = 0
     error: KmodelError | None = None
+    #: after training an ensembler: its weight per input column, if it says
+    column_weights: list[float] | None = None
 
 
 def _events(fd: int) -> Iterator[dict[str, Any]]:
@@ -114,6 +116,8 @@ class Runner:
                     outcome.current = int(event["index"])
                 elif kind == "done" and "index" in event:
                     outcome.done.append(int(event["index"]))
+                elif kind == "done" and isinstance(event.get("column_weights"), list):
+                    outcome.column_weights = [float(w) for w in event["column_weights"]]
                 events.append(event)
             code = self.proc.wait()
         except BaseException:

@@ -1,6 +1,18 @@
 """A composition's plan: every file it reads and writes, derived from its config.
 
 Shared by the Snakefile (which turns it into rules), `kmodel run` and `kmodel status`.
+
+How the ensembler's training rows are kept apart from the base models' (``method``):
+
+- ``cv`` (the default when every base model is trainable): the train split is cut into K
+  folds; each base model is fitted on K-1 of them and predicts the K-th
+  (``weights/MODEL/fold-K``, ``preds/MODEL/folds/holdout-K.h5``), and these out-of-fold
+  predictions, gathered in the train split's order, are its level-one data
+  (``preds/MODEL/train.h5``); it is refitted on the whole train split
+  (``weights/MODEL/full``) for its test predictions.
+- ``holdout`` (the default otherwise): the base models keep their own weights and predict
+  the blend rows (``data: blend``), which they were never trained on.
+- ``in-sample``: the base models predict the rows they were trained on (flagged).
 """
 
 from __future__ import annotations
@@ -13,9 +25,12 @@ from kmodel._fs import check_input_file
 from kmodel.errors import SpecError
 from kmodel.loader import load_compose_config
 from kmodel.registry import Registry
-from kmodel.spec import ComposeConfig
+from kmodel.spec import ComposeConfig, Method
 
 SPLITS = ("train", "test")
+#: the split whose predictions the ensembler is fitted on, by method
+LEVEL_ONE: dict[str, str] = {"cv": "train", "in-sample": "train", "holdout": "blend"}
+FIT, HOLDOUT = "fit", "holdout"
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,45 @@ class Plan:
 
     def shard(self, model: str, split: str, k: int | str) -> Path:
         return self.root / "preds" / model / "shards" / f"{split}-{k}.h5"
+
+    @cached_property
+    def method(self) -> Method:
+        """How the ensembler's rows are kept apart: as configured, else cv when every base
+        model can be trained (a ``train:`` entry), else holdout."""
+        if self.config.stacking.method is not None:
+            return self.config.stacking.method
+        reg = self._registry
+        return "cv" if all(reg.model(m).spec.train is not None for m in self.config.models) \
+            else "holdout"
+
+    @property
+    def level_one(self) -> str:
+        return LEVEL_ONE[self.method]
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        """The splits the base models' predictions are made for: the level-one and test."""
+        return (self.level_one, "test")
+
+    @property
+    def folds(self) -> int:
+        return self.config.stacking.folds
+
+    def fold(self, k: int | str, part: str) -> Path:
+        return self.root / "folds" / f"fold-{k}-{part}.h5"
+
+    def fold_weights(self, model: str, k: int | str) -> Path:
+        return self.root / "weights" / model / f"fold-{k}"
+
+    def fold_preds(self, model: str, k: int | str) -> Path:
+        return self.root / "preds" / model / "folds" / f"holdout-{k}.h5"
+
+    def full_weights(self, model: str) -> Path:
+        return self.root / "weights" / model / "full"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "scores.svg"
 
     def registry(self, base: Registry | None = None) -> Registry:
         """Where models and envs are found: the config's ``specs``/``envs`` first, then
@@ -83,18 +137,50 @@ class Plan:
             if not Path(folder).is_dir():
                 raise SpecError(source, f"{folder} is not a folder (relative to {Path.cwd()})",
                                 field=key, fix="give an existing folder")
-        for split in SPLITS:  # given data files must exist: Snakemake might not rerun a job
-            if given := getattr(self.config.data, split):
+        self._check_method(registry, source)
+        for split in ("train", "test", "blend"):  # given data files must exist: Snakemake
+            if given := getattr(self.config.data, split):  # might not rerun a job
                 check_input_file(Path(given))
         envs = {}
         for name in [*self.config.models, self.config.ensembler]:
             model = registry.model(name)
             ref = registry.env_of(model)
             envs[ref.name] = ref
-            if weights := Weights.of(model):
+            own = self.method != "cv" or name == self.config.ensembler
+            if own and (weights := Weights.of(model)):  # cv trains its own: not these
                 weights.verify(name)
         for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
+
+    def _check_method(self, registry: Registry, source: Path | str) -> None:
+        """The method's needs: trainable models and a train split for cv, blend rows for
+        holdout; and an ensembler that can be trained."""
+        cfg, method = self.config, self.method
+        if registry.model(cfg.ensembler).spec.train is None:
+            raise SpecError(source, f"the ensembler {cfg.ensembler!r} has no train: entry in "
+                            "its spec, so it cannot be fitted", field="ensembler",
+                            fix="give an ensembler that can be trained, e.g. stacker")
+        untrainable = [m for m in cfg.models if registry.model(m).spec.train is None]
+        if method == "cv" and untrainable:
+            raise SpecError(source, f"models {untrainable} have no train: entry, so they "
+                            "cannot be cross-fitted", field="stacking.method",
+                            fix="give data: {blend: FILE} (rows they were never trained on) "
+                            "and stacking: {method: holdout}, or stacking: {method: in-sample}"
+                            " (every score is then flagged)")
+        if method == "holdout" and not cfg.data.blend:
+            why = f"models {untrainable} cannot be trained, so" if untrainable and \
+                cfg.stacking.method is None else "stacking: holdout:"
+            raise SpecError(source, f"{why} the ensembler must be fitted on rows the base "
+                            "models never saw, and data has no blend: file", field="data.blend",
+                            fix="give data: {blend: FILE, test: FILE}, or stacking: {method: "
+                            "in-sample} to accept in-sample stacking (flagged)")
+        if method != "holdout" and not (cfg.data.builtin or cfg.data.train):
+            raise SpecError(source, f"stacking: {method} needs a train split", field="data",
+                            fix="give data: {train: FILE, test: FILE} (or builtin:)")
+        if method == "cv" and any(cfg.shards_of(m) > 1 for m in cfg.models):
+            raise SpecError(source, "shards apply to models that predict with their own "
+                            "weights (stacking: holdout or in-sample); with cv each fold is "
+                            "a job of its own already", field="shards", fix="remove shards")
 
 
 def load_plan(path: Path, registry: Registry) -> Plan:

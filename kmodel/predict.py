@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import re
@@ -86,14 +87,15 @@ def check_input(model: Model, path: Path) -> int:
                                    f"{model.name!r} (found {sorted(found) or 'none'}); "
                                    "rename the dataset or fix the spec's inputs")
         dtype, shape = found[spec.name]
+        want = list(spec.shape or [])
         if not np.can_cast(np.dtype(dtype), np.dtype(spec.dtype), "same_kind"):
             raise InputSchemaError(f"{path}: /inputs/{spec.name} has dtype {dtype}, model "
                                    f"{model.name!r} expects {spec.dtype}; convert the data")
-        if len(shape) != len(spec.shape) or any(
-                w is not None and w != s for w, s in zip(spec.shape, shape, strict=True)):
-            want = tuple("*" if w is None else w for w in spec.shape)
+        if len(shape) != len(want) or any(
+                w is not None and w != s for w, s in zip(want, shape, strict=True)):
+            shown = tuple("*" if w is None else w for w in want)
             raise InputSchemaError(f"{path}: /inputs/{spec.name} has rows of shape {shape}, "
-                                   f"model {model.name!r} expects {want}; reshape the data")
+                                   f"model {model.name!r} expects {shown}; reshape the data")
     if rows == 0:
         raise InputSchemaError(f"{path}: no rows (/metadata/id is empty); nothing to predict")
     return rows
@@ -271,6 +273,7 @@ class _Pending:
     hash: _Background
     again: str  # the command that resumes it
     outputs: list[str]  # the spec's output names
+    classes: dict[str, list[Any]]  # the class of each column, of outputs whose spec says
     upstream: _Background | None = None  # sha256 of upstream files, computed meanwhile
 
     @property
@@ -446,7 +449,8 @@ def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int]
                         "--resume"])
     digest = _Background(lambda: cached_sha256(input_path))  # overlaps with the runner
     return _Pending(input_path, output, task, resumed, signature, digest, again,
-                    [o.name for o in model.spec.outputs])
+                    [o.name for o in model.spec.outputs],
+                    {o.name: list(o.classes) for o in model.spec.outputs if o.classes})
 
 
 def _finish_all(pending: list[_Pending], done: list[int], name: str) -> KmodelError | None:
@@ -474,6 +478,8 @@ def _finish(p: _Pending, name: str) -> None:
         hdf5.set_attrs(p.work, record.finished(
             p.hash.result(), p.upstream.result() if p.upstream else None,
             time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+        for name, classes in p.classes.items():  # which column is which class
+            hdf5.set_attrs(p.work, {"classes": json.dumps(classes)}, dataset=f"preds/{name}")
         os.replace(p.work, p.output)
     except OSError as e:
         _discard(p.work, p.partial, p.resumed)

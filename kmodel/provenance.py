@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmodel import formats
 from kmodel._fs import cached_sha256, check_input_file, sha256_file
@@ -23,6 +23,9 @@ from kmodel.errors import InputSchemaError, KmodelError
 from kmodel.record import Made, PredictionRecord
 from kmodel.registry import Model, Registry
 from kmodel.weights import RECORD, Weights, read_manifest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def code_sha256(model: Model) -> str:
@@ -101,6 +104,65 @@ def whole(path: Path, record: PredictionRecord, model: Model,
 # --- the record of a trained weights folder -------------------------------------------
 
 
+def id_hashes(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash (FNV-1a) of each id's bytes, vectorised: how a trained folder records
+    its training rows (8 bytes a row; two different ids collide with odds of 2^-64)."""
+    import numpy as np
+
+    raw = np.ascontiguousarray(ids)
+    if raw.dtype.kind != "S" or not len(raw):
+        return np.zeros(0, np.uint64)
+    width = raw.dtype.itemsize
+    data = raw.view(np.uint8).reshape(len(raw), width)
+    lengths = np.char.str_len(raw)
+    h = np.full(len(raw), 0xCBF29CE484222325, np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            mixed = (h ^ data[:, j].astype(np.uint64)) * prime
+            h = np.where(j < lengths, mixed, h)
+    return h
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """The rows a model was trained on: the input file's sha256, and a sorted 64-bit hash of
+    each row's id (so that any other file's rows can be checked against them)."""
+
+    input_sha256: str
+    rows: int
+    ids_fnv1a64: str  # base64 of the sorted hashes, little-endian uint64
+
+    @classmethod
+    def of(cls, path: Path, ids: np.ndarray) -> TrainedOn:
+        import base64
+
+        import numpy as np
+
+        hashes = np.sort(id_hashes(ids)).astype("<u8")
+        return cls(cached_sha256(path), len(ids), base64.b64encode(hashes.tobytes()).decode())
+
+    def hashes(self) -> np.ndarray:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(self.ids_fnv1a64), "<u8")
+
+    def overlap(self, ids: np.ndarray) -> tuple[int, str | None]:
+        """How many of ``ids`` (bytes) are rows this was trained on, and the first of them."""
+        import numpy as np
+
+        seen = self.hashes()
+        if not len(seen) or not len(ids):
+            return 0, None
+        mine = id_hashes(ids)
+        pos = np.minimum(np.searchsorted(seen, mine), len(seen) - 1)
+        hit = seen[pos] == mine
+        first = bytes(ids[hit][0]).decode(errors="replace") if hit.any() else None
+        return int(hit.sum()), first
+
+
 @dataclass(frozen=True)
 class FolderRecord:
     """What a trained weights folder was made from (its provenance.json)."""
@@ -109,16 +171,28 @@ class FolderRecord:
     upstream_sha256: dict[str, str] = field(default_factory=dict)
     #: an ensembler's inputs: ``model:output,...`` of each prediction file, in order
     sources: list[str] | None = None
+    trained_on: TrainedOn | None = None
+    #: an ensembler's weight per input column, if it says (``column_weights()``)
+    column_weights: list[float] | None = None
+    #: how the ensembler's rows were kept apart from the base models' (cv, holdout, ...)
+    stacking: str | None = None
+    #: an ensembler's task, classes, chosen outputs and passthrough inputs (compose apply
+    #: uses the same)
+    task: str | None = None
+    classes: list[Any] | None = None
+    outputs: dict[str, str] | None = None
+    passthrough: list[str] | None = None
 
     def text(self) -> str:
-        return formats.dumps("weights-record", {"made": self.made,
-                                                "upstream_sha256": self.upstream_sha256,
-                                                "sources": self.sources})
+        body = asdict(self)
+        body["trained_on"] = None if self.trained_on is None else asdict(self.trained_on)
+        return formats.dumps("weights-record", body)
 
 
 def folder_record(made: Made, upstream_files: Mapping[str, str],
-                  sources: list[str] | None = None) -> FolderRecord:
-    return FolderRecord(made.to_attrs(), dict(upstream_files), sources)
+                  sources: list[str] | None = None, stacking: str | None = None
+                  ) -> FolderRecord:
+    return FolderRecord(made.to_attrs(), dict(upstream_files), sources, stacking=stacking)
 
 
 def read_folder_record(folder: Path) -> FolderRecord | None:
@@ -135,8 +209,20 @@ def read_folder_record(folder: Path) -> FolderRecord | None:
     if not isinstance(made, dict) or not isinstance(files, dict) or not (
             sources is None or isinstance(sources, list)):
         return None
+    trained, weights = body.get("trained_on"), body.get("column_weights")
+    try:
+        trained_on = TrainedOn(**trained) if isinstance(trained, dict) else None
+    except TypeError:
+        trained_on = None
+    def typed(key: str, kind: type) -> Any:
+        return body.get(key) if isinstance(body.get(key), kind) else None
+
     return FolderRecord(made, {str(k): str(v) for k, v in files.items()},
-                        [str(s) for s in sources] if sources is not None else None)
+                        [str(s) for s in sources] if sources is not None else None,
+                        trained_on,
+                        [float(w) for w in weights] if isinstance(weights, list) else None,
+                        typed("stacking", str), typed("task", str), typed("classes", list),
+                        typed("outputs", dict), typed("passthrough", list))
 
 
 def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -217,5 +303,16 @@ def _inputs_check(record: PredictionRecord) -> Check:
         now[:16] if same else f"recorded {str(record.input_sha256)[:16]}, now {now[:16]}"))
 
 
-__all__ = ["FolderRecord", "code_sha256", "folder_record", "incomplete", "of_model",
-           "read_folder_record", "upstream", "verify", "whole"]
+__all__ = [
+    "FolderRecord",
+    "TrainedOn",
+    "code_sha256",
+    "folder_record",
+    "id_hashes",
+    "incomplete",
+    "of_model",
+    "read_folder_record",
+    "upstream",
+    "verify",
+    "whole",
+]

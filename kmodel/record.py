@@ -62,7 +62,7 @@ class Made:
 
 
 #: the fields whose type a record checks on read, by attribute name
-_INTS = ("batch_size", "rows_start", "rows_stop", "input_rows", "merged_shards")
+_INTS = ("batch_size", "rows_start", "rows_stop", "input_rows", "merged_shards", "folds")
 _STRS = ("model", "model_version", "env_key", "weights_dir", "input_signature",
          "input_sha256", "created", "env_python_version", "env_numpy_version")
 
@@ -117,6 +117,9 @@ class PredictionRecord:
     env_python_version: str | None = None
     env_numpy_version: str | None = None
     merged_shards: int | None = None
+    #: out-of-fold predictions gathered from this many folds (each row predicted by a
+    #: model that was not trained on it)
+    folds: int | None = None
     rows_done: int | None = None
     complete: bool = False
     schema_version: int | None = None

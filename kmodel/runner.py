@@ -112,7 +112,7 @@ def _as_outputs(result: Any, outputs: dict[str, Any], rows: int) -> dict[str, np
         except Exception as e:
             raise JobError("output", f"predict returned {name!r} that is not an array "
                            f"({type(e).__name__}: {e})") from None
-        want = (rows, *shape)
+        want = (rows, *shape) if shape is not None else (rows, *arr.shape[1:])  # free: any
         if arr.ndim != len(want) or any(w is not None and w != s
                                         for w, s in zip(want, arr.shape, strict=True)):
             shown = tuple("*" if w is None else w for w in want)
@@ -142,7 +142,8 @@ def _write_failed(e: OSError, path: Path) -> NoReturn:
 
 def predict(job: Any, model: Any) -> None:
     """Every task of the job in turn, with one model: ``task`` then ``done`` events each."""
-    outputs = {k: (v[0], tuple(v[1])) for k, v in job.outputs.items()}
+    outputs = {k: (v[0], tuple(v[1]) if v[1] is not None else None)
+               for k, v in job.outputs.items()}
     for index, task in enumerate(job.tasks):
         send("task", index=index)
         _predict_task(job, task, model, outputs)
@@ -161,6 +162,9 @@ def _predict_task(job: Any, task: Any, model: Any, outputs: dict[str, Any]) -> N
     except OSError as e:
         _write_failed(e, out_path)
     send("progress", done=writer.rows_done, total=task.rows)
+    # an output of free shape takes the first batch's; every later batch must match it
+    outputs = {k: (dtype, shape if shape is not None or k not in writer.preds
+                   else tuple(writer.preds[k].shape[1:])) for k, (dtype, shape) in outputs.items()}
     last, complete = 0.0, False
     try:
         for lo, ids, batch in hdf5.iter_batches(path, names, job.batch_size,
@@ -170,6 +174,8 @@ def _predict_task(job: Any, task: Any, model: Any, outputs: dict[str, Any]) -> N
             batch = {k: _cast(v, dtypes[k], job.columns, ids) for k, v in batch.items()}
             result = model.predict(batch[names[0]] if len(names) == 1 else batch)
             preds = _as_outputs(result, outputs, len(ids))
+            outputs = {k: (dtype, shape if shape is not None else tuple(preds[k].shape[1:]))
+                       for k, (dtype, shape) in outputs.items()}
             try:
                 writer.write(lo - task.start, ids, preds)
             except OSError as e:
@@ -237,7 +243,7 @@ def train(job: Any, model: Any) -> None:
                 raise JobError("finite", f"/{group}/{name} has {bad} row(s) with NaN or inf; "
                                "drop or fix those rows before training")
     x = arrays[names[0]] if len(names) == 1 else arrays
-    model.fit(x, targets[job.targets], **job.train_args)
+    model.fit(x, targets[job.targets], **job.train_args, **_accepted(model.fit, job.fit_args))
     weights = {str(k): np.asarray(v) for k, v in model.get_weights().items()}
     out = Path(job.weights_out)
     try:
@@ -248,7 +254,31 @@ def train(job: Any, model: Any) -> None:
             np.save(out / f"{name}.npy", arr, allow_pickle=False)
     except OSError as e:
         _write_failed(e, out)
-    send("done", weights=sorted(weights))
+    send("done", weights=sorted(weights), column_weights=_column_weights(model))
+
+
+def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:
+    """What the composer tells an ensembler's fit (task, classes, ...), as far as fit takes
+    it: a keyword it names, or all of them if it takes **kwargs."""
+    import inspect
+
+    try:
+        params = inspect.signature(fit).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(offered)
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in offered.items() if k in names}
+
+
+def _column_weights(model: Any) -> list[float] | None:
+    """An ensembler's weight per input column, if it says (``column_weights()``)."""
+    method = getattr(model, "column_weights", None)
+    if method is None:
+        return None
+    values = np.asarray(method(), np.float64).ravel()
+    return [float(v) for v in values] if np.all(np.isfinite(values)) else None
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -33,12 +33,16 @@ MAX_DEPTH = 64
 
 @dataclass(frozen=True, kw_only=True)
 class ArraySpec:
-    """One named input or output array; shape is per row (``[]`` = one scalar per row)."""
+    """One named input or output array; shape is per row (``[]`` = one scalar per row; an
+    output's ``null`` shape: whatever the model's first batch gives, e.g. an ensembler's
+    P(y=1) or its class probabilities). ``classes``: for an output of class probabilities,
+    the class label of each column (default: the sorted labels, in order)."""
 
     name: str
     dtype: str = "float32"
-    shape: list[int | None] = field(default_factory=list)
+    shape: list[int | None] | None = field(default_factory=list)
     doc: str = ""
+    classes: list[int | float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,13 +158,31 @@ def env_from_dict(data: dict[str, Any]) -> PipEnvSpec | CondaEnvSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Train and test input files, or a dataset kmodel can generate (``builtin``)."""
+    """Train and test input files, or a dataset kmodel can generate (``builtin``); ``blend``:
+    rows the base models never saw, to fit the ensembler on (``stacking: holdout``)."""
 
     builtin: Literal["breast_cancer"] | None = None
     seed: int = defaults.SEED
     test_fraction: float = defaults.TEST_FRACTION
     train: str | None = None
     test: str | None = None
+    blend: str | None = None
+
+
+Method = Literal["cv", "holdout", "in-sample"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackingConfig:
+    """How the ensembler's training rows are kept apart from the base models' (``method``):
+    ``cv`` fits every base model once per fold and trains the ensembler on out-of-fold
+    predictions (the default when every base model is trainable); ``holdout`` trains it on
+    ``data: blend`` rows; ``in-sample`` on the rows the base models were trained on (every
+    score is then flagged)."""
+
+    method: Method | None = None
+    folds: int = defaults.FOLDS
+    seed: int = defaults.SEED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,10 +205,17 @@ class ComposeConfig:
     ensembler: str
     batch_size: int = defaults.BATCH_SIZE
     shards: int | dict[str, int] = 1
+    task: Literal["binary", "multiclass", "regression"] | None = None
+    stacking: StackingConfig = field(default_factory=StackingConfig)
+    #: the prediction dataset to ensemble, by model (needed for models with several)
+    outputs: dict[str, str] = field(default_factory=dict)
+    #: input datasets of the data files that also go to the ensembler, as they are
+    passthrough: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:
-        return cls(**{**data, "data": DataConfig(**data["data"])})
+        return cls(**{**data, "data": DataConfig(**data["data"]),
+                      "stacking": StackingConfig(**data.get("stacking") or {})})
 
     def shards_of(self, model: str) -> int:
         if isinstance(self.shards, int):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from kmodel import scores as scores_mod
 from kmodel._fs import cached_sha256
 from kmodel.errors import KmodelError
 from kmodel.io import hdf5
-from kmodel.plan import SPLITS, Plan
+from kmodel.plan import FIT, HOLDOUT, SPLITS, Plan
 from kmodel.record import Made
 from kmodel.registry import Model, Registry
 from kmodel.weights import Weights, read_manifest
@@ -122,18 +122,40 @@ def _data(plan: Plan) -> dict[str, Entry]:
     entries = {}
     for split in SPLITS:
         entry = entries[split] = Entry(plan.data(split), f"{split} data ({data.builtin})")
-        if not entry.path.is_file():
-            entry.missing = True
-            continue
-        try:
-            attrs = hdf5.read_attrs(entry.path)
-        except (OSError, ValueError):
-            entry.reasons.append("unreadable")
-            continue
-        # (files of older versions record no builtin or test_fraction: not held against them)
-        changed = [k for k, v in want.items() if k in attrs and attrs[k] != v]
-        if changed:
-            entry.reasons.append(f"data config ({', '.join(changed)})")
+        entry.reasons += _attrs_reasons(entry, want, "data config")
+    return entries
+
+
+def _attrs_reasons(entry: Entry, want: dict[str, Any], what: str) -> list[str]:
+    """A data file kmodel made, against the settings it must record (missing: set)."""
+    if not entry.path.is_file():
+        entry.missing = True
+        return []
+    try:
+        attrs = hdf5.read_attrs(entry.path)
+    except (OSError, ValueError):
+        return ["unreadable"]
+    # (files of older versions may not record every setting: not held against them)
+    changed = [k for k, v in want.items() if k in attrs and attrs[k] != v]
+    return [f"{what} ({', '.join(changed)})"] if changed else []
+
+
+def _folds(plan: Plan, data: dict[str, Entry]) -> dict[tuple[int, str], Entry]:
+    """The fold files of cv, against the train split they were cut from and the config."""
+    train = plan.data("train")
+    want: dict[str, Any] = {"folds": plan.folds, "seed": plan.config.stacking.seed}
+    if plan.config.task:
+        want["task"] = plan.config.task
+    entries = {}
+    for k in range(plan.folds):
+        for part in (FIT, HOLDOUT):
+            entry = entries[(k, part)] = Entry(plan.fold(k, part), f"fold {k} ({part})")
+            entry.reasons += _attrs_reasons(entry, want, "folds config")
+            if not entry.missing and train.is_file():
+                with contextlib.suppress(OSError, ValueError):
+                    if hdf5.read_attrs(entry.path).get("source_sha256") != cached_sha256(train):
+                        entry.reasons.append("input")
+            _stale_upstream(entry, [e for e in [data.get("train")] if e is not None])
     return entries
 
 
@@ -143,26 +165,35 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     cfg = plan.config
     data = _data(plan)
     entries: list[Entry] = [*data.values()]
-    for name in cfg.models:
-        entries += _base_predictions(plan, reg, name, data)
+    if plan.method == "cv":
+        folds = _folds(plan, data)
+        entries += folds.values()
+        for name in cfg.models:
+            entries += _cross_fitted(plan, reg, name, data, folds)
+    else:
+        for name in cfg.models:
+            entries += _base_predictions(plan, reg, name, data)
     ensembler = reg.model(cfg.ensembler)
     preds = {split: {str(plan.preds(m, split)): plan.preds(m, split) for m in cfg.models}
-             for split in SPLITS}
+             for split in plan.splits}
+    level = plan.level_one
     made = [e for e in entries if str(e.path) in preds["test"]]
-    trained, fitted = _trained(plan, reg, ensembler, preds["train"],
-                               [e for e in entries if str(e.path) in preds["train"]])
+    trained, fitted = _trained(plan.ensembler_weights, f"{ensembler.name} weights (trained)",
+                               reg, ensembler, upstream_files={**preds[level],
+                                                               "targets": plan.data(level)},
+                               upstream=[e for e in entries if str(e.path) in preds[level]])
     ensemble = _ensemble(plan, reg, ensembler, fitted, preds["test"], [trained, *made])
-    return [*entries, trained, ensemble, _scores(plan, [ensemble, *made])]
+    return [*entries, trained, ensemble, *_scores(plan, [ensemble, trained, *made])]
 
 
 def _base_predictions(plan: Plan, reg: Registry, name: str, data: dict[str, Entry]
                       ) -> list[Entry]:
-    """A base model's predictions of each split."""
+    """A base model's predictions, with its own weights, of the level-one and test splits."""
     model = reg.model(name)
     weights = Weights.of(model)
     expected = functools.cache(lambda: provenance.of_model(reg, model, weights))
     entries = []
-    for split in SPLITS:
+    for split in plan.splits:
         entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
                             model, expected, {"input": plan.data(split)})
         if not entry.missing:
@@ -173,21 +204,73 @@ def _base_predictions(plan: Plan, reg: Registry, name: str, data: dict[str, Entr
     return entries
 
 
-def _trained(plan: Plan, reg: Registry, ensembler: Model, preds: dict[str, Path],
-             upstream: list[Entry]) -> tuple[Entry, Weights | None]:
-    """The ensembler's trained weights folder (and its weights, when there is one)."""
-    folder = plan.ensembler_weights
-    trained = Entry(folder, f"{ensembler.name} weights (trained)")
+def _cross_fitted(plan: Plan, reg: Registry, name: str, data: dict[str, Entry],
+                  folds: dict[tuple[int, str], Entry]) -> list[Entry]:
+    """A cross-fitted base model: its weights and holdout predictions per fold, its
+    out-of-fold predictions (level-one), its weights refitted on the train split and its
+    test predictions."""
+    model = reg.model(name)
+    entries, fold_preds = [], {}
+    for k in range(plan.folds):
+        fold = folds[(k, FIT)]
+        weights, fitted = _trained(plan.fold_weights(name, k), f"{name} weights (fold {k})",
+                                   reg, model, source=plan.fold(k, FIT), upstream=[fold])
+        pred = _predicted(plan.fold_preds(name, k), f"{name} predictions (fold {k})", reg,
+                          model, fitted, plan.fold(k, HOLDOUT), [weights, folds[(k, HOLDOUT)]])
+        fold_preds[str(pred.path)] = pred.path
+        entries += [weights, pred]
+    oof = _prediction(plan.preds(name, "train"), f"{name} predictions (out-of-fold)", model,
+                      functools.cache(lambda: provenance.of_model(reg, model, None)),
+                      {"input": plan.data("train")})
+    if not oof.missing:
+        with contextlib.suppress(OSError, ValueError, KmodelError):
+            oof.reasons += _upstream(record.read(oof.path).upstream_sha256, fold_preds)
+    _stale_upstream(oof, [e for e in entries if str(e.path) in fold_preds])
+    full, refitted = _trained(plan.full_weights(name), f"{name} weights (train split)", reg,
+                              model, source=plan.data("train"),
+                              upstream=[e for e in [data.get("train")] if e is not None])
+    test = _predicted(plan.preds(name, "test"), f"{name} predictions (test)", reg, model,
+                      refitted, plan.data("test"),
+                      [full, *[e for e in [data.get("test")] if e is not None]])
+    return [*entries, oof, full, test]
+
+
+def _predicted(path: Path, what: str, reg: Registry, model: Model, weights: Weights | None,
+               source: Path, upstream: list[Entry]) -> Entry:
+    """Predictions made with trained ``weights`` (None: missing, so these are stale)."""
+    entry = _prediction(path, what, model,
+                        functools.cache(lambda: provenance.of_model(reg, model, weights)),
+                        {"input": source})
+    if weights is None and not entry.missing:
+        entry.reasons.append(f"{UPSTREAM} (its weights are missing)")
+    _stale_upstream(entry, upstream)
+    return entry
+
+
+def _trained(folder: Path, what: str, reg: Registry, model: Model, *,
+             source: Path | None = None, upstream_files: dict[str, Path] | None = None,
+             upstream: Sequence[Entry] = ()) -> tuple[Entry, Weights | None]:
+    """A weights folder kmodel trained (and its weights, when there is one): what made it,
+    its files against its manifest, and what it was trained on: ``source`` (its rows'
+    file) or ``upstream_files`` (the ensembler's prediction files and targets)."""
+    trained = Entry(folder, what)
     manifest = read_manifest(folder)
     if manifest is None:
         trained.missing = True
         return trained, None
     kept = provenance.read_folder_record(folder) or provenance.FolderRecord()
-    trained.reasons += provenance.of_model(reg, ensembler, None).reasons(kept.made)
+    trained.reasons += provenance.of_model(reg, model, None).reasons(kept.made)
     fitted = Weights(folder, manifest, in_spec=False)
-    trained.reasons += _weights_reasons(ensembler, fitted, trained=True)
-    trained.reasons += _upstream(kept.upstream_sha256, {**preds, "targets": plan.data("train")})
-    _stale_upstream(trained, upstream)
+    trained.reasons += _weights_reasons(model, fitted, trained=True)
+    if source is not None:
+        on = kept.trained_on
+        if not source.is_file():
+            trained.reasons.append(f"input ({source} is missing)")
+        elif on is None or on.input_sha256 != cached_sha256(source):
+            trained.reasons.append("input")
+    if upstream_files is not None:
+        trained.reasons += _upstream(kept.upstream_sha256, upstream_files)
+    _stale_upstream(trained, list(upstream))
     return trained, fitted
 
 
@@ -200,15 +283,18 @@ def _ensemble(plan: Plan, reg: Registry, ensembler: Model, fitted: Weights | Non
         if not ensemble.missing:
             ensemble.reasons.append(f"{UPSTREAM} ({plan.ensembler_weights} is missing)")
         return ensemble
+    inputs = {**preds, **({"data": plan.data("test")} if plan.data("test").is_file() else {})}
     ensemble = _prediction(plan.ensemble, what, ensembler,
-                           lambda: provenance.of_model(reg, ensembler, fitted), preds)
+                           lambda: provenance.of_model(reg, ensembler, fitted), inputs)
     _stale_upstream(ensemble, upstream)
     return ensemble
 
 
-def _scores(plan: Plan, inputs: list[Entry]) -> Entry:
-    """The score table, made from the ensemble's and the base models' test predictions."""
+def _scores(plan: Plan, inputs: list[Entry]) -> list[Entry]:
+    """The score table and its figure, made from the test predictions, the level-one
+    predictions and the trained ensembler."""
     entry = Entry(plan.scores, "scores")
+    figure = Entry(plan.figure, "scores figure", missing=not plan.figure.is_file())
     if not plan.scores.is_file():
         entry.missing = True
     elif problem := scores_mod.problem(plan.scores, [*plan.config.models, "ensemble"]):
@@ -219,7 +305,7 @@ def _scores(plan: Plan, inputs: list[Entry]) -> Entry:
                   or e.path.stat().st_mtime > made]
         if behind:
             entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)})")
-    return entry
+    return [entry, figure]
 
 
 def forced(plan: Plan, entries: list[Entry]) -> list[str]:
@@ -235,9 +321,9 @@ def forced(plan: Plan, entries: list[Entry]) -> list[str]:
         if not entry.own_reasons:
             continue
         model = next((m for m in plan.config.models
-                      if entry.path in (plan.preds(m, s) for s in SPLITS)), None)
+                      if entry.path in (plan.preds(m, s) for s in plan.splits)), None)
         if model is not None and plan.config.shards_of(model) > 1:
-            out += [str(plan.shard(model, s, k)) for s in SPLITS
+            out += [str(plan.shard(model, s, k)) for s in plan.splits
                     for k in range(plan.config.shards_of(model))]
         else:
             out.append(str(entry.path))

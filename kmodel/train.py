@@ -2,17 +2,20 @@
 
 The host checks the input and targets, then the runner (kmodel/runner.py) fits the model in
 its own env and saves its weights (one .npy per weight) into a temporary folder; the host
-writes params.json, any records the caller adds, and the manifest of every file
-(hashes.json), and renames the folder into place only when all of it is there.
+writes params.json, provenance.json (what made the weights and the rows they were trained
+on) and the manifest of every file (hashes.json), and renames the folder into place only
+when all of it is there.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from kmodel import _lock
+from kmodel import _lock, provenance
 from kmodel._fs import atomic_dir, guard_output, remove_stale_temps
 from kmodel.defaults import TARGET_NAME
 from kmodel.errors import (
@@ -24,8 +27,9 @@ from kmodel.errors import (
 from kmodel.job import Job
 from kmodel.launch import Progress, run_job
 from kmodel.predict import check_input, ensure_env, model_files
+from kmodel.provenance import FolderRecord, TrainedOn
 from kmodel.registry import Registry
-from kmodel.weights import PARAMS, Weights, params_text, seal, written_by_kmodel
+from kmodel.weights import PARAMS, RECORD, Weights, params_text, seal, written_by_kmodel
 
 
 def check_targets(path: Path, name: str) -> None:
@@ -51,17 +55,19 @@ def check_targets(path: Path, name: str) -> None:
 
 def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
           targets: str = TARGET_NAME, manifest: bool = True,
-          extra: dict[str, str] | None = None,
-          progress: Progress | None = None, inputs: tuple[Path, ...] = (),
-          columns: Sequence[str] = ()) -> Weights:
+          record: FolderRecord | None = None, fit_args: dict[str, Any] | None = None,
+          trained_from: Path | None = None, progress: Progress | None = None,
+          inputs: tuple[Path, ...] = (), columns: Sequence[str] = ()) -> Weights:
     """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
 
-    The weights folder appears whole when training succeeded, with params.json, the
-    ``extra`` files ({name: text}) and, with ``manifest``, hashes.json (the sha256 of every
-    file), which ``Weights.from_folder`` checks (into a model's own weights folder the
-    hashes go to its spec instead). An existing folder is replaced only if kmodel wrote it.
-    ``inputs`` are further files the caller read (e.g. prediction files): the folder may
-    not hold any of them.
+    The weights folder appears whole when training succeeded, with params.json,
+    provenance.json (``record``, the composer's, completed with what made the weights and
+    the rows of ``trained_from``, by default the input, they were trained on) and, with
+    ``manifest``, hashes.json (the sha256 of every file), which ``Weights.from_folder``
+    checks (into a model's own weights folder the hashes go to its spec instead). An
+    existing folder is replaced only if kmodel wrote it. ``inputs`` are further files the
+    caller read (e.g. prediction files): the folder may not hold any of them. ``fit_args``:
+    what the composer tells an ensembler's fit (task, classes...).
     """
     model = registry.model(name)
     if model.spec.train is None:
@@ -84,18 +90,28 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                       model_dir=str(model.folder.resolve()), entrypoint=model.spec.entrypoint,
                       args=model.spec.args, input=str(input_path.resolve()),
                       inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
-                      train_args=model.spec.train.args, weights_out=str(tmp.resolve()),
-                      output_name=str(weights_out), columns=list(columns))
+                      train_args=model.spec.train.args, fit_args=dict(fit_args or {}),
+                      weights_out=str(tmp.resolve()), output_name=str(weights_out),
+                      columns=list(columns))
             outcome = run_job(env, job, progress)
             if outcome.error is not None:
                 raise outcome.error
             names = [p.name[:-4] for p in tmp.iterdir() if p.name.endswith(".npy")]
             (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
                                                   model.spec.train.args, names))
-            for file, text in (extra or {}).items():
-                (tmp / file).write_text(text)
+            kept = replace(record or FolderRecord(), trained_on=_trained_on(
+                trained_from or input_path), column_weights=outcome.column_weights)
+            if not kept.made:
+                kept = replace(kept, made=provenance.of_model(registry, model, None).to_attrs())
+            (tmp / RECORD).write_text(kept.text())
             sealed = seal(tmp, write=manifest)
     return Weights(weights_out, sealed.sha256, in_spec=False)
+
+
+def _trained_on(path: Path) -> TrainedOn:
+    from kmodel.io import hdf5
+
+    return TrainedOn.of(path, hdf5.read_ids(path))
 
 
 def _same_folder(a: Path, b: Path) -> bool:

@@ -167,10 +167,12 @@ def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> boo
 
 
 def scan(model: str, folder: Path) -> dict[str, str]:
-    """sha256 of params.json and every .npy in ``folder``: what `kmodel hash` records."""
+    """sha256 of params.json, provenance.json (what the weights were trained on) and every
+    .npy in ``folder``: what `kmodel hash` records."""
     if not (folder / PARAMS).is_file():
         raise WeightsMissingError(model, folder / PARAMS)
-    files = sorted(p for p in folder.iterdir() if p.name == PARAMS or p.suffix == ".npy")
+    files = sorted(p for p in folder.iterdir()
+                   if p.name in (PARAMS, RECORD) or p.suffix == ".npy")
     for p in files:
         if not p.is_file():  # a FIFO or device would block the hash
             raise WeightsMissingError(model, p, "replace it with the weight file",

@@ -285,10 +285,18 @@ def read_attrs(path: Path) -> dict[str, Any]:
                     v.tolist() if hasattr(v, "tolist") else v) for k, v in f.attrs.items()}
 
 
-def set_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
+def dataset_attrs(path: Path, name: str) -> dict[str, Any]:
+    """A dataset's attributes (e.g. the classes of a prediction's columns)."""
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f[name].attrs.items()}
+
+
+def set_attrs(path: Path, attrs: Mapping[str, Any], dataset: str | None = None) -> None:
+    """Root attributes (or a dataset's)."""
     with _writing(path, "r+") as f:
+        target = f if dataset is None else f[dataset]
         for k, v in attrs.items():
-            f.attrs[k] = v
+            target.attrs[k] = v
 
 
 def iter_batches(path: Path, names: Sequence[str], batch_size: int, start: int = 0,
@@ -319,17 +327,18 @@ class PredictionWriter:
     each, doubling the per-row cost of cheap models).
     """
 
-    def __init__(self, path: Path, outputs: Mapping[str, tuple[str, tuple[int, ...]]],
+    def __init__(self, path: Path, outputs: Mapping[str, tuple[str, tuple[int, ...] | None]],
                  rows: int, id_dtype: np.dtype, batch: int,
                  attrs: Mapping[str, Any] | None = None, resume: bool = False,
                  checkpoint_every: float = 0.5) -> None:
-        self.path = path
+        self.path, self.rows, self.batch = path, rows, batch
+        self.dtypes = {name: dtype for name, (dtype, _) in outputs.items()}
         if resume:
             self.f = h5py.File(path, "r+", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
         else:
             row = np.dtype(id_dtype).itemsize + sum(
-                np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+                np.dtype(dtype).itemsize * int(np.prod(shape or (1,), dtype=np.int64))
                 for dtype, shape in outputs.values())
             check_room(path, rows * row)  # a full disk: a clear error now, not a crash later
             # exclusive: never over a file or through a link
@@ -339,11 +348,10 @@ class PredictionWriter:
             for k, v in (attrs or {}).items():
                 self.f.attrs[k] = v
             self.f.attrs[ROWS_DONE] = 0
+            self.f.require_group("preds")
             for name, (dtype, shape) in outputs.items():
-                row = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
-                self.f.create_dataset(f"preds/{name}", shape=(rows, *shape), dtype=dtype,
-                                      maxshape=(None, *shape),
-                                      chunks=(chunk_len(batch, row, rows), *shape))
+                if shape is not None:  # a free shape: made with the first batch
+                    self._create(name, dtype, shape)
             self.f.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype,
                                   maxshape=(None,),
                                   chunks=(chunk_len(batch, id_dtype.itemsize, rows),))
@@ -351,10 +359,18 @@ class PredictionWriter:
         self.preds = {name: self.f[f"preds/{name}"] for name in self.f["preds"]}
         self.ids = self.f["metadata/id"]
 
+    def _create(self, name: str, dtype: str, shape: tuple[int, ...]) -> h5py.Dataset:
+        row = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        return self.f.create_dataset(f"preds/{name}", shape=(self.rows, *shape), dtype=dtype,
+                                     maxshape=(None, *shape),
+                                     chunks=(chunk_len(self.batch, row, self.rows), *shape))
+
     def write(self, offset: int, ids: np.ndarray, preds: Mapping[str, np.ndarray]) -> None:
         hi = offset + len(ids)
-        for name, ds in self.preds.items():
-            ds[offset:hi] = preds[name]
+        for name, values in preds.items():
+            if name not in self.preds:
+                self.preds[name] = self._create(name, self.dtypes[name], values.shape[1:])
+            self.preds[name][offset:hi] = values
         self.ids[offset:hi] = ids
         self.rows_done = hi
         if time.monotonic() - self.checkpointed >= self.checkpoint_every:
@@ -498,38 +514,46 @@ def write_virtual(path: Path, rows: int, columns: Sequence[tuple[Path, str]], dt
             f.create_virtual_dataset(target, one)
 
 
-def write_aligned(source: Path, target: Path, rows: np.ndarray | None,
-                  block: int = 1 << 18) -> list[str]:
-    """``target``: every column of the prediction datasets of ``source`` as a 1-D dataset
-    (``preds/<name>`` or ``preds/<name>.<j>``), rows in the order ``rows`` (indices into
-    ``source``; None: as stored), and the ids in that order. For a file whose ids are not in
-    the reference's order, or whose rows have more than one value. Written ``block`` rows
-    at a time, reading a block's rows in sorted order, as HDF5 requires. Returns the
-    column datasets' names, in order."""
-    names = []
-    with h5py.File(source, "r") as f, _writing(target, "x") as out:
-        ids = _ids(f)
-        n = len(ids) if rows is None else len(rows)
-        chunk = max(1, min(block, n))
-        plan: list[tuple[str, h5py.Dataset, int | None]] = [("metadata/id", ids, None)]
-        for key, d in sorted(_datasets(f, "preds").items()):
+def columns_of(path: Path, group: str = "preds") -> list[tuple[str, str, int | None]]:
+    """Every column of the datasets of ``/group``: (dataset key, dataset path, column index
+    or None for a 1-D dataset), datasets sorted by key (Kipoi's single /preds: key preds)."""
+    with h5py.File(path, "r") as f:
+        found = []
+        for key, d in sorted(_datasets(f, group).items()):
             width = int(np.prod(d.shape[1:]))
-            for j in range(width):
-                name = f"preds/{key}" if d.ndim == 1 else f"preds/{key}.{j}"
-                plan.append((name, d, j if d.ndim > 1 else None))
-                names.append(name)
-        for name, d, col in plan:
-            dst = out.create_dataset(name, shape=(n,), dtype=d.dtype, chunks=(chunk,))
-            for lo in range(0, n, block):
+            found += [(key, d.name.lstrip("/"), None if d.ndim == 1 else j)
+                      for j in range(width)]
+    return found
+
+
+def write_aligned(source: Path, target: Path, rows: np.ndarray | None,
+                  columns: Sequence[tuple[str, int | None]], block: int = 1 << 20
+                  ) -> list[str]:
+    """``target``: the ``columns`` of ``source`` (dataset path, column index or None) as
+    1-D datasets ``c0``, ``c1``, ... with rows in the order ``rows`` (indices into
+    ``source``; None: as stored). For a file whose ids are not in the reference's order, or
+    whose rows have more than one value. Each column is read front to back, ``block`` rows
+    at a time, and placed in memory by the inverse permutation (computed once): one
+    contiguous read and one write per column, never a scattered read. Returns the new
+    datasets' names, in the order of ``columns``."""
+    with h5py.File(source, "r", rdcc_nbytes=0) as f, _writing(target, "x") as out:
+        n = len(f["metadata/id"]) if rows is None else len(rows)
+        if rows is not None:
+            inverse = np.full(len(f["metadata/id"]), -1, np.int64)
+            inverse[rows] = np.arange(n)
+        names = []
+        for k, (name, col) in enumerate(columns):
+            d = f[name]
+            values = np.empty(n, d.dtype)
+            for lo in range(0, d.shape[0], block):
+                part = d[lo:lo + block]
+                part = part.reshape(len(part), -1)[:, col] if col is not None else part
                 if rows is None:
-                    values = d[lo:lo + block]
+                    values[lo:lo + len(part)] = part
                 else:
-                    want = rows[lo:lo + block]
-                    order = np.argsort(want, kind="stable")
-                    got = d[want[order]]
-                    values = np.empty_like(got)
-                    values[order] = got
-                if col is not None:
-                    values = values.reshape(len(values), -1)[:, col]
-                dst[lo:lo + len(values)] = values
+                    where = inverse[lo:lo + len(part)]
+                    keep = where >= 0  # rows the reference does not hold are dropped
+                    values[where[keep]] = part[keep]
+            out.create_dataset(f"c{k}", data=values, chunks=(max(1, min(1 << 18, n)),))
+            names.append(f"c{k}")
     return names
