@@ -191,12 +191,14 @@ def summary(reg: Registry, name: str) -> dict[str, Any]:
 
 
 def example_data(train: PathLike, test: PathLike, *, seed: int = 0,
-                 test_fraction: float = 0.3) -> None:
-    """`kmodel data breast_cancer`: a stratified split of scikit-learn's breast_cancer."""
+                 test_fraction: float = 0.3, blend: PathLike | None = None) -> None:
+    """`kmodel data breast_cancer`: a stratified split of scikit-learn's breast_cancer;
+    with ``blend``, the test rows halved into blend and test splits."""
     from kmodel.datasets import breast_cancer
 
     breast_cancer(_path(train, "train"), _path(test, "test"), seed=seed,
-                  test_fraction=test_fraction)
+                  test_fraction=test_fraction,
+                  blend=_path(blend, "blend") if blend is not None else None)
 
 
 def stacked_input(preds: Sequence[PathLike], output: PathLike, *,
@@ -217,13 +219,18 @@ def stacked_input(preds: Sequence[PathLike], output: PathLike, *,
 
 def compose_train(ensembler: str, preds: Sequence[PathLike], targets: PathLike,
                   weights_out: PathLike, *, target_name: str = TARGET_NAME,
+                  task: str | None = None, stacking: str = "cv",
                   allow_mixed_inputs: bool = False, reg: Registry | None = None) -> Path:
-    """Train the ensembler on stored predictions (aligned by id to the targets' file)."""
+    """Train the ensembler on stored predictions (aligned by id to the targets' file):
+    out-of-fold predictions (``stacking="cv"``) or predictions of rows the base models never
+    saw (``"holdout"``); rows a base model was trained on are refused unless
+    ``stacking="in-sample"``. ``task``: binary, multiclass or regression (default:
+    inferred from the targets)."""
     from kmodel.compose import train
 
     train(reg or Registry(), ensembler, _paths(preds, "preds"), _path(targets, "targets"),
-          _path(weights_out, "weights_out"), target_name=target_name,
-          allow_mixed_inputs=allow_mixed_inputs)
+          _path(weights_out, "weights_out"), target_name=target_name, task=task,
+          stacking=stacking, allow_mixed_inputs=allow_mixed_inputs)
     return Path(weights_out)
 
 

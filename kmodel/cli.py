@@ -788,18 +788,23 @@ def _score_table(doc: dict[str, Any]) -> str:
 @click.argument("dataset", type=click.Choice(["breast_cancer"]))
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
 @click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
+@click.option("--blend", "blend_path", type=click.Path(path_type=Path),
+              help="Also halve the test rows: the first half goes here (a blend split, for "
+                   "stacking: holdout).")
 @click.option("--seed", default=defaults.SEED, show_default=True,
               type=click.IntRange(0, 2**32 - 1))
 @click.option("--test-fraction", default=defaults.TEST_FRACTION, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.pass_context
-def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path, seed: int,
-         test_fraction: float) -> None:
+def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path,
+         blend_path: Path | None, seed: int, test_fraction: float) -> None:
     """Write an example dataset as kmodel input files (train and test split)."""
     from kmodel.datasets import breast_cancer
 
-    breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction)
-    click.echo(f"wrote {train_path} and {test_path}")
+    breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction,
+                  blend=blend_path)
+    click.echo(f"wrote {train_path} and {test_path}" + (f" and {blend_path}" if blend_path
+                                                         else ""))
 
 
 # --- workflows --------------------------------------------------------------------

@@ -238,7 +238,9 @@ def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | No
         files = json.loads(str(body.get("upstream_sha256", "{}")))
     except ValueError:
         files = {}
-    return {"made": Made.from_attrs(body), "upstream_sha256": files, "sources": sources}
+    # an older kmodel's ensembler was binary only
+    return {"made": Made.from_attrs(body), "upstream_sha256": files, "sources": sources,
+            "task": "binary" if sources is not None else None}
 
 
 # --- kmodel verify ---------------------------------------------------------------------

@@ -52,13 +52,14 @@ class Report:
 
 def _prediction(path: Path, y_ids: np.ndarray, task: Task) -> tuple[np.ndarray, np.dtype]:
     """The file's prediction for ``task`` in the targets' row order, and its stored dtype."""
+    from kmodel.compose import _count, _record
+
     check_input_file(path)
+    _count(path)  # no rows: nothing to score
     try:
         arrays, ids = hdf5.read_group(path, "preds")
     except (OSError, hdf5.LayoutError) as e:
         raise InputSchemaError(f"{path}: not a prediction file ({e})") from None
-    from kmodel.compose import _record
-
     key, _, cols = prediction_columns(path, task, _record(path).model or path.stem)
     values = arrays[key].reshape(len(ids), -1)[:, [0 if c is None else c for c in cols]]
     order = align(y_ids, hdf5.as_ids(ids), path)

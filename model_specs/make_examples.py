@@ -5,8 +5,9 @@
 Inputs: 20 rows of the demo's test split (scikit-learn's breast_cancer, seed 0). Expected:
 each model's predictions on them, as computed here. `kmodel test` compares a model's
 predictions with these within the spec's tolerance (another CPU's BLAS may differ in the
-last bits). The stacker's example also needs trained weights: it is trained, as the demo
-does, on the base models' train-split predictions (example/weights).
+last bits). The stacker's example also needs trained weights (example/weights): it is
+fitted on the base models' predictions of the test split, rows their shipped weights were
+never trained on (as `stacking: holdout` does with blend rows).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def main() -> None:
             first_rows(t / "test.h5", folder / "in.h5")
             model[name].predict_file(folder / "in.h5", t / f"{name}.h5")
             copy_preds(t / f"{name}.h5", folder / "expected.h5")
-            model[name].predict_file(t / "train.h5", t / f"{name}-train.h5")
+            model[name].predict_file(t / "test.h5", t / f"{name}-blend.h5")
             print(f"{name}: example/in.h5, example/expected.h5")
         folder = HERE / "stacker" / "example"
         shutil.rmtree(folder / "weights", ignore_errors=True)
         folder.mkdir(exist_ok=True)
-        kmodel.compose_train("stacker", [t / f"{n}-train.h5" for n in BASE], t / "train.h5",
-                             folder / "weights", reg=model["stacker"].registry)
+        kmodel.compose_train("stacker", [t / f"{n}-blend.h5" for n in BASE], t / "test.h5",
+                             folder / "weights", stacking="holdout",
+                             reg=model["stacker"].registry)
         (folder / "in.h5").unlink(missing_ok=True)  # this script's own file, made anew
         kmodel.stacked_input([t / f"{n}.h5" for n in BASE], folder / "in.h5")
         model["stacker"].predict_file(folder / "in.h5", t / "stacker.h5",

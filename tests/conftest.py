@@ -103,7 +103,8 @@ train:
 """
 
 
-#: the small composition the workflow tests run (two base models, the stacker)
+#: the small composition the workflow tests run (two base models, cross-fitted on two
+#: folds, the stacker)
 SMALL_COMPOSITION = """\
 name: small
 results: out
@@ -111,6 +112,7 @@ data:
   builtin: breast_cancer
 models: [logreg, mlp]
 ensembler: stacker
+stacking: {folds: 2}
 batch_size: 64
 """
 

@@ -201,7 +201,7 @@ def test_the_readmes_python_api_example_runs(tmp_path: Path, kmodel_home: Path,
     assert code is not None
     exec(compile(code.group(1), "README.md", "exec"), {})
     with h5py.File(tmp_path / "ens.h5") as f:
-        assert f["preds/proba"].shape == (171,) and f.attrs["model"] == "stacker"
+        assert f["preds/pred"].shape == (86,) and f.attrs["model"] == "stacker"
 
 
 def test_init_refuses_what_it_cannot_write_well(project: Path) -> None:

@@ -60,12 +60,14 @@ def test_targets_length_mismatch(tmp_path: Path) -> None:
 
 
 def test_roc_auc_matches_pairwise_definition() -> None:
+    from kmodel import metrics
+
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
     s = np.round(rng.normal(size=200) + y, 1)  # rounded: plenty of ties
     pos, neg = s[y == 1], s[y == 0]
     pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
-    assert scores.roc_auc(y, s) == pytest.approx(pairwise)
+    assert metrics.roc_auc(y, s) == pytest.approx(pairwise)
 
 
 @pytest.mark.slow
@@ -87,8 +89,8 @@ def test_train_and_apply_ensembler_in_its_env(project: Path) -> None:
     coef = np.load(w.folder / "stacker-coef-0.npy")
     assert coef[0] > 5 * abs(coef[1])  # it learned which base model to trust
     out = compose.apply(reg, "stacker", [p1, p2], project / "w", project / "ens.h5")
-    table = scores.score({"ens": out}, project / "targets.h5")
-    assert table["ens"]["auc"] > 0.99
+    table = scores.score({"ens": out}, project / "targets.h5").scores
+    assert table["ens"]["roc_auc"] > 0.99
     for wrong in ([p2, p1], [p1]):  # another order, a missing model: refused, not guessed
         with pytest.raises(InputSchemaError, match=r"was trained on p1:proba, p2:proba \(in "
                            r"this order\)"):
@@ -121,11 +123,14 @@ def test_kipoi_prediction_files_ensemble_with_kmodel_ones(project: Path) -> None
     assert x.shape == (rows, 4) and sources[1] == "kipoi:preds"
     np.testing.assert_allclose(x[:, 2:], kipoi_preds, rtol=1e-6)  # aligned back by id
     preds = [project / "toy.h5", project / "kipoi.h5"]
-    compose.train(Registry(), "stacker", preds, project / "in.h5", project / "w")
+    with pytest.raises(InputSchemaError, match=r"toy.h5 holds several predictions \(norm, y\)"):
+        compose.train(Registry(), "stacker", preds, project / "in.h5", project / "w")
+    compose.train(Registry(), "stacker", preds, project / "in.h5", project / "w",
+                  outputs={"toy": "y"})  # Kipoi's [P(y=0), P(y=1)]: its P(y=1) goes in
     out = compose.apply(Registry(), "stacker", preds, project / "w", project / "ens.h5")
     with h5py.File(out) as f:
         assert list(f["metadata/id"][()]) == list(ids)
-        proba = f["preds/proba"][()]
+        proba = f["preds/pred"][()]
     assert proba.shape == (rows,)
     accuracy = np.mean((proba > 0.5) == (signal > 0))
     assert accuracy > 0.95  # the Kipoi model's column carries the signal

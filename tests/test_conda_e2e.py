@@ -144,15 +144,18 @@ def test_snakemake_workflow_with_a_conda_model(conda_project: Path) -> None:
                       "targets: y\n"
                       "models: [mlp, mlpconda]\n"
                       "ensembler: stacker\n"
+                      "stacking: {method: in-sample}\n"  # both with the shipped weights
                       "batch_size: 64\n")
     first: list[str] = []
     plan = workflow.run(config, Registry(), cores=2, echo=first.append).plan
     assert plan.scores.is_file(), "\n".join(first[-40:])
-    scores = workflow.read_scores(plan)
-    assert set(scores) == {"mlp", "mlpconda", "ensemble"}
+    doc = workflow.read_scores(plan)
+    assert doc is not None
+    scores = doc["scores"]
+    assert set(scores) == {"mlp", "mlpconda", "ensemble", "average"}
     # same weights, same code: the conda env scores exactly like the uv one
     assert scores["mlp"] == scores["mlpconda"]
-    assert 0.9 < scores["mlpconda"]["auc"] <= 1.0
+    assert 0.9 < scores["mlpconda"]["roc_auc"] <= 1.0
     for split in ("train", "test"):
         a, _ = hdf5.read_group(plan.preds("mlp", split), "preds")
         b, _ = hdf5.read_group(plan.preds("mlpconda", split), "preds")

@@ -272,15 +272,16 @@ def test_killed_compose_train_leaves_nothing_and_rerun_matches(project: Path, si
         hdf5.write_table(project / f"p{k}.h5", {"preds": {"proba": p}}, ids)
     code = project / "model_specs" / "stacker" / "model.py"
     slow = ('        import os, time\n        if os.environ.get("SLOW_FIT"):\n'
-            '            open("fitting", "w").close()\n            time.sleep(30)\n')
+            '            open("fitting", "w").close()\n            time.sleep(300)\n')
     lines = code.read_text().splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if "Newton's method" in line) + 1
+    at = next(i for i, line in enumerate(lines) if "task = task or _infer(y)" in line) + 1
     code.write_text("".join([*lines[:at], slow, *lines[at:]]))
     cmd = [*KMODEL, "compose", "train", "stacker", "p0.h5", "p1.h5", "p2.h5", "--targets",
            "t.h5", "-o", "w"]
     proc = subprocess.Popen(cmd, env={**os.environ, "SLOW_FIT": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (project / "fitting").exists())
+    wait_for(lambda: (project / "fitting").exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()[1]  # fitting now, until the signal
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert not (project / "w").exists()
@@ -390,7 +391,7 @@ def test_user_files_are_never_replaced_by_an_output(project: Path) -> None:
     (forged / "hashes.json").write_text(json.dumps(
         {"thesis.txt": hashlib.sha256(b"precious").hexdigest()}))
     res = subprocess.run([*KMODEL, "compose", "train", "stacker", "p.h5", "--targets", "in.h5",
-                          "-o", "forged"], capture_output=True, text=True)
+                          "--output-of", "toy=y", "-o", "forged"], capture_output=True, text=True)
     assert res.returncode == 1 and "holds files kmodel did not write" in res.stderr, res.stderr
     assert (forged / "thesis.txt").read_text() == "precious"
 

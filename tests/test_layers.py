@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kmodel"
 #: the floors, from the ground up; a module may import only modules of lower floors
 FLOORS: list[set[str]] = [
     # what the in-env runner loads by file path: nothing of kmodel's core
-    {"_version", "defaults", "job", "io", "io.hdf5", "runner", "_reaper"},
+    {"_version", "defaults", "job", "io", "io.hdf5", "runner", "_reaper", "metrics"},
     {"errors"},
     {"_fs", "_subprocess", "spec"},
     {"_lock", "formats", "_schema", "record", "envs.pip_sources", "datasets"},
@@ -29,6 +29,7 @@ FLOORS: list[set[str]] = [
     {"predict"},
     {"train", "modeltest"},
     {"compose"},
+    {"folds", "figure"},
     {"scores"},
     {"status"},
     {"workflow", "bundle"},

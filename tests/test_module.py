@@ -45,7 +45,7 @@ rule report:
         "report.txt",
     shell:
         "{python} -c 'import json, sys; "
-        "print(json.load(open(sys.argv[1]))[\\"scores\\"][\\"ensemble\\"][\\"auc\\"])'"
+        "print(json.load(open(sys.argv[1]))[\\"scores\\"][\\"ensemble\\"][\\"roc_auc\\"])'"
         " {{input.scores:q}} > {{output:q}}"
 """
 
@@ -58,6 +58,7 @@ kmodel:
   data: {builtin: breast_cancer}
   models: [logreg, mlp]
   ensembler: stacker
+  stacking: {folds: 2}
   batch_size: 64
 """
 
@@ -76,7 +77,7 @@ def test_a_user_pipeline_uses_kmodel_as_a_module(tmp_path: Path, kmodel_home: Pa
     assert res.returncode == 0, res.stderr[-3000:]
     auc = float((tmp_path / "report.txt").read_text())
     scores = json.loads((tmp_path / "kmodel-results/small/scores.json").read_text())["scores"]
-    assert auc == scores["ensemble"]["auc"] > 0.95
+    assert auc == scores["ensemble"]["roc_auc"] > 0.95
     assert "localrule kmodel_env:" in res.stderr  # env builds stay on the submitting host
     again = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=tmp_path,
                            capture_output=True, text=True)

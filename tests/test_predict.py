@@ -126,7 +126,12 @@ def test_train_writes_weights_with_manifest(project: Path) -> None:
     hdf5.write_table(project / "t.h5", {"inputs": {"x": x}, "targets": {"y": y}},
                      [f"r{i}" for i in range(50)])
     w = train(Registry(), "toy", project / "t.h5", project / "w", targets="y")
-    assert set(w.sha256) == {"params.json", "scale-w-0.npy"}
+    assert set(w.sha256) == {"params.json", "provenance.json", "scale-w-0.npy"}
+    from kmodel.provenance import read_folder_record
+
+    trained_on = read_folder_record(project / "w").trained_on  # the rows it was fitted on
+    assert trained_on is not None and trained_on.rows == 50
+    assert trained_on.overlap(hdf5.read_ids(project / "t.h5")) == (50, "r0")
     np.testing.assert_allclose(np.load(project / "w" / "scale-w-0.npy"), [0.5, 1.5, -1.0],
                                rtol=1e-4)
     assert Weights.from_folder(project / "w").sha256 == w.sha256

@@ -19,21 +19,10 @@ import pytest
 
 from kmodel.workflow import _failure
 
-from .conftest import wait_for
+from .conftest import SMALL_COMPOSITION, wait_for
 
 pytestmark = pytest.mark.slow
 KMODEL = [sys.executable, "-m", "kmodel"]
-
-CONFIG = """\
-name: small
-results: {results}
-data:
-  builtin: breast_cancer
-models: [logreg, mlp]
-ensembler: stacker
-batch_size: 64
-"""
-
 
 def outputs(root: Path) -> dict[str, object]:
     """Every dataset of every prediction file, the ensembler's weights and the scores."""
@@ -82,19 +71,21 @@ def _project(folder: Path, results: str = "out") -> None:
     repo = Path(__file__).resolve().parents[1]
     for name in ("envs", "model_specs"):
         subprocess.run(["cp", "-r", str(repo / name), str(folder / name)], check=True)
-    (folder / "c.yaml").write_text(CONFIG.format(results=json.dumps(results)))
+    (folder / "c.yaml").write_text(SMALL_COMPOSITION.replace("results: out",
+                                                             f"results: {json.dumps(results)}"))
 
 
 # the moment to kill: when this job's log appears (the job has started)
 STAGES = {
     "data": "data.log",
-    "predict": "predict_logreg.log",
+    "fit": "fit_logreg_fold0.log",
+    "predict": "predict_logreg_test.log",
     "compose_train": "compose_train.log",
     "score": "score.log",
 }
-CASES = [("data", signal.SIGKILL), ("predict", signal.SIGKILL),
+CASES = [("data", signal.SIGKILL), ("fit", signal.SIGKILL), ("predict", signal.SIGKILL),
          ("compose_train", signal.SIGKILL), ("score", signal.SIGKILL),
-         ("predict", signal.SIGTERM), ("compose_train", signal.SIGTERM)]
+         ("fit", signal.SIGTERM), ("compose_train", signal.SIGTERM)]
 
 
 @pytest.mark.parametrize(("stage", "sig"), CASES,

@@ -151,6 +151,7 @@ data:
   builtin: breast_cancer
 models: [logreg, mlp]
 ensembler: stacker
+stacking: {{method: in-sample}}  # shards cut predictions made with a model's own weights
 batch_size: 32
 shards: {shards}
 """

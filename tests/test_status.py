@@ -51,8 +51,8 @@ def composed(project: Path, small_composition_run: Path) -> Path:
 def composed_here(project: Path) -> Path:
     """Like ``composed``, but run in this very folder (what it records names this folder)."""
     (project / "c.yaml").write_text(CONFIG)
-    res = kmodel("status", "c.yaml")
-    assert res.returncode == 1 and res.stdout.count("missing") == 9  # data, preds, composer
+    res = kmodel("status", "c.yaml")  # data, folds, fits, predictions, composer: all missing
+    assert res.returncode == 1 and res.stdout.count("missing") == len(res.stdout.splitlines())
     res = kmodel("run", "c.yaml", "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert kmodel("status", "c.yaml").returncode == 0
@@ -72,26 +72,22 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     spec = composed / "model_specs" / "logreg" / "model.yaml"
     spec.write_text(spec.read_text().replace("description: ", "description: Tuned. "))
     report = stale(status())
-    assert report["preds/mlp/train.h5"] == ["model code"]
-    assert report["preds/logreg/test.h5"] == ["spec"]
+    for k in (0, 1):  # every fold's fit and prediction, and what is made of them
+        assert report[f"weights/mlp/fold-{k}"] == ["model code"]
+        assert report[f"preds/mlp/folds/holdout-{k}.h5"][0] == "model code"
+    assert report["preds/mlp/train.h5"][0] == "model code"
+    assert report["weights/logreg/full"] == ["spec"]
+    assert report["preds/logreg/test.h5"][0] == "spec"
     assert report["ensembler/stacker"][0].startswith("upstream output")
     assert report["scores.json"][0].startswith("upstream output")
     rerun_and_expect_fresh()
 
-    # new weights (recorded with `kmodel hash --write`), and the input changed
-    from kmodel.registry import Registry
-    from kmodel.weights import write_hashes
-
-    w = mlp / "weights" / "mlp-bias-1.npy"
-    np.save(w, np.load(w) + 0.25)
-    write_hashes(Registry().model("mlp"))
+    # the test input changed: the test predictions, not what cross-fitting made
     with h5py.File(composed / "out/small/data/test.h5", "r+") as f:
         f["inputs/x"][0] = f["inputs/x"][0] * 1.5
     report = stale(status())
-    # (the hashes live in the spec, so it changed too)
-    assert report["preds/mlp/train.h5"] == ["spec", "weights"]
-    assert report["preds/mlp/test.h5"] == ["spec", "weights", "input"]
-    assert report["preds/logreg/test.h5"] == ["input"]
+    assert report["preds/mlp/test.h5"] == report["preds/logreg/test.h5"] == ["input"]
+    assert "preds/mlp/train.h5" not in report and "weights/mlp/full" not in report
     rerun_and_expect_fresh()
 
     # what Snakemake cannot see: a weight file changed under its recorded hash, and
@@ -108,7 +104,7 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     log = rerun_and_expect_fresh()
     assert "remaking 1 stale output(s): out/small/preds/logreg/train.h5" in log
     # a line per finished job, counted and timed; Snakemake's job blocks are in its log only
-    assert re.search(r"^\[1/\d+\] predict logreg \(\d+\.\d s\)$", log, re.M), log
+    assert re.search(r"^\[1/\d+\] oof logreg \(\d+\.\d s\)$", log, re.M), log
     assert "localrule" not in log and re.search(r"^Complete log\(s\): \S+", log, re.M)
 
     # the example data's config changed: the data and everything made from it
@@ -117,7 +113,10 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
                                                  "builtin: breast_cancer\n  seed: 7"))
     report = stale(status())
     assert report["data/train.h5"] == report["data/test.h5"] == ["data config (seed)"]
-    assert report["preds/mlp/test.h5"] == ["upstream output (out/small/data/test.h5 not fresh)"]
+    assert report["folds/fold-0-fit.h5"] == ["upstream output (out/small/data/train.h5 not "
+                                             "fresh)"]
+    assert report["preds/mlp/test.h5"][0].startswith("upstream output (") and \
+        "out/small/data/test.h5" in report["preds/mlp/test.h5"][0]
     assert report["scores.json"][0].startswith("upstream output")
     rerun_and_expect_fresh()
     with h5py.File(composed / "out/small/data/test.h5") as f:
@@ -128,7 +127,8 @@ def test_a_changed_lockfile_is_named_and_run_refuses_a_stale_one(composed: Path)
     lock = composed / "envs" / "numpy2.lock"
     lock.write_text(lock.read_text() + "# reviewed\n")
     report = stale(status())
-    assert report["preds/mlp/train.h5"] == ["env lock"]
+    assert report["weights/mlp/full"] == ["env lock"]
+    assert report["preds/mlp/train.h5"][0] == "env lock"
     assert report["ensembler/stacker"][0] == "env lock"
     rerun_and_expect_fresh()
 
@@ -160,8 +160,9 @@ def test_verify_says_what_no_longer_matches(composed_here: Path) -> None:
 def test_model_tests_pass_and_a_failure_names_the_worst_row(project: Path) -> None:
     res = kmodel("test", "--all")
     assert res.returncode == 0, res.stdout + res.stderr
-    for model in ("logreg", "gnb", "mlp", "stacker"):
-        assert f"ok       {model} /preds/proba: 20 rows within tolerance" in res.stdout
+    for model, output in (("logreg", "proba"), ("gnb", "proba"), ("mlp", "proba"),
+                          ("stacker", "pred")):
+        assert f"ok       {model} /preds/{output}: 20 rows within tolerance" in res.stdout
     assert "no test  toy" in res.stdout
     expected = project / "model_specs/mlp/example/expected.h5"
     preds, ids = hdf5.read_group(expected, "preds")
@@ -226,7 +227,9 @@ def test_two_runs_from_empty_envs_give_bit_identical_predictions(project: Path,
         subprocess.run(["rm", "-rf", str(project / "out"), str(project / ".snakemake")],
                        check=True)
     a, b = found
-    assert a.keys() == b.keys() and len(a) == 12  # 4 prediction files, ensemble, data ids
+    # ids of the data and folds (6 files), the folds' predictions (4), the out-of-fold and
+    # test predictions (4), the ensemble: datasets and ids
+    assert a.keys() == b.keys() and len(a) == 6 + 8 + 8 + 2
     assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
@@ -248,9 +251,12 @@ def test_deleted_outputs_are_remade_and_a_touched_checkout_reruns_nothing(
 
 
 def test_changed_weights_without_their_hashes_stop_before_snakemake(composed: Path) -> None:
+    """A composition whose models predict with their own weights (not cv, which trains
+    its own) checks them before Snakemake starts."""
     w = composed / "model_specs/mlp/weights/mlp-bias-1.npy"
     np.save(w, np.load(w) + 1.0)  # `kmodel hash mlp --write` not run
     before = (composed / "out/small/preds/mlp/test.h5").read_bytes()
+    (composed / "c.yaml").write_text(CONFIG.replace("{folds: 2}", "{method: in-sample}"))
     res = kmodel("run", "c.yaml", "--cores", "2")
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("Error [KM301]: "), res.stderr

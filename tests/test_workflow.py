@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -30,44 +29,47 @@ def jobs(output: str) -> list[str]:
     return [m[1] for m in re.finditer(r"^\[\d+/\d+\] (\S+)", output, re.M) if m[1] != "all"]
 
 
+CROSS_FIT = ["fit_fold", "fit_fold", "predict_fold", "predict_fold", "oof", "fit_full",
+             "predict_test"]  # one model, two folds
+
+
 def test_composition_end_to_end_then_incremental(project: Path) -> None:
     (project / "c.yaml").write_text(CONFIG)
     first = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
     assert first.exit_code == 0, first.output
-    # one predict job per model, for both splits (one runner process)
+    # each model fitted per fold, its out-of-fold predictions gathered, refitted whole
     assert sorted(jobs(first.output)) == sorted(
-        ["data", "env", "env", "predict", "predict", "compose_train", "compose_predict",
-         "score"])
+        ["data", "env", "env", "folds", *CROSS_FIT, *CROSS_FIT, "compose_train",
+         "compose_predict", "score"])
     scores = json.loads((project / "out/small/scores.json").read_text())["scores"]
-    assert set(scores) == {"logreg", "mlp", "ensemble"}
-    assert scores["ensemble"]["auc"] > 0.95
-    assert "ensemble" in first.output and "roc_auc" in first.output
+    assert set(scores) == {"logreg", "mlp", "ensemble", "average"}
+    assert scores["ensemble"]["roc_auc"] > 0.95
+    assert "ensemble" in first.output and "log_loss" in first.output
     assert "results in out/small/" in first.output
 
     second = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
     assert second.exit_code == 0 and jobs(second.output) == []
     assert "Nothing to be done" in second.output
 
-    # new weights for one model: its predictions and the composer rerun, nothing else
-    from kmodel.weights import write_hashes
-
-    w = project / "model_specs/mlp/weights/mlp-bias-1.npy"
-    np.save(w, np.load(w) + 0.5)
-    write_hashes(Registry().model("mlp"))
+    # one model's code changed: its fits and predictions and the composer rerun, no more
+    code = project / "model_specs/mlp/model.py"
+    code.write_text(code.read_text() + "\n# reviewed\n")
     third = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
     assert third.exit_code == 0, third.output
-    assert sorted(jobs(third.output)) == ["compose_predict", "compose_train", "predict",
-                                          "score"]
-    assert "] predict mlp (" in third.output and "predict logreg" not in third.output
+    assert sorted(jobs(third.output)) == sorted([*CROSS_FIT, "compose_predict",
+                                                 "compose_train", "score"])
+    assert "] fit_full mlp (" in third.output and not re.search(
+        r"^\[\d+/\d+\] \S+ logreg", third.output, re.M)
 
-    # a spec change (here its hyperparameters' documentation) of the other model: same
+    # a spec change (here its documentation) of the other model: the same for it
     spec = project / "model_specs/logreg/model.yaml"
     spec.write_text(spec.read_text().replace("description: ", "description: Tuned. "))
     fourth = CliRunner().invoke(cli, ["run", "c.yaml", "--cores", "2"])
     assert fourth.exit_code == 0, fourth.output
-    assert sorted(jobs(fourth.output)) == ["compose_predict", "compose_train", "predict",
-                                           "score"]
-    assert "] predict logreg (" in fourth.output and "predict mlp" not in fourth.output
+    assert sorted(jobs(fourth.output)) == sorted([*CROSS_FIT, "compose_predict",
+                                                  "compose_train", "score"])
+    assert "] fit_full logreg (" in fourth.output and not re.search(
+        r"^\[\d+/\d+\] \S+ mlp", fourth.output, re.M)
 
 
 def test_plain_snakemake_does_the_same_job(project: Path) -> None:
@@ -90,7 +92,8 @@ def test_failed_rule_is_named_with_its_log(project: Path) -> None:
         run(project / "c.yaml", Registry(), cores=1)
     message = str(err.value)
     assert err.value.code == "KM700"
-    assert "rule 'predict'" in message and "out/small/logs/predict_mlp.log" in message
+    assert re.search(r"rule 'predict_(fold|test)'; see its log "
+                     r"out/small/logs/predict_mlp_(fold\d|test)\.log", message), message
     assert "Error [KM500]: model 'mlp' raised OSError: disk on fire" in message
     assert not (project / "out/small/preds/mlp/train.h5").exists()
 

@@ -46,6 +46,8 @@ class Stacker:
     # -- the layout: task, classes, models, raw columns --------------------------------
 
     def _layout(self):
+        if "stacker-layout-0" not in self.w:  # weights of the binary-only stacker 1.x
+            return "binary", 1, len(self.w["stacker-coef-0"]), 0
         task, k, m, r = (int(v) for v in self.w["stacker-layout-0"])
         return TASKS[task], k, m, r
 
