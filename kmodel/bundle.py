@@ -38,7 +38,7 @@ from kmodel._version import __version__
 from kmodel.errors import BundleError, KmodelError, UsageError
 from kmodel.registry import ENVS, Model, Registry
 from kmodel.spec import NAME_RE
-from kmodel.weights import Weights
+from kmodel.weights import WEIGHTS_MANIFEST, Weights
 
 BUNDLE_MANIFEST = "manifest.json"
 #: what bundles of kmodel 0.1 wrote before documents carried a format version
@@ -108,15 +108,29 @@ def pack_composition(registry: Registry, config: Path, output: Path) -> Manifest
     files: dict[str, Path] = {}
     for name in [*cfg.models, cfg.ensembler]:
         model = reg.model(name)
-        if weights := Weights.of(model):
+        own = plan.method != "cv" or name == cfg.ensembler
+        if own and (weights := Weights.of(model)):
             weights.verify(name)
         files |= _model_files(model) | _env_files(reg, model)
-    for path in sorted(trained.iterdir()):
-        if path.is_file():
-            files[f"composition/weights/{path.name}"] = path
+    files |= _folder_files(trained, "composition/weights")
+    base: dict[str, str] = {}
+    if plan.method == "cv":  # the test predictions come from the refitted weights
+        for name in cfg.models:
+            refitted = plan.full_weights(name)
+            try:
+                Weights.from_folder(refitted).verify(name, "run the composition again")
+            except KmodelError as e:
+                raise BundleError(f"{refitted}: {e}; run `kmodel run {config}` first") from None
+            base[name] = f"composition/base/{name}"
+            files |= _folder_files(refitted, base[name])
     return _write(output, files, {"model": cfg.ensembler, "composition": {
         "name": cfg.name, "models": list(cfg.models), "ensembler": cfg.ensembler,
-        "weights": "composition/weights", "batch_size": cfg.batch_size}})
+        "weights": "composition/weights", "base_weights": base,
+        "batch_size": cfg.batch_size}})
+
+
+def _folder_files(folder: Path, arc: str) -> dict[str, Path]:
+    return {f"{arc}/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _write(output: Path, files: dict[str, Path], meta: dict[str, Any]) -> Manifest:
@@ -227,6 +241,12 @@ def _check_fields(bundle: Path, manifest: Manifest, composition: Any) -> None:
         if composition.get("weights") != "composition/weights":
             raise bad(f"puts the ensembler's weights at {composition.get('weights')!r}, "
                       "outside composition/weights")
+        base = composition.get("base_weights", {})
+        if not isinstance(base, dict) or any(
+                path != f"composition/base/{name}" or name not in composition["models"]
+                or f"{path}/{WEIGHTS_MANIFEST}" not in manifest.files
+                for name, path in base.items()):
+            raise bad(f"puts base models' weights at {base!r}, not in composition/base/<model>")
     for name in [manifest.model, *manifest.models]:
         if not isinstance(name, str) or not re.fullmatch(NAME_RE, name) \
                 or f"{name}/model.yaml" not in manifest.files:
@@ -312,9 +332,16 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
             preds = []
             for name in manifest.models:
                 preds.append(Path(tmp) / f"{name}.h5")
-                predict_many(registry, name, [(input_path, preds[-1])], batch_size=size)
+                predict_many(registry, name, [(input_path, preds[-1])], batch_size=size,
+                             weights=_base_weights(root, manifest, name))
             done.append(apply(registry, manifest.model, preds, weights, output))
     return done
+
+
+def _base_weights(root: Path, manifest: Manifest, name: str) -> Weights | None:
+    """A base model's weights refitted by the composition (cv), else None: its own."""
+    base = (manifest.composition or {}).get("base_weights") or {}
+    return Weights.from_folder(root / base[name]) if name in base else None
 
 
 def is_bundle(name: str) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 from kmodel import metrics, provenance, record
 from kmodel import predict as predict_mod
 from kmodel import train as train_mod
-from kmodel._fs import check_input_file, guard_output
+from kmodel._fs import check_input_file, file_signature, guard_output
 from kmodel.defaults import COMPOSE_BATCH_SIZE, TARGET_NAME
 from kmodel.errors import (
     IdAlignmentError,
@@ -93,7 +93,28 @@ def check_same_input(preds: Sequence[Path]) -> None:
 
 
 def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
-    """Row indices into ``ids`` that put them in ``reference`` order, or a clear error."""
+    """Row indices into ``ids`` that put them in ``reference`` order, or a clear error.
+
+    By 64-bit hashes of the ids (one sort of integers, not of strings), then checked
+    exactly: the ids the indices pick must equal the reference's. Should two different
+    ids ever share a hash, the exact (slower) way decides."""
+    from kmodel.provenance import id_hashes
+
+    hashes = id_hashes(np.asarray(ids))
+    order = np.argsort(hashes, kind="stable")
+    hashes = hashes[order]
+    wanted = id_hashes(np.asarray(reference))
+    if len(hashes) and not (hashes[1:] == hashes[:-1]).any():
+        pos = np.minimum(np.searchsorted(hashes, wanted), len(hashes) - 1)
+        del hashes
+        found = order[pos]
+        if np.array_equal(ids[found], reference) and len(ids) == len(reference):
+            return found
+    return _align_exactly(reference, ids, path)
+
+
+def _align_exactly(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
+    """``align`` by sorting the ids themselves; says which ids are duplicated or missing."""
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
@@ -362,8 +383,25 @@ def _aligned(path: Path, cols: list[tuple[str, int | None]], reference: Path, co
     same = _same_ids(reference, path)
     if same and all(c is None for _, c in cols):
         return [(path, name) for name, _ in cols]
-    order = None if same else align(hdf5.read_ids(reference), hdf5.read_ids(path), path)
+    order = None if same else _order(reference, path)
     return [(copy, name) for name in hdf5.write_aligned(path, copy, order, cols)]
+
+
+_ORDERS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _order(reference: Path, path: Path) -> np.ndarray:
+    """The rows of ``path`` in ``reference``'s order, computed once per distinct order of
+    ids (files written in one tool's order share it: Kipoi's, a shard's)."""
+    import hashlib
+
+    ids = hdf5.read_ids(path)
+    key = (f"{reference.resolve()}|{file_signature(reference)}",
+           hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest())
+    if key not in _ORDERS:
+        _ORDERS.clear()  # one reference at a time: bounded memory
+        _ORDERS[key] = align(hdf5.read_ids(reference), ids, path)
+    return _ORDERS[key]
 
 
 def _same_ids(a: Path, b: Path) -> bool:

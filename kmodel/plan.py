@@ -61,12 +61,14 @@ class Plan:
     @cached_property
     def method(self) -> Method:
         """How the ensembler's rows are kept apart: as configured, else cv when every base
-        model can be trained (a ``train:`` entry), else holdout."""
+        model can be trained (a ``train:`` entry) and there is a train split, else holdout
+        (the base models' own weights, the ensembler fitted on ``data: blend``)."""
         if self.config.stacking.method is not None:
             return self.config.stacking.method
         reg = self._registry
-        return "cv" if all(reg.model(m).spec.train is not None for m in self.config.models) \
-            else "holdout"
+        data = self.config.data
+        trainable = all(reg.model(m).spec.train is not None for m in self.config.models)
+        return "cv" if trainable and (data.builtin or data.train) else "holdout"
 
     @property
     def level_one(self) -> str:

@@ -186,3 +186,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = 180.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.02)
+
+
+#: the test files that take longest, longest first: run first, so that the workers (a file
+#: each, `--dist loadfile`) finish together instead of one waiting for the last long file
+LONGEST = ["test_slurm.py", "test_status.py", "test_recovery.py", "test_stacking.py",
+           "test_workflow.py", "test_faults.py", "test_hostile.py", "test_bundle.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: k for k, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))

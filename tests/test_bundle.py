@@ -109,6 +109,14 @@ def test_an_unpacked_bundle_is_a_folder_for_the_search_path(project: Path, tmp_p
 
 
 def test_a_composition_bundle_reproduces_its_ensemble_bit_for_bit(project: Path) -> None:
+    """Cross-fitted: the bundle holds the base models' refitted weights and uses them (the
+    shipped ones, made different here, play no part)."""
+    from kmodel.registry import Registry
+    from kmodel.weights import write_hashes
+
+    w = project / "model_specs/mlp/weights/mlp-bias-1.npy"
+    np.save(w, np.load(w) + 1.0)
+    write_hashes(Registry().model("mlp"))
     (project / "c.yaml").write_text(CONFIG)
     res = kmodel("run", "c.yaml", "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
