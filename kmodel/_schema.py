@@ -243,6 +243,8 @@ class StackingConfig(StrictModel):
 
 Count = Annotated[int, Field(ge=1, le=10_000)]
 Name = Annotated[str, Field(pattern=NAME_RE)]
+#: where a model's input comes from: data.DATASET or MODEL.OUTPUT
+Source = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class ComposeConfig(StrictModel):
@@ -268,6 +270,7 @@ class ComposeConfig(StrictModel):
     stacking: StackingConfig = StackingConfig()
     outputs: dict[Name, Name] = {}
     passthrough: list[Name] = []
+    inputs: dict[Name, dict[Name, Source | Annotated[list[Source], Field(min_length=1)]]] = {}
 
     @field_validator("models")
     @classmethod
@@ -287,7 +290,35 @@ class ComposeConfig(StrictModel):
             raise ValueError(f"the ensembler {self.ensembler!r} is also listed in models; an "
                              "ensembler takes the base models' predictions, so list it once, "
                              "as ensembler")
+        self._check_graph()
         return self
+
+    def _check_graph(self) -> None:
+        """``inputs`` names models of the composition, fed by data or by other models of
+        it, without a cycle."""
+        if unknown := sorted(set(self.inputs) - set(self.models)):
+            raise ValueError(f"inputs names {unknown}, which are not in models {self.models}")
+        feeds: dict[str, set[str]] = {}
+        for model, given in self.inputs.items():
+            for source in (s for v in given.values() for s in ([v] if isinstance(v, str)
+                                                                else v)):
+                origin = source.split(".")[0]
+                if origin != "data" and origin not in self.models:
+                    raise ValueError(f"inputs of {model!r}: {source!r} is neither data.DATASET "
+                                     f"nor MODEL.OUTPUT of a model in {self.models}")
+                if origin != "data":
+                    feeds.setdefault(model, set()).add(origin)
+        for start in feeds:  # a path from a model back to itself is a cycle
+            todo = list(feeds.get(start, ()))
+            seen: set[str] = set()
+            while todo:
+                node = todo.pop()
+                if node == start:
+                    raise ValueError(f"inputs make a cycle through {start!r}: a model cannot "
+                                     "depend on its own predictions")
+                if node not in seen:
+                    seen.add(node)
+                    todo += feeds.get(node, ())
 
 
 # --- loading -----------------------------------------------------------------------

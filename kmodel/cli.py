@@ -601,6 +601,33 @@ def oof(fold_preds: tuple[Path, ...], reference: Path, output: Path) -> None:
 
 
 @cli.command()
+@click.argument("sources", metavar="NAME=FILE:/DATASET...", nargs=-1, required=True)
+@click.option("--ids", "ids_from", required=True, type=click.Path(path_type=Path),
+              help="The file whose ids (and their order) the rows follow.")
+@click.option("--targets", "targets_from", type=click.Path(path_type=Path),
+              help="Also copy this file's /targets.")
+@io_options[1]
+def assemble(sources: tuple[str, ...], ids_from: Path, targets_from: Path | None,
+             output: Path) -> None:
+    """Write an input file from datasets of other files (raw inputs, other models'
+    predictions), rows aligned by id: /inputs/NAME from FILE:/DATASET; a NAME given several
+    times gets its sources side by side (columns), e.g. x=data.h5:/inputs/x
+    x=logreg.h5:/preds/proba."""
+    from kmodel.assemble import assemble as run_assemble
+
+    inputs: dict[str, list[tuple[Path, str]]] = {}
+    for item in sources:
+        name, sep, where = item.partition("=")
+        file, colon, dataset = where.rpartition(":")
+        if not (sep and colon and name and file and dataset.startswith("/")):
+            raise UsageError(f"{item!r}: give NAME=FILE:/GROUP/DATASET, e.g. "
+                             "x=train.h5:/inputs/x")
+        inputs.setdefault(name, []).append((Path(file), dataset))
+    run_assemble(output, ids_from, inputs, targets_from=targets_from)
+    click.echo(f"wrote {output} ({', '.join(inputs)})")
+
+
+@cli.command()
 @click.argument("model", shell_complete=_complete("model"))
 @io_options[0]
 @click.option("--target-name", default=defaults.TARGET_NAME, show_default=True,

@@ -83,8 +83,23 @@ class Plan:
     def folds(self) -> int:
         return self.config.stacking.folds
 
-    def fold(self, k: int | str, part: str) -> Path:
-        return self.root / "folds" / f"fold-{k}-{part}.h5"
+    def source(self, model: str) -> str:
+        """What a model reads: ``data``, or its own input file (fed by other models)."""
+        return model if model in self.config.inputs else "data"
+
+    def data_of(self, model: str, split: str) -> Path:
+        """The input file a model reads for a split: the data's, or the one assembled for it
+        from the data and other models' predictions (``inputs:``)."""
+        if model in self.config.inputs:
+            return self.inputs_file(model, split)
+        return self.data(split)
+
+    def inputs_file(self, model: str, split: str) -> Path:
+        """Where the input file of a model fed by other models is assembled."""
+        return self.root / "inputs" / model / f"{split}.h5"
+
+    def fold(self, k: int | str, part: str, source: str = "data") -> Path:
+        return self.root / "folds" / source / f"fold-{k}-{part}.h5"
 
     def fold_weights(self, model: str, k: int | str) -> Path:
         return self.root / "weights" / model / f"fold-{k}"
@@ -98,6 +113,38 @@ class Plan:
     @property
     def figure(self) -> Path:
         return self.root / "scores.svg"
+
+    def _check_inputs(self, registry: Registry, model: str, source: Path | str) -> None:
+        spec = registry.model(model).spec
+        given = self.config.sources_of(model)
+        names = [i.name for i in spec.inputs]
+        if sorted(given) != sorted(names):
+            raise SpecError(source, f"inputs of {model!r} name {sorted(given)}; its spec's "
+                            f"inputs are {names}", field=f"inputs.{model}",
+                            fix="give a source for each input of the model, and no other")
+        for src in (s for sources in given.values() for s in sources):
+            origin, _, output = src.partition(".")
+            if origin != "data" and output not in [
+                    o.name for o in registry.model(origin).spec.outputs]:
+                raise SpecError(source, f"inputs of {model!r}: model {origin!r} has no output "
+                                f"{output!r}", field=f"inputs.{model}",
+                                fix="name one of its outputs")
+        if self.config.shards_of(model) > 1:
+            raise SpecError(source, f"{model!r} is fed by other models: its predictions are "
+                            "not sharded", field="shards", fix=f"remove {model} from shards")
+
+    def assembled(self, model: str, split: str) -> list[tuple[str, Path, str]]:
+        """Where each input of a model fed by other models comes from, for a split:
+        (input, file, dataset)."""
+        out = []
+        for name, sources in self.config.sources_of(model).items():
+            for src in sources:
+                origin, _, dataset = src.partition(".")
+                if origin == "data":
+                    out.append((name, self.data(split), f"/inputs/{dataset}"))
+                else:
+                    out.append((name, self.preds(origin, split), f"/preds/{dataset}"))
+        return out
 
     def registry(self, base: Registry | None = None) -> Registry:
         """Where models and envs are found: the config's ``specs``/``envs`` first, then
@@ -179,6 +226,8 @@ class Plan:
         if method != "holdout" and not (cfg.data.builtin or cfg.data.train):
             raise SpecError(source, f"stacking: {method} needs a train split", field="data",
                             fix="give data: {train: FILE, test: FILE} (or builtin:)")
+        for model in cfg.inputs:  # each input it names, fed by a prediction its model makes
+            self._check_inputs(registry, model, source)
         if method == "cv" and any(cfg.shards_of(m) > 1 for m in cfg.models):
             raise SpecError(source, "shards apply to models that predict with their own "
                             "weights (stacking: holdout or in-sample); with cv each fold is "

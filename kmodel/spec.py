@@ -211,6 +211,20 @@ class ComposeConfig:
     outputs: dict[str, str] = field(default_factory=dict)
     #: input datasets of the data files that also go to the ensembler, as they are
     passthrough: list[str] = field(default_factory=list)
+    #: models fed by other models: {model: {input: SOURCE or [SOURCE, ...]}}, a SOURCE
+    #: being ``data.DATASET`` (the data files' /inputs) or ``MODEL.OUTPUT`` (a prediction);
+    #: several sources are put side by side (columns) in one input
+    inputs: dict[str, dict[str, str | list[str]]] = field(default_factory=dict)
+
+    def sources_of(self, model: str) -> dict[str, list[str]]:
+        """A model's inputs, each as its list of sources (empty: it reads the data)."""
+        return {name: [src] if isinstance(src, str) else list(src)
+                for name, src in self.inputs.get(model, {}).items()}
+
+    def upstream_of(self, model: str) -> list[str]:
+        """The models whose predictions feed ``model``."""
+        return sorted({src.split(".")[0] for srcs in self.sources_of(model).values()
+                       for src in srcs if not src.startswith("data.")})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,23 +141,45 @@ def _attrs_reasons(entry: Entry, want: dict[str, Any], what: str) -> list[str]:
     return [f"{what} ({', '.join(changed)})"] if changed else []
 
 
-def _folds(plan: Plan, data: dict[str, Entry]) -> dict[tuple[int, str], Entry]:
-    """The fold files of cv, against the train split they were cut from and the config."""
-    train = plan.data("train")
+def _folds(plan: Plan, source: str, train: Path, upstream: list[Entry]
+           ) -> dict[tuple[int, str], Entry]:
+    """The fold files of cv cut from ``train`` (the data's, or a fed model's input), against
+    that file and the config."""
     want: dict[str, Any] = {"folds": plan.folds, "seed": plan.config.stacking.seed}
     if plan.config.task:
         want["task"] = plan.config.task
     entries = {}
     for k in range(plan.folds):
         for part in (FIT, HOLDOUT):
-            entry = entries[(k, part)] = Entry(plan.fold(k, part), f"fold {k} ({part})")
+            entry = entries[(k, part)] = Entry(plan.fold(k, part, source),
+                                               f"fold {k} ({part}, {source})")
             entry.reasons += _attrs_reasons(entry, want, "folds config")
             if not entry.missing and train.is_file():
                 with contextlib.suppress(OSError, ValueError):
                     if hdf5.read_attrs(entry.path).get("source_sha256") != cached_sha256(train):
                         entry.reasons.append("input")
-            _stale_upstream(entry, [e for e in [data.get("train")] if e is not None])
+            _stale_upstream(entry, upstream)
     return entries
+
+
+def _assembled(plan: Plan, model: str, entries: list[Entry]) -> dict[str, Entry]:
+    """The input files of a model fed by other models, against what they were made of."""
+    found = {}
+    for split in plan.splits:
+        entry = found[split] = Entry(plan.data_of(model, split), f"{model} inputs ({split})")
+        sources = {str(f): f for _, f, _ in plan.assembled(model, split)}
+        sources[str(plan.data(split))] = plan.data(split)
+        if not entry.path.is_file():
+            entry.missing = True
+        else:
+            try:
+                recorded = hdf5.read_attrs(entry.path).get("upstream_sha256")
+                then = json.loads(str(recorded)) if recorded is not None else {}
+            except (OSError, ValueError):
+                then = {}
+            entry.reasons += _upstream(then if isinstance(then, dict) else {}, sources)
+        _stale_upstream(entry, [e for e in entries if str(e.path) in sources])
+    return found
 
 
 def status(plan: Plan, registry: Registry) -> list[Entry]:
@@ -165,14 +188,24 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     cfg = plan.config
     data = _data(plan)
     entries: list[Entry] = [*data.values()]
+    folds = {}
     if plan.method == "cv":
-        folds = _folds(plan, data)
-        entries += folds.values()
-        for name in cfg.models:
-            entries += _cross_fitted(plan, reg, name, data, folds)
-    else:
-        for name in cfg.models:
-            entries += _base_predictions(plan, reg, name, data)
+        folds["data"] = _folds(plan, "data", plan.data("train"),
+                               [e for e in [data.get("train")] if e is not None])
+        entries += folds["data"].values()
+    for name in _in_order(cfg):  # a model fed by others after them
+        inputs = dict(data)
+        if name in cfg.inputs:
+            inputs = _assembled(plan, name, entries)
+            entries += inputs.values()
+            if plan.method == "cv":
+                folds[name] = _folds(plan, name, plan.data_of(name, "train"),
+                                     [inputs["train"]])
+                entries += folds[name].values()
+        if plan.method == "cv":
+            entries += _cross_fitted(plan, reg, name, inputs, folds[plan.source(name)])
+        else:
+            entries += _base_predictions(plan, reg, name, inputs)
     ensembler = reg.model(cfg.ensembler)
     preds = {split: {str(plan.preds(m, split)): plan.preds(m, split) for m in cfg.models}
              for split in plan.splits}
@@ -186,6 +219,15 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     return [*entries, trained, ensemble, *_scores(plan, [ensemble, trained, *made])]
 
 
+def _in_order(cfg: Any) -> list[str]:
+    """The composition's models, each after the models that feed it."""
+    done: list[str] = []
+    while len(done) < len(cfg.models):
+        done += [m for m in cfg.models if m not in done
+                 and all(u in done for u in cfg.upstream_of(m))]
+    return done
+
+
 def _base_predictions(plan: Plan, reg: Registry, name: str, data: dict[str, Entry]
                       ) -> list[Entry]:
     """A base model's predictions, with its own weights, of the level-one and test splits."""
@@ -195,7 +237,7 @@ def _base_predictions(plan: Plan, reg: Registry, name: str, data: dict[str, Entr
     entries = []
     for split in plan.splits:
         entry = _prediction(plan.preds(name, split), f"{name} predictions ({split})",
-                            model, expected, {"input": plan.data(split)})
+                            model, expected, {"input": plan.data_of(name, split)})
         if not entry.missing:
             entry.reasons += _weights_reasons(model, weights)
             if split in data and not data[split].missing:
@@ -212,25 +254,26 @@ def _cross_fitted(plan: Plan, reg: Registry, name: str, data: dict[str, Entry],
     model = reg.model(name)
     entries, fold_preds = [], {}
     for k in range(plan.folds):
-        fold = folds[(k, FIT)]
+        fold, source = folds[(k, FIT)], plan.source(name)
         weights, fitted = _trained(plan.fold_weights(name, k), f"{name} weights (fold {k})",
-                                   reg, model, source=plan.fold(k, FIT), upstream=[fold])
+                                   reg, model, source=plan.fold(k, FIT, source), upstream=[fold])
         pred = _predicted(plan.fold_preds(name, k), f"{name} predictions (fold {k})", reg,
-                          model, fitted, plan.fold(k, HOLDOUT), [weights, folds[(k, HOLDOUT)]])
+                          model, fitted, plan.fold(k, HOLDOUT, source),
+                          [weights, folds[(k, HOLDOUT)]])
         fold_preds[str(pred.path)] = pred.path
         entries += [weights, pred]
     oof = _prediction(plan.preds(name, "train"), f"{name} predictions (out-of-fold)", model,
                       functools.cache(lambda: provenance.of_model(reg, model, None)),
-                      {"input": plan.data("train")})
+                      {"input": plan.data_of(name, "train")})
     if not oof.missing:
         with contextlib.suppress(OSError, ValueError, KmodelError):
             oof.reasons += _upstream(record.read(oof.path).upstream_sha256, fold_preds)
     _stale_upstream(oof, [e for e in entries if str(e.path) in fold_preds])
     full, refitted = _trained(plan.full_weights(name), f"{name} weights (train split)", reg,
-                              model, source=plan.data("train"),
+                              model, source=plan.data_of(name, "train"),
                               upstream=[e for e in [data.get("train")] if e is not None])
     test = _predicted(plan.preds(name, "test"), f"{name} predictions (test)", reg, model,
-                      refitted, plan.data("test"),
+                      refitted, plan.data_of(name, "test"),
                       [full, *[e for e in [data.get("test")] if e is not None]])
     return [*entries, oof, full, test]
 

@@ -29,7 +29,7 @@ FLOORS: list[set[str]] = [
     {"predict"},
     {"train", "modeltest"},
     {"compose"},
-    {"folds", "figure"},
+    {"folds", "figure", "assemble"},
     {"scores"},
     {"status"},
     {"workflow", "bundle"},

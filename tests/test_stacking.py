@@ -40,8 +40,17 @@ def test_each_task_is_cross_fitted_and_scored_as_scikit_learn_scores_it(
         data: str, tmp_path: Path, kmodel_home: Path) -> None:
     folder = study.project(tmp_path)
     study.split(data, 0, folder)
-    doc = study.run(folder, study.composition("s", folds=3))
+    passthrough = data == "breast_cancer"  # the raw features go to the ensembler too
+    doc = study.run(folder, study.composition("s", folds=3, extra="passthrough: [x]\n"
+                                              if passthrough else ""))
     task = study.DATA[data][0]
+    if passthrough:
+        from kmodel.provenance import read_folder_record
+
+        kept = read_folder_record(folder / "out" / "s" / "ensembler" / "stacker")
+        assert kept is not None and kept.sources == [*(f"{m}:pred" for m in study.MODELS),
+                                                     "data:x"]
+        assert kept.column_weights is not None and len(kept.column_weights) == 3 + 30
     assert doc["task"] == task and doc["stacking"] == "cv" and doc["flags"] == []
     # every number of the table is scikit-learn's, on the stored predictions
     found = study.recompute(folder, "s", doc)
@@ -125,3 +134,52 @@ def test_a_composition_that_cannot_keep_the_rows_apart_is_refused_before_running
                                     "stacking: {method: cv}\n")
     res = subprocess.run([*KMODEL, "status", "c.yaml"], capture_output=True, text=True)
     assert "stacking.method: models ['gnb'] have no train: entry" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_model_fed_by_another_models_predictions_is_cross_fitted_too(
+        tmp_path: Path, kmodel_home: Path) -> None:
+    """Kipoi's composing models: `refine` takes the raw features and knn's prediction. Its
+    input files are assembled from knn's out-of-fold (train) and test predictions, it is
+    cross-fitted on the same folds, and the ensembler takes all three models."""
+    import shutil
+
+    import h5py
+
+    folder = study.project(tmp_path)
+    refine = folder / "model_specs" / "refine"
+    shutil.copytree(folder / "model_specs" / "linear", refine)
+    spec = refine / "model.yaml"
+    spec.write_text(spec.read_text().replace("name: linear", "name: refine"))
+    study.split("breast_cancer", 1, folder)
+    config = study.composition("g", folds=2).replace(
+        "models: [linear, knn, nn1]", "models: [linear, knn, refine]")
+    doc = study.run(folder, config + "inputs: {refine: {x: [data.x, knn.pred]}}\n")
+    root = folder / "out" / "g"
+    with h5py.File(root / "inputs" / "refine" / "train.h5", "r") as f:
+        assert f["inputs/x"].shape[1] == 30 + 1 and "targets/y" in f
+    with h5py.File(root / "preds" / "knn" / "train.h5", "r") as f, \
+            h5py.File(root / "inputs" / "refine" / "train.h5", "r") as g:  # its OOF column
+        assert np.allclose(g["inputs/x"][:, 30], f["preds/pred"][()])
+    assert sorted(p.name for p in (root / "folds" / "refine").iterdir()) == sorted(
+        f"fold-{k}-{part}.h5" for k in (0, 1) for part in ("fit", "holdout"))
+    assert set(doc["scores"]) == {"linear", "knn", "refine", "ensemble", "average"}
+    status = subprocess.run([*KMODEL, "status", "c.yaml"], cwd=folder, capture_output=True,
+                            text=True)
+    assert status.returncode == 0, status.stdout
+    code = folder / "model_specs" / "knn" / "model.py"  # knn changed: refine is stale too
+    code.write_text(code.read_text() + "\n# reviewed\n")
+    status = subprocess.run([*KMODEL, "status", "c.yaml", "--json"], cwd=folder,
+                            capture_output=True, text=True)
+    stale = {e["path"] for e in json.loads(status.stdout) if e["state"] != "fresh"}
+    assert "out/g/inputs/refine/train.h5" in stale and "out/g/preds/refine/test.h5" in stale
+    assert "out/g/preds/linear/test.h5" not in stale
+
+
+def test_a_cycle_of_models_feeding_each_other_is_refused(project: Path) -> None:
+    (project / "c.yaml").write_text(
+        "name: c\ndata: {builtin: breast_cancer}\nmodels: [logreg, mlp]\n"
+        "ensembler: stacker\ninputs: {logreg: {x: mlp.proba}, mlp: {x: logreg.proba}}\n")
+    res = subprocess.run([*KMODEL, "validate", "c.yaml"], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "inputs make a cycle through 'logreg'" in res.stderr, res.stderr

@@ -113,7 +113,7 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
                                                  "builtin: breast_cancer\n  seed: 7"))
     report = stale(status())
     assert report["data/train.h5"] == report["data/test.h5"] == ["data config (seed)"]
-    assert report["folds/fold-0-fit.h5"] == ["upstream output (out/small/data/train.h5 not "
+    assert report["folds/data/fold-0-fit.h5"] == ["upstream output (out/small/data/train.h5 not "
                                              "fresh)"]
     assert report["preds/mlp/test.h5"][0].startswith("upstream output (") and \
         "out/small/data/test.h5" in report["preds/mlp/test.h5"][0]
