@@ -806,7 +806,11 @@ def _score_table(doc: dict[str, Any]) -> str:
         lines.append(line)
     if doc.get("stacking"):
         lines.append(f"stacking: {doc['stacking']}; L1 = scores on the ensembler's training "
-                     "rows (out-of-fold for cv)")
+                     "rows (out-of-fold for cv; the ensemble's: its own cross-validation)")
+    chose = (doc.get("ensembler") or {}).get("chose", "")
+    if chose.startswith("model "):
+        lines.append(f"the ensembler kept {chose} alone: stacking did not beat it in "
+                     "cross-validation on the level-one rows")
     lines += [f"FLAG: {flag}" for flag in doc.get("flags") or []]
     return "\n".join(lines)
 

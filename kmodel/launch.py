@@ -43,8 +43,10 @@ class Outcome:
     done: list[int] = field(default_factory=list)
     current: int = 0
     error: KmodelError | None = None
-    #: after training an ensembler: its weight per input column, if it says
+    #: after training an ensembler: its weight per input column, and what it says of its
+    #: fit (e.g. its cross-validated loss), if it says
     column_weights: list[float] | None = None
+    fit_report: dict[str, Any] | None = None
 
 
 def _events(fd: int) -> Iterator[dict[str, Any]]:
@@ -116,8 +118,11 @@ class Runner:
                     outcome.current = int(event["index"])
                 elif kind == "done" and "index" in event:
                     outcome.done.append(int(event["index"]))
-                elif kind == "done" and isinstance(event.get("column_weights"), list):
-                    outcome.column_weights = [float(w) for w in event["column_weights"]]
+                elif kind == "done":
+                    if isinstance(event.get("column_weights"), list):
+                        outcome.column_weights = [float(w) for w in event["column_weights"]]
+                    if isinstance(event.get("fit_report"), dict):
+                        outcome.fit_report = event["fit_report"]
                 events.append(event)
             code = self.proc.wait()
         except BaseException:

@@ -182,6 +182,8 @@ class FolderRecord:
     classes: list[Any] | None = None
     outputs: dict[str, str] | None = None
     passthrough: list[str] | None = None
+    #: what the ensembler said of its fit (``fit_report()``): e.g. its cross-validated loss
+    fit_report: dict[str, Any] | None = None
 
     def text(self) -> str:
         body = asdict(self)
@@ -222,7 +224,8 @@ def read_folder_record(folder: Path) -> FolderRecord | None:
                         trained_on,
                         [float(w) for w in weights] if isinstance(weights, list) else None,
                         typed("stacking", str), typed("task", str), typed("classes", list),
-                        typed("outputs", dict), typed("passthrough", list))
+                        typed("outputs", dict), typed("passthrough", list),
+                        typed("fit_report", dict))
 
 
 def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | None:

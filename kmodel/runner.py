@@ -254,7 +254,8 @@ def train(job: Any, model: Any) -> None:
             np.save(out / f"{name}.npy", arr, allow_pickle=False)
     except OSError as e:
         _write_failed(e, out)
-    send("done", weights=sorted(weights), column_weights=_column_weights(model))
+    send("done", weights=sorted(weights), column_weights=_column_weights(model),
+         fit_report=_fit_report(model))
 
 
 def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +271,20 @@ def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:
         return dict(offered)
     names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     return {k: v for k, v in offered.items() if k in names}
+
+
+def _fit_report(model: Any) -> dict[str, Any] | None:
+    """What an ensembler says of its fit (``fit_report()``: e.g. its cross-validated loss),
+    if it is plain JSON."""
+    method = getattr(model, "fit_report", None)
+    if method is None:
+        return None
+    report = method()
+    try:
+        json.dumps(report)
+    except (TypeError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _column_weights(model: Any) -> list[float] | None:

@@ -46,6 +46,9 @@ class Report:
     weights: dict[str, float] = field(default_factory=dict)
     best: str | None = None
     stacking: str | None = None
+    #: what the ensembler said of its fit: its cross-validated loss on the level-one rows
+    #: and whether it kept the stacking or one model alone
+    ensembler: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     figure: str | None = None
 
@@ -91,20 +94,26 @@ def _read_all(files: dict[str, Path], targets: Path, target_name: str, task: Tas
     return y, {label: _prediction(path, ids, task) for label, path in files.items()}
 
 
-def _weights(ensembler: Path | None, models: list[str]) -> tuple[dict[str, float], str | None]:
-    """The ensembler's weight per base model (the mean over its columns) and its stacking."""
+def _weights(ensembler: Path | None, models: list[str]
+             ) -> tuple[dict[str, float], str | None, dict[str, Any]]:
+    """The ensembler's weight per base model (the mean over its columns), its stacking and
+    what it said of its fit."""
     kept = provenance.read_folder_record(ensembler) if ensembler else None
     if kept is None:
-        return {}, None
+        return {}, None, {}
     found: dict[str, float] = {}
+    bases = [s.split(":")[0] for s in kept.sources or [] if not s.startswith("data:")]
+    said = dict(kept.fit_report or {})
+    chose = str(said.get("chose", ""))
+    if chose.startswith("model ") and chose[6:].isdigit() and int(chose[6:]) < len(bases):
+        said["chose"] = f"model {bases[int(chose[6:])]}"  # by name
     if kept.column_weights and kept.sources:
-        bases = [s.split(":")[0] for s in kept.sources if not s.startswith("data:")]
         width = (len(kept.classes or []) if kept.task == "multiclass" else 1) or 1
         for k, name in enumerate(bases):
             cols = kept.column_weights[k * width:(k + 1) * width]
             if name in models and cols:
                 found[name] = float(np.mean(cols))
-    return found, kept.stacking
+    return found, kept.stacking, said
 
 
 def score(preds: dict[str, Path], targets: Path, target_name: str = TARGET_NAME,
@@ -132,9 +141,16 @@ def score(preds: dict[str, Path], targets: Path, target_name: str = TARGET_NAME,
     if level_one and level_one_targets is not None:
         _leaderboard(report, found_task, predictions, bases, level_one, level_one_targets,
                      target_name, y)
-    report.weights, report.stacking = _weights(ensembler, bases)
+    report.weights, report.stacking, report.ensembler = _weights(ensembler, bases)
     if report.stacking in FLAGS:
         report.flags.append(FLAGS[report.stacking])
+    said = report.ensembler
+    if report.level_one and said.get("metric") == report.primary and "cv" in said:
+        # the ensembler's own cross-validated loss on the level-one rows
+        report.level_one[ENSEMBLE] = {report.primary: said["cv"], "rows": said.get("rows")}
+        for row in report.leaderboard:
+            if row["label"] == ENSEMBLE:
+                row["level_one"] = report.level_one[ENSEMBLE]
     if figure is not None:
         from kmodel import figure as drawing
 

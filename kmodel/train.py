@@ -100,7 +100,8 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
             (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
                                                   model.spec.train.args, names))
             kept = replace(record or FolderRecord(), trained_on=_trained_on(
-                trained_from or input_path), column_weights=outcome.column_weights)
+                trained_from or input_path), column_weights=outcome.column_weights,
+                fit_report=outcome.fit_report)
             if manifest and not kept.made:  # (a model's own weights: its spec lists them,
                 # so the spec's hash would record itself)
                 kept = replace(kept, made=provenance.of_model(registry, model, None).to_attrs())

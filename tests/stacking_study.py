@@ -115,9 +115,8 @@ def sklearn_scores(task: str, y: np.ndarray, pred: np.ndarray, classes: list[Any
         present = len(np.unique(y)) == len(classes)
         return {"log_loss": sk.log_loss(y, pred, labels=classes),
                 "accuracy": sk.accuracy_score(y, np.asarray(classes)[pred.argmax(1)]),
-                "roc_auc_ovr": sk.roc_auc_score(
-                    y, pred.astype(np.float64) / pred.sum(1, keepdims=True),
-                    multi_class="ovr", labels=classes) if present else None}
+                "roc_auc_ovr": sk.roc_auc_score(y, pred, multi_class="ovr",
+                                                labels=classes) if present else None}
     return {"rmse": sk.root_mean_squared_error(y, pred),
             "mae": sk.mean_absolute_error(y, pred), "r2": sk.r2_score(y, pred)}
 

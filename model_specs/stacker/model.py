@@ -11,6 +11,12 @@ is in the third). Raw input features passed through by the composition (``n_raw`
 after the models') enter standardised, with free signs. The composer tells ``fit`` the
 task, the classes and the columns' layout; without it (a bare call) the task is inferred.
 
+Before it settles, the stacker cross-validates itself on the level-one rows (``cv_folds``
+folds, at most CV_ROWS rows): if its cross-validated loss is no better than the best single
+model's loss on those rows, it keeps that model alone (the discrete Super Learner's
+choice), so a few level-one rows cannot make it worse than its best input. Its
+cross-validated loss and its choice are in ``fit_report()``.
+
 Fitted in blocks of rows: besides the training matrix itself it holds one block at a time.
 """
 
@@ -19,6 +25,7 @@ import numpy as np
 BLOCK = 1 << 16
 TASKS = ("binary", "multiclass", "regression")
 EPS = 1e-6
+CV_ROWS = 100_000
 
 
 def _log(p):
@@ -38,10 +45,22 @@ def _infer(y):
     return "multiclass" if integral and len(values) <= 20 else "regression"
 
 
+def _loss(task, target, pred):
+    """Mean log-loss (classification) or squared error (regression)."""
+    if task == "binary":
+        p = np.clip(pred, 1e-12, 1 - 1e-12)
+        return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
+    if task == "multiclass":
+        return float(-np.mean(np.log(np.clip(pred[np.arange(len(target)), target], 1e-12,
+                                             None))))
+    return float(np.mean((target - pred) ** 2))
+
+
 class Stacker:
-    def __init__(self, l2: float, nonneg: bool) -> None:
-        self.l2, self.nonneg = float(l2), bool(nonneg)
+    def __init__(self, l2: float, nonneg: bool, cv_folds: int = 5) -> None:
+        self.l2, self.nonneg, self.cv_folds = float(l2), bool(nonneg), int(cv_folds)
         self.w: dict[str, np.ndarray] = {}
+        self.report: dict = {}
 
     # -- the layout: task, classes, models, raw columns --------------------------------
 
@@ -75,26 +94,95 @@ class Stacker:
             raw = np.asarray(x[:, m * k:], np.float64)
             self.w["stacker-raw-0"] = np.stack([raw.mean(0), raw.std(0) + 1e-12])
         self.w["stacker-layout-0"] = np.array([TASKS.index(task), k, m, n_raw], np.int64)
-        if task == "binary":
-            self._fit_binary(x, (y == classes[-1]).astype(np.float64), m, iterations)
-        elif task == "multiclass":
-            self._fit_multiclass(x, np.searchsorted(classes, y), k, m, iterations)
+        target = (y == classes[-1]).astype(np.float64) if task == "binary" else \
+            np.searchsorted(classes, y) if task == "multiclass" else np.asarray(y, np.float64)
+        best = self._cross_validate(x, target, iterations)
+        if best is None:
+            self._fit(x, target, iterations)
         else:
-            self._fit_regression(x, np.asarray(y, np.float64), m)
+            self._keep_one(best)
         return self
+
+    def _fit(self, x, target, iterations):
+        task, k, m, _ = self._layout()
+        if task == "binary":
+            self._fit_binary(x, target, m, iterations)
+        elif task == "multiclass":
+            self._fit_multiclass(x, target, k, m, iterations)
+        else:
+            self._fit_regression(x, target, m)
+
+    def _single(self, x, index):
+        """Base model ``index``'s own prediction, as the task takes it."""
+        task, k, _, _ = self._layout()
+        if task == "multiclass":
+            p = np.asarray(x[:, index * k:(index + 1) * k], np.float64)
+            return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+        return np.asarray(x[:, index], np.float64)
+
+    def _cross_validate(self, x, target, iterations):
+        """The stacker's own cross-validated loss on (at most CV_ROWS of) the level-one
+        rows, against each base model's; the index of the best model when none of the
+        stacker's fits beats it, else None (fit the stacker)."""
+        task, _, m, _ = self._layout()
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.permutation(len(x))[:CV_ROWS])
+        if len(rows) < 2 * self.cv_folds:
+            return None
+        xs, ts = x[rows], target[rows]
+        fold = rng.permutation(len(rows)) % self.cv_folds
+        pred = None
+        for f in range(self.cv_folds):
+            sub = Stacker(self.l2, self.nonneg, self.cv_folds)
+            sub.w = {key: v for key, v in self.w.items()}
+            sub._fit(xs[fold != f], ts[fold != f], iterations)
+            part = sub.predict(xs[fold == f])
+            if pred is None:
+                pred = np.empty((len(rows), *part.shape[1:]))
+            pred[fold == f] = part
+        mine = _loss(task, ts, pred)
+        singles = [_loss(task, ts, self._single(xs, i)) for i in range(m)]
+        best = int(np.argmin(singles))
+        keep = singles[best] <= mine
+        metric = "rmse" if task == "regression" else "log_loss"
+        cv = np.sqrt(min(mine, singles[best]) if keep else mine) if task == "regression" \
+            else (singles[best] if keep else mine)
+        self.report = {"metric": metric, "cv": float(cv), "rows": int(len(rows)),
+                       "folds": self.cv_folds, "stacking_cv": float(
+                           np.sqrt(mine) if task == "regression" else mine),
+                       "chose": f"model {best}" if keep else "stacking"}
+        return best if keep else None
+
+    def _keep_one(self, index):
+        """Weights that give base model ``index``'s prediction, and nothing else."""
+        task, k, m, r = self._layout()
+        coef = np.zeros(m + (r if task != "multiclass" else 0))
+        coef[index] = 1.0
+        self.w["stacker-coef-0"] = coef
+        self.w["stacker-intercept-0"] = np.zeros(k if task == "multiclass" else 1)
+        self.w["stacker-raw-coef-0"] = np.zeros(r * k if task == "multiclass" else 0)
 
     def _binary_features(self, x, m):
         return np.column_stack([_logit(x[:, :m]), self._raw(x, m)])
 
+    def _binary_objective(self, x, y, m, beta, penalty):
+        total = 0.5 * beta @ penalty @ beta
+        for lo in range(0, len(x), BLOCK):
+            z = np.column_stack([np.ones(len(x[lo:lo + BLOCK])),
+                                 self._binary_features(x[lo:lo + BLOCK], m)]) @ beta
+            total += np.sum(np.logaddexp(0, z) - y[lo:lo + BLOCK] * z)
+        return total
+
     def _fit_binary(self, x, y, m, iterations):
-        """Newton's method (IRLS) on [1, logit(p), raw]; with nonneg, a projected Newton
-        step keeps the models' weights >= 0."""
+        """Newton's method (IRLS) on [1, logit(p), raw], with a backtracking line search;
+        with nonneg, a projected Newton step keeps the models' weights >= 0."""
         f = self._binary_features(x[:0], m).shape[1]
         beta = np.zeros(f + 1)
         penalty = self.l2 * np.eye(f + 1)
         penalty[0, 0] = 0.0
         bounded = np.zeros(f + 1, bool)
         bounded[1:m + 1] = self.nonneg
+        current = self._binary_objective(x, y, m, beta, penalty)
         for _ in range(iterations):
             grad, hess = penalty @ beta, penalty.copy()
             for lo in range(0, len(x), BLOCK):
@@ -103,12 +191,30 @@ class Stacker:
                 p = 1 / (1 + np.exp(-z @ beta))
                 grad += z.T @ (p - y[lo:lo + BLOCK])
                 hess += (z * (p * (1 - p))[:, None]).T @ z
-            free = ~(bounded & (beta <= 0) & (grad > 0))
-            step = np.zeros_like(beta)
-            step[free] = np.linalg.solve(hess[np.ix_(free, free)], grad[free])
-            beta = beta - step
-            beta[bounded] = np.maximum(beta[bounded], 0.0)
+            beta, current, moved = self._step(beta, grad, hess, bounded, current,
+                                              lambda b: self._binary_objective(x, y, m, b,
+                                                                               penalty))
+            if not moved:
+                break
         self.w["stacker-coef-0"], self.w["stacker-intercept-0"] = beta[1:], beta[:1]
+
+    @staticmethod
+    def _step(theta, grad, hess, bounded, current, objective):
+        """A (projected) Newton step, halved until the objective decreases; (theta,
+        objective, whether it moved)."""
+        free = ~(bounded & (theta <= 0) & (grad > 0))
+        step = np.zeros_like(theta)
+        step[free] = np.linalg.lstsq(hess[np.ix_(free, free)], grad[free], rcond=None)[0]
+        scale = 1.0
+        for _ in range(30):
+            candidate = theta - scale * step
+            candidate[bounded] = np.maximum(candidate[bounded], 0.0)
+            value = objective(candidate)
+            if value <= current:
+                moved = current - value > 1e-12 * (1 + abs(current))
+                return candidate, value, moved
+            scale /= 2
+        return theta, current, False
 
     def _pool_features(self, x, k, m):
         """Per row and class: the models' log-probabilities of that class (rows, k, m)."""
@@ -122,9 +228,18 @@ class Stacker:
             s = s + raw @ theta[m + k:].reshape(raw.shape[1], k)
         return s
 
+    def _multiclass_objective(self, x, index, k, m, theta, penalty):
+        total = 0.5 * theta @ penalty @ theta
+        for lo in range(0, len(x), BLOCK):
+            s = self._pool_scores(x[lo:lo + BLOCK], k, m, theta)
+            top = s.max(axis=1)
+            total += np.sum(top + np.log(np.exp(s - top[:, None]).sum(axis=1))
+                            - s[np.arange(len(s)), index[lo:lo + BLOCK]])
+        return total
+
     def _fit_multiclass(self, x, index, k, m, iterations):
-        """Newton's method on the pooled multinomial: score_c = b_c + sum_m w_m log p_mc
-        (+ raw features, a weight per class each)."""
+        """Newton's method on the pooled multinomial, score_c = b_c + sum_m w_m log p_mc
+        (+ raw features, a weight per class each), with a backtracking line search."""
         r = x.shape[1] - m * k
         n_par = m + k + r * k
         theta = np.zeros(n_par)
@@ -134,6 +249,7 @@ class Stacker:
         bounded = np.zeros(n_par, bool)
         bounded[:m] = self.nonneg
         eye = np.eye(k)
+        current = self._multiclass_objective(x, index, k, m, theta, penalty)
         for _ in range(iterations):
             grad, hess = penalty @ theta, penalty.copy()
             for lo in range(0, len(x), BLOCK):
@@ -152,11 +268,11 @@ class Stacker:
                 grad += np.einsum("nc,ncp->p", p - onehot, phi)
                 mean = np.einsum("nc,ncp->np", p, phi)
                 hess += np.einsum("nc,ncp,ncq->pq", p, phi, phi) - mean.T @ mean
-            free = ~(bounded & (theta <= 0) & (grad > 0))
-            step = np.zeros_like(theta)
-            step[free] = np.linalg.lstsq(hess[np.ix_(free, free)], grad[free], rcond=None)[0]
-            theta = theta - step
-            theta[bounded] = np.maximum(theta[bounded], 0.0)
+            theta, current, moved = self._step(
+                theta, grad, hess, bounded, current,
+                lambda t: self._multiclass_objective(x, index, k, m, t, penalty))
+            if not moved:
+                break
         self.w["stacker-coef-0"], self.w["stacker-intercept-0"] = theta[:m], theta[m:m + k]
         self.w["stacker-raw-coef-0"] = theta[m + k:]
 
@@ -207,6 +323,10 @@ class Stacker:
             return np.concatenate([np.repeat(coef, k), raw])
         return coef
 
+    def fit_report(self):
+        """The stacker's cross-validated loss on the level-one rows, and its choice."""
+        return dict(self.report)
+
     def get_weights(self):
         return dict(self.w)
 
@@ -214,5 +334,5 @@ class Stacker:
         self.w = dict(w)
 
 
-def build(l2: float = 1.0, nonneg: bool = False) -> Stacker:
-    return Stacker(l2, nonneg)
+def build(l2: float = 1.0, nonneg: bool = False, cv_folds: int = 5) -> Stacker:
+    return Stacker(l2, nonneg, cv_folds)

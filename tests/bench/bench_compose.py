@@ -82,7 +82,10 @@ MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); 
            "file=sys.stderr)")
 
 
-def make(folder: Path, rows: int, models: int, seed: int = 0) -> list[Path]:
+def make(folder: Path, rows: int, models: int, seed: int = 0, shuffled: bool = False
+         ) -> list[Path]:
+    """Prediction files of ``models`` models; with ``shuffled``, every other file holds its
+    rows in an order of its own (another tool's, a dataloader's), as Kipoi's files may."""
     rng = np.random.default_rng(seed)
     ids = np.char.encode(np.char.add("r", np.arange(rows).astype("U9")), "ascii")
     y = rng.integers(0, 2, rows)
@@ -94,10 +97,12 @@ def make(folder: Path, rows: int, models: int, seed: int = 0) -> list[Path]:
         path = folder / f"p{k:02d}.h5"
         with h5py.File(path, "w") as f:
             p = np.clip(0.5 * y + rng.uniform(0, 0.5, rows), 0.01, 0.99).astype(np.float32)
-            f.create_dataset("preds/proba", data=p, chunks=(min(rows, 1 << 16),))
-            f.create_dataset("metadata/id", data=ids, chunks=(min(rows, 1 << 16),))
-            f.attrs.update(model=f"m{k:02d}", input_sha256="0" * 64, rows_start=0,
-                           rows_stop=rows, kmodel_complete=True)
+            order = rng.permutation(rows) if shuffled and k % 2 else np.arange(rows)
+            f.create_dataset("preds/proba", data=p[order], chunks=(min(rows, 1 << 16),))
+            f.create_dataset("metadata/id", data=ids[order], chunks=(min(rows, 1 << 16),))
+            if not (shuffled and k % 2):  # a kmodel file of the same input: its record
+                f.attrs.update(model=f"m{k:02d}", input_sha256="0" * 64, rows_start=0,
+                               rows_stop=rows, kmodel_complete=True)
         paths.append(path)
     return paths
 
@@ -137,11 +142,14 @@ def main() -> None:
         (root / "model_specs" / "keep").mkdir()
         (root / "model_specs" / "keep" / "model.yaml").write_text(KEEP_SPEC)
         (root / "model_specs" / "keep" / "model.py").write_text(KEEP)
-        for split in ("train", "apply", "small"):
+        for split in ("train", "apply", "small", "shuffled", "train-shuffled"):
             (root / split).mkdir()
         train = make(root / "train", args.train_rows, args.models, seed=1)
         small = make(root / "small", 1000, args.models, seed=1)
         preds = make(root / "apply", args.rows, args.models, seed=2)
+        mixed = make(root / "shuffled", args.rows, args.models, seed=2, shuffled=True)
+        mixed_train = make(root / "train-shuffled", args.train_rows, args.models, seed=1,
+                           shuffled=True)
         subprocess.run([*kmodel, "env", "create", "stacker"], cwd=root, check=True,
                        capture_output=True)
         t_train, rss_train = measured([*kmodel, "compose", "train", "stacker",
@@ -155,6 +163,13 @@ def main() -> None:
         t_apply, rss_apply = measured([*kmodel, "compose", "predict", "stacker",
                                        *map(str, preds), "--weights", "W", "-o", "ens.h5"],
                                       root)
+        t_mixed, rss_mixed = measured([*kmodel, "compose", "predict", "stacker",
+                                       *map(str, mixed), "--weights", "W", "-o", "mixed.h5",
+                                       "--allow-mixed-inputs"], root)
+        t_mixed_train, rss_mixed_train = measured(
+            [*kmodel, "compose", "train", "stacker", *map(str, mixed_train), "--targets",
+             str(root / "train-shuffled" / "targets.h5"), "-o", "W2",
+             "--allow-mixed-inputs"], root)
         python = subprocess.run([*kmodel, "env", "path", "stacker"], cwd=root, check=True,
                                 capture_output=True, text=True).stdout.strip()
         t_bare, rss_bare = measured([f"{python}/bin/python", "-c", BARE,
@@ -168,6 +183,12 @@ def main() -> None:
           "(files in the page cache, as right after predicting them):")
     print(f"  compose predict, {args.rows:,} rows: {t_apply:6.1f} s, {data_mb / t_apply:6.0f} "
           f"MB/s of predictions; peak RSS {rss_apply:.0f} MB (target <= 300)")
+    print(f"  compose predict, half the files in orders of their own: {t_mixed:6.1f} s, "
+          f"{data_mb / t_mixed:6.0f} MB/s; peak RSS {rss_mixed:.0f} MB (target >= 200 MB/s, "
+          f"<= 300 MB); shuffled / in order: {t_mixed / t_apply:.2f}x")
+    print(f"  compose train, {args.train_rows:,} rows, half shuffled: {t_mixed_train:6.1f} s "
+          f"(in order {t_train:.1f} s: {t_mixed_train / t_train:.2f}x); peak RSS "
+          f"{rss_mixed_train:.0f} MB")
     print(f"  bare loop, same ensembler and files: {t_bare:6.1f} s, {data_mb / t_bare:6.0f} "
           f"MB/s; peak RSS {rss_bare:.0f} MB; kmodel / bare: {t_apply / t_bare:.2f}x")
     print(f"  raw h5py read of the predictions alone: {data_mb / t_raw:6.0f} MB/s")
