@@ -815,8 +815,12 @@ def _score_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@cli.command()
-@click.argument("dataset", type=click.Choice(["breast_cancer"]))
+@cli.group()
+def data() -> None:
+    """Write input files: the example data, or your own table."""
+
+
+@data.command("breast_cancer")
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path))
 @click.option("--test", "test_path", required=True, type=click.Path(path_type=Path))
 @click.option("--blend", "blend_path", type=click.Path(path_type=Path),
@@ -826,16 +830,37 @@ def _score_table(doc: dict[str, Any]) -> str:
               type=click.IntRange(0, 2**32 - 1))
 @click.option("--test-fraction", default=defaults.TEST_FRACTION, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
-@click.pass_context
-def data(ctx: click.Context, dataset: str, train_path: Path, test_path: Path,
-         blend_path: Path | None, seed: int, test_fraction: float) -> None:
-    """Write an example dataset as kmodel input files (train and test split)."""
+def data_breast_cancer(train_path: Path, test_path: Path, blend_path: Path | None, seed: int,
+                       test_fraction: float) -> None:
+    """Write the example data (scikit-learn's breast_cancer, a stratified split)."""
     from kmodel.datasets import breast_cancer
 
     breast_cancer(train_path, test_path, seed=seed, test_fraction=test_fraction,
                   blend=blend_path)
     click.echo(f"wrote {train_path} and {test_path}" + (f" and {blend_path}" if blend_path
                                                          else ""))
+
+
+@data.command("import")
+@click.argument("table", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The input file to write (/inputs/x, /targets/<name>, /metadata/id).")
+@click.option("--id", "id_column", help="The column of row ids (default: rows numbered).")
+@click.option("--target", "targets", multiple=True, help="A target column (repeat for more).")
+@click.option("--features", help="The feature columns, comma-separated (default: every other "
+                                 "column).")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float16", "float32", "float64"]))
+def data_import(table: Path, output: Path, id_column: str | None, targets: tuple[str, ...],
+                features: str | None, dtype: str) -> None:
+    """Write TABLE (CSV, TSV, Parquet, .npy or .npz) as a kmodel input file, streamed (a
+    table of any size in bounded memory). Ids must be unique and features numbers."""
+    from kmodel.tables import import_table
+
+    done = import_table(table, output, id_column=id_column, targets=targets,
+                        features=features.split(",") if features else None, dtype=dtype)
+    click.echo(f"wrote {output}: {done.rows:,} rows, {len(done.features)} features"
+               + (f", targets {', '.join(done.targets)}" if done.targets else ""))
 
 
 # --- workflows --------------------------------------------------------------------

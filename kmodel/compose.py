@@ -98,12 +98,10 @@ def align(reference: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
     By 64-bit hashes of the ids (one sort of integers, not of strings), then checked
     exactly: the ids the indices pick must equal the reference's. Should two different
     ids ever share a hash, the exact (slower) way decides."""
-    from kmodel.provenance import id_hashes
-
-    hashes = id_hashes(np.asarray(ids))
+    hashes = hdf5.id_hashes(np.asarray(ids))
     order = np.argsort(hashes, kind="stable")
     hashes = hashes[order]
-    wanted = id_hashes(np.asarray(reference))
+    wanted = hdf5.id_hashes(np.asarray(reference))
     if len(hashes) and not (hashes[1:] == hashes[:-1]).any():
         pos = np.minimum(np.searchsorted(hashes, wanted), len(hashes) - 1)
         del hashes
@@ -212,6 +210,10 @@ def task_of(targets: Path, target_name: str, task: str | None = None,
     found = metrics.as_task(task) if task is not None else metrics.infer_task(y)
     classes = [] if found == "regression" else [
         v.item() if hasattr(v, "item") else v for v in metrics.classes_of(y)]
+    if found != "regression" and len(classes) < 2:
+        raise TaskError(f"{targets}: /targets/{target_name} holds one class ({classes[0]!r}); "
+                        f"a {found} task needs at least two: check the targets (or write "
+                        "task: regression)")
     if found == "binary" and len(classes) > 2:
         raise TaskError(f"{targets}: /targets/{target_name} holds {len(classes)} classes, "
                         "so the task is not binary; write task: multiclass (or leave task "

@@ -104,26 +104,6 @@ def whole(path: Path, record: PredictionRecord, model: Model,
 # --- the record of a trained weights folder -------------------------------------------
 
 
-def id_hashes(ids: np.ndarray) -> np.ndarray:
-    """A 64-bit hash (FNV-1a) of each id's bytes, vectorised: how a trained folder records
-    its training rows (8 bytes a row; two different ids collide with odds of 2^-64)."""
-    import numpy as np
-
-    raw = np.ascontiguousarray(ids)
-    if raw.dtype.kind != "S" or not len(raw):
-        return np.zeros(0, np.uint64)
-    width = raw.dtype.itemsize
-    data = raw.view(np.uint8).reshape(len(raw), width)
-    lengths = np.char.str_len(raw)
-    h = np.full(len(raw), 0xCBF29CE484222325, np.uint64)
-    prime = np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        for j in range(width):
-            mixed = (h ^ data[:, j].astype(np.uint64)) * prime
-            h = np.where(j < lengths, mixed, h)
-    return h
-
-
 @dataclass(frozen=True)
 class TrainedOn:
     """The rows a model was trained on: the input file's sha256, and a sorted 64-bit hash of
@@ -138,6 +118,8 @@ class TrainedOn:
         import base64
 
         import numpy as np
+
+        from kmodel.io.hdf5 import id_hashes
 
         hashes = np.sort(id_hashes(ids)).astype("<u8")
         return cls(cached_sha256(path), len(ids), base64.b64encode(hashes.tobytes()).decode())
@@ -156,6 +138,8 @@ class TrainedOn:
         seen = self.hashes()
         if not len(seen) or not len(ids):
             return 0, None
+        from kmodel.io.hdf5 import id_hashes
+
         mine = id_hashes(ids)
         pos = np.minimum(np.searchsorted(seen, mine), len(seen) - 1)
         hit = seen[pos] == mine
@@ -313,7 +297,6 @@ __all__ = [
     "TrainedOn",
     "code_sha256",
     "folder_record",
-    "id_hashes",
     "incomplete",
     "of_model",
     "read_folder_record",

@@ -24,7 +24,7 @@ FLOORS: list[set[str]] = [
     {"weights", "envs.base", "scaffold", "validate"},
     {"envs.uv"},
     {"envs.conda"},
-    {"envs", "provenance", "merge"},
+    {"envs", "provenance", "merge", "tables"},
     {"launch", "envs.gc", "plan"},
     {"predict"},
     {"train", "modeltest"},
