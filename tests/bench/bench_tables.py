@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,6 @@ def main() -> None:
             assert code == "0", res.stderr
             print(f"{name}: {size:,.0f} MB, {args.rows:,} rows x {args.columns}: import "
                   f"{wall:.1f} s, peak RSS {int(peak) / 1024:.0f} MB ({os.cpu_count()} cores)")
-    del resource
 
 
 if __name__ == "__main__":
