@@ -45,6 +45,7 @@ BUNDLE_MANIFEST = "manifest.json"
 LEGACY = ("kmodel_bundle", 1)
 SUFFIX = ".kmodel"
 MAX_BYTES = 8 << 30  # what a bundle may expand to (a zip bomb stops here)
+MAX_MANIFEST = 16 << 20  # a manifest lists files: 16 MB is hundreds of thousands of them
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def _is_bundle_file(path: Path) -> bool:
     import zipfile
 
     with zipfile.ZipFile(path) as z:
-        _manifest_doc(z.read(BUNDLE_MANIFEST), path)
+        infos = _entries(path, z.infolist())
+        _manifest_doc(_bounded(z, infos[BUNDLE_MANIFEST], MAX_MANIFEST), path)
     return True
 
 
@@ -188,11 +190,16 @@ def read(bundle: Path) -> Manifest:
     check_input_file(bundle)
     try:
         with zipfile.ZipFile(bundle) as z:
-            infos = {i.filename: i for i in z.infolist() if not i.is_dir()}
+            infos = _entries(bundle, z.infolist())
             if BUNDLE_MANIFEST not in infos:
                 raise BundleError(f"{bundle}: no {BUNDLE_MANIFEST}; give a file `kmodel pack` "
                                   "wrote")
-            doc = _manifest_doc(z.read(BUNDLE_MANIFEST), bundle)
+            if infos[BUNDLE_MANIFEST].file_size > MAX_MANIFEST:
+                raise BundleError(f"{bundle}: its {BUNDLE_MANIFEST} is "
+                                  f"{infos[BUNDLE_MANIFEST].file_size:,} bytes, more than a "
+                                  f"manifest holds ({MAX_MANIFEST >> 20} MB); not a bundle "
+                                  "`kmodel pack` wrote")
+            doc = _manifest_doc(_bounded(z, infos[BUNDLE_MANIFEST], MAX_MANIFEST), bundle)
             files = doc["files"]
             members = set(infos) - {BUNDLE_MANIFEST}
             if extra := sorted(members - set(files)):
@@ -208,14 +215,21 @@ def read(bundle: Path) -> Manifest:
                     raise BundleError(f"{bundle}: unsafe file name {name!r} (absolute or "
                                       "with ..); pack it again")
                 h = hashlib.sha256()
+                size = 0
                 with z.open(infos[name]) as f:
                     while chunk := f.read(1 << 20):
+                        size += len(chunk)
+                        if size > infos[name].file_size:  # a header that lies about it
+                            raise BundleError(f"{bundle}: {name} expands beyond the size its "
+                                              "entry declares; not a bundle `kmodel pack` "
+                                              "wrote")
                         h.update(chunk)
                 if h.hexdigest() != files[name]:
                     raise BundleError(f"{bundle}: {name} was changed since it was packed "
                                       f"(sha256 {h.hexdigest()[:12]}…, the manifest says "
                                       f"{str(files[name])[:12]}…); get the original bundle")
-    except (zipfile.BadZipFile, ValueError, KeyError, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError,
+            KeyError, EOFError, OSError) as e:
         raise BundleError(f"{bundle}: not a readable bundle ({e}); give a file "
                           "`kmodel pack` wrote") from None
     composition = doc.get("composition")
@@ -223,6 +237,31 @@ def read(bundle: Path) -> Manifest:
                         else None)
     _check_fields(bundle, manifest, composition)
     return manifest
+
+
+def _entries(bundle: Path, infos: list[Any]) -> dict[str, Any]:
+    """The zip's entries by name: each name once, no folder entries (pack writes files
+    only), checked before anything is read or extracted."""
+    seen: dict[str, Any] = {}
+    for info in infos:
+        if info.filename in seen:
+            raise BundleError(f"{bundle}: {info.filename!r} is in it twice (the last one would "
+                              "be the one read); not a bundle `kmodel pack` wrote")
+        if info.is_dir():
+            raise BundleError(f"{bundle}: {info.filename!r} is a folder entry, which no "
+                              "bundle `kmodel pack` wrote holds")
+        seen[info.filename] = info
+    return seen
+
+
+def _bounded(z: Any, info: Any, limit: int) -> bytes:
+    """An entry's bytes, reading at most ``limit`` of them (a lying header cannot make
+    kmodel read more)."""
+    with z.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{info.filename} expands beyond {limit >> 20} MB")
+    return bytes(data)
 
 
 def _check_fields(bundle: Path, manifest: Manifest, composition: Any) -> None:
@@ -267,9 +306,14 @@ def unpack(bundle: Path, folder: Path) -> Manifest:
         with zipfile.ZipFile(bundle) as z:
             for name in manifest.files:
                 target = tmp / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(name) as src, open(target, "xb") as dst:
-                    shutil.copyfileobj(src, dst)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(name) as src, open(target, "xb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+                    raise BundleError(f"{bundle}: {name} cannot be extracted beside its other "
+                                      f"files ({e.strerror}); not a bundle `kmodel pack` "
+                                      "wrote") from None
         if not _intact(tmp, manifest):  # as packed: checked again once written
             raise BundleError(f"{bundle} changed while it was extracted; extract it again")
         os.replace(tmp, folder)

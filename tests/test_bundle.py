@@ -170,3 +170,58 @@ def test_a_manifest_that_lies_about_its_fields_is_refused(project: Path) -> None
     assert res.returncode == 2 and "a bundle's name ends in .kmodel" in res.stderr
     res = kmodel("predict", "gone.kmodel", "-i", "x.h5", "-o", "out.h5")
     assert res.returncode == 1 and res.stderr.startswith("Error [KM400]: "), res.stderr
+
+
+def test_zips_that_are_not_what_pack_writes_are_refused_before_extracting(
+        project: Path) -> None:
+    """Two entries of one name (the last would run), a folder entry, an entry the manifest
+    does not list, a manifest that inflates past any real one, files that cannot sit side by
+    side: KM310 naming the bundle, checked before anything is extracted."""
+    assert kmodel("pack", "mlp", "-o", "mlp.kmodel").returncode == 0
+    with zipfile.ZipFile(project / "mlp.kmodel") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+
+    def bundle(name: str, entries: list[tuple[str, bytes]]) -> str:
+        with zipfile.ZipFile(project / name, "w", zipfile.ZIP_DEFLATED) as w:
+            for n, data in entries:
+                if n.endswith("/"):
+                    w.writestr(zipfile.ZipInfo(n), b"")
+                else:
+                    w.writestr(n, data)
+        return name
+
+    ours = list(members.items())
+    evil = b"def build():\n    raise SystemExit('pwned')\n"
+    cases = {
+        bundle("twice.kmodel", [*ours, ("mlp/model.py", evil)]): "'mlp/model.py' is in it "
+                                                                 "twice",
+        bundle("folder.kmodel", [*ours, ("mlp/extra/", b"")]): "is a folder entry",
+        bundle("extra.kmodel", [*ours, ("mlp/evil.py", evil)]): "mlp/evil.py is not in its "
+                                                                "manifest",
+        bundle("big.kmodel", [(n, d) for n, d in ours if n != "manifest.json"]
+               + [("manifest.json", b" " * (17 << 20))]): "more than a manifest holds",
+    }
+    import warnings
+
+    for name, message in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns of the duplicate it wrote
+            res = kmodel("predict", name, "-i", "x.h5", "-o", "o.h5")
+        assert res.returncode == 1, (name, res.stderr)
+        assert res.stderr.startswith(f"Error [KM310]: {name}: ") and message in res.stderr, \
+            (name, res.stderr)
+    assert not list(Path(os.environ["KMODEL_HOME"], "bundles").glob("*/mlp/evil.py"))
+    doc = json.loads(members["manifest.json"])  # a file and a folder of the same name
+    doc["files"] |= {"mlp/zz": hashlib.sha256(b"a").hexdigest(),
+                     "mlp/zz/y": hashlib.sha256(b"b").hexdigest()}
+    clash = bundle("clash.kmodel", [*((n, d) for n, d in ours if n != "manifest.json"),
+                                    ("manifest.json", json.dumps(doc).encode()),
+                                    ("mlp/zz", b"a"), ("mlp/zz/y", b"b")])
+    res = kmodel("unpack", clash, "-o", "out")
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM310]: clash.kmodel: ") \
+        and "cannot be extracted" in res.stderr, res.stderr
+    assert not (project / "out").exists()
+    (project / "bad.kmodel").write_bytes(b"PK\x03\x04 not really a zip")
+    res = kmodel("unpack", "bad.kmodel", "-o", "out")
+    assert res.returncode == 1 and res.stderr.startswith("Error [KM310]: bad.kmodel: not a "
+                                                         "readable bundle"), res.stderr
