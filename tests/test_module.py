@@ -5,6 +5,7 @@ Snakefile and profiles found in an installed wheel."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_a_user_pipeline_uses_kmodel_as_a_module(tmp_path: Path, kmodel_home: Pa
 def test_the_wheel_ships_the_snakefile_and_profiles(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
                     str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)
-    (wheel,) = (tmp_path / "dist").glob("kmodel-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("kmodel_ensembles-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "kmodel/_workflows/Snakefile" in names
     assert "kmodel/_workflows/profiles/slurm/config.yaml" in names
@@ -98,3 +99,21 @@ def test_the_wheel_ships_the_snakefile_and_profiles(tmp_path: Path) -> None:
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()) == target / "kmodel" / "_workflows" / "Snakefile"
+
+
+def test_the_snakefile_is_formatted_and_lints_clean(tmp_path: Path) -> None:
+    """snakefmt's style, and Snakemake's linter has one remark only: no conda or container
+    directive per rule, which is deliberate (each job runs kmodel, which activates the
+    model's own locked env)."""
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(snakefile())],
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr[-2000:]
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile()),
+                           "--configfile", str(REPO / "workflows" / "demo.yaml"), "--lint"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "KMODEL_PATH": str(REPO / "model_specs"),
+                               "KMODEL_ENVS": str(REPO / "envs")})
+    remarks = {line.strip() for line in (lint.stdout + lint.stderr).splitlines()
+               if line.startswith("    * ")}
+    assert remarks == {"* Specify a conda environment or container for each rule.:"}, \
+        lint.stderr[-3000:]
