@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kmodel.errors import (
+    FileAccessError,
     HomeNotWritableError,
     InputMissingError,
     OutputNotWritableError,
@@ -84,7 +85,8 @@ def _utf8(path: Path) -> bool:
 
 
 def check_input_file(path: Path) -> None:
-    """A regular, readable file, or KM400 saying what it is instead (never blocks on a FIFO)."""
+    """A regular, readable file, or KM400 saying what it is instead (never blocks on a
+    FIFO); KM405 if it is one that cannot be read (its permissions, even for root)."""
     if not _utf8(path):
         raise InputMissingError(path, "has a name that is not valid UTF-8 (rename it)")
     try:
@@ -97,8 +99,11 @@ def check_input_file(path: Path) -> None:
         raise InputMissingError(path, "is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise InputMissingError(path, "is not a regular file (a FIFO, socket or device?)")
-    if not os.access(path, os.R_OK):
-        raise InputMissingError(path, "is not readable (permission denied)")
+    try:  # opened, not asked (os.access says yes to root for files no one can read)
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as e:
+        raise FileAccessError(f"{path}: cannot be read ({e.strerror or e}); check its "
+                              "permissions") from None
 
 
 def file_signature(path: Path) -> str:

@@ -24,7 +24,7 @@ def breast_cancer(train: Path, test: Path, *, seed: int = 0, test_fraction: floa
         from sklearn.datasets import load_breast_cancer
     except ImportError:
         raise ToolMissingError("the breast_cancer example needs scikit-learn on the host; "
-                               "pip install 'kmodel[demo]'") from None
+                               "pip install 'kmodel-ensembles[demo]'") from None
     guard_output(train, replaceable=hdf5.is_example_data)
     guard_output(test, [train], replaceable=hdf5.is_example_data)
     if blend is not None:

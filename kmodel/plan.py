@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from kmodel._fs import check_input_file
-from kmodel.errors import SpecError
+from kmodel.errors import SpecError, ToolMissingError
 from kmodel.loader import load_compose_config
 from kmodel.registry import Registry
 from kmodel.spec import ComposeConfig, Method
@@ -187,9 +187,7 @@ class Plan:
                 raise SpecError(source, f"{folder} is not a folder (relative to {Path.cwd()})",
                                 field=key, fix="give an existing folder")
         self._check_method(registry, source)
-        for split in ("train", "test", "blend"):  # given data files must exist: Snakemake
-            if given := getattr(self.config.data, split):  # might not rerun a job
-                check_input_file(Path(given))
+        self._check_data(source)
         envs = {}
         for name in [*self.config.models, self.config.ensembler]:
             model = registry.model(name)
@@ -200,6 +198,43 @@ class Plan:
                 weights.verify(name)
         for ref in envs.values():
             backend_for(ref).checked_lockfile(ref)
+
+    def _check_data(self, source: Path | str) -> None:
+        """What ``data:`` needs: scikit-learn in kmodel's own environment for builtin data;
+        given files that exist (Snakemake might not rerun a job) and hold /inputs, ids and
+        the targets (every split is fitted on or scored against them)."""
+        import importlib.util
+
+        from kmodel.io import hdf5
+
+        data, name = self.config.data, self.config.targets
+        if data.builtin and importlib.util.find_spec("sklearn") is None:
+            raise ToolMissingError(f"{source}: data: builtin: {data.builtin} needs "
+                                   "scikit-learn where kmodel runs (pip install "
+                                   "'kmodel-ensembles[demo]'), or give data: {train: FILE, "
+                                   "test: FILE}")
+        for split in ("train", "test", "blend"):
+            if not (given := getattr(data, split)):
+                continue
+            path = Path(given)
+            check_input_file(path)
+            try:
+                inputs, _ = hdf5.describe(path, "inputs")
+                targets, _ = hdf5.describe(path, "targets")
+            except (OSError, ValueError) as e:
+                raise SpecError(source, f"{path} is not a kmodel input file ({e})",
+                                field=f"data.{split}", fix="give an HDF5 file with /inputs/"
+                                "<name>, /targets/<name> and /metadata/id (kmodel data "
+                                "import TABLE makes one)") from None
+            if not inputs:
+                raise SpecError(source, f"{path} has no /inputs datasets",
+                                field=f"data.{split}", fix="give the file with the features")
+            if name not in targets:
+                raise SpecError(source, f"{path} has no /targets/{name} (found "
+                                f"{sorted(targets) or 'none'}); every split is fitted on "
+                                "or scored against the targets", field=f"data.{split}",
+                                fix="set targets: to the name it holds, or add the targets "
+                                "(kmodel data import --target COLUMN)")
 
     def _check_method(self, registry: Registry, source: Path | str) -> None:
         """The method's needs: trainable models and a train split for cv, blend rows for

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from kmodel import defaults
-from kmodel.errors import SpecError, UnsafePathError
+from kmodel.errors import FileAccessError, SpecError, UnsafePathError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SHA256_RE = r"^[0-9a-f]{64}$"
@@ -260,6 +260,9 @@ def read_text(path: Path) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
         return data.decode("utf-8")
+    except PermissionError as e:
+        raise FileAccessError(f"{path}: cannot be read ({e.strerror or e}); check its "
+                              "permissions") from None
     except UnicodeDecodeError as e:
         raise SpecError(path, f"is not UTF-8 text (byte {e.start})",
                         fix="save it as UTF-8 YAML") from None

@@ -1,5 +1,6 @@
 """`kmodel validate`: check model specs, env specs and composition configs, every problem of
-a file at once (its fields, its name and entry file, the env it names)."""
+a file at once (its fields, its name and entry file, the env it names); a composition also
+as `kmodel run` checks it before it starts (its models, envs, weights and data)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kmodel.errors import KmodelError, SpecError
-from kmodel.loader import load_compose_config, load_env_spec, load_model_spec, raw_mapping
+from kmodel.loader import load_env_spec, load_model_spec, raw_mapping
+from kmodel.plan import load_plan
 from kmodel.registry import SPEC_FILE, Registry
 
 
@@ -44,8 +46,8 @@ def _check(reg: Registry, path: Path) -> None:
         reg.env(load_model_spec(path).env, referenced_by=str(path))
     elif path.parent.name == "envs" or path.parent == reg.env_dir:
         load_env_spec(path)
-    else:
-        load_compose_config(path)
+    else:  # a composition: its fields, and what `kmodel run` checks before it starts
+        load_plan(path, reg)
 
 
 def _env_problem(reg: Registry, path: Path) -> list[KmodelError]:

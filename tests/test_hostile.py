@@ -114,7 +114,10 @@ def snapshot(root: Path) -> Snapshot:
             elif stat.S_ISDIR(st_.st_mode):
                 kind = "dir"
             elif stat.S_ISREG(st_.st_mode):
-                kind = hashlib.sha256(p.read_bytes()).hexdigest()
+                try:
+                    kind = hashlib.sha256(p.read_bytes()).hexdigest()
+                except PermissionError:
+                    kind = "unreadable"
             else:
                 kind = "special"
             snap[p.relative_to(root).as_posix()] = (kind, st_.st_mode)
@@ -304,6 +307,32 @@ def int_id_files(p: Path) -> None:
     preds_h5(p / "short.h5", ints[1:], rng.uniform(0.05, 0.95, ROWS - 1), "m1")
     preds_h5(p / "dup.h5", [*ints[:-1], ints[0]], rng.uniform(0.05, 0.95, ROWS), "m1")
     preds_h5(p / "strids.h5", [str(i) for i in ints], rng.uniform(0.05, 0.95, ROWS), "m1")
+
+
+#: write-only: even root cannot read it (root reads files of any mode)
+SYS_UNREADABLE = Path("/sys/bus/pci/rescan")
+
+
+def unreadable(name: str) -> Prep:
+    """``name`` replaced by a file that cannot be read: mode 000 where the tests do not run
+    as root; as root, a link to a write-only sysfs file."""
+    def prep(p: Path) -> None:
+        target = p / name
+        if os.geteuid() != 0:
+            target.write_bytes(b"secret")
+            os.chmod(target, 0)
+            return
+        try:
+            SYS_UNREADABLE.open("rb").close()
+        except PermissionError:
+            pass
+        except OSError as e:
+            pytest.skip(f"no file that root cannot read here ({e})")
+        else:
+            pytest.skip(f"{SYS_UNREADABLE} is readable here")
+        target.unlink(missing_ok=True)
+        target.symlink_to(SYS_UNREADABLE)
+    return prep
 
 
 def bad_targets(name: str, value: float) -> Prep:
@@ -771,6 +800,28 @@ CASES = [
          timeout=HANG, memory=None, prep=write("cfg.yaml", compose_cfg(
              data="{train: nope.h5, test: in.h5}"))),
 
+    # unreadable inputs: KM405 naming the file, whichever command reads it
+    case("unreadable-input-predict", f"{PRED} out.h5", "KM405", "in.h5",
+         prep=unreadable("in.h5")),
+    case("unreadable-preds-compose", "compose train --targets t.h5 -o Wx -- stacker a.h5 b.h5",
+         "KM405", "b.h5", prep=unreadable("b.h5")),
+    case("unreadable-targets-score", "score --targets t.h5 a.h5", "KM405", "t.h5",
+         prep=unreadable("t.h5")),
+    case("unreadable-shard-merge", "merge -o m.h5 a.h5 b.h5", "KM405", "a.h5",
+         prep=unreadable("a.h5")),
+    case("unreadable-prediction-verify", "verify a.h5", "KM405", "a.h5",
+         prep=unreadable("a.h5")),
+    case("unreadable-config-status", "status cfg.yaml", "KM405", "cfg.yaml",
+         prep=unreadable("cfg.yaml")),
+    case("unreadable-table-import", "data import t.csv -o t2.h5", "KM405", "t.csv",
+         prep=unreadable("t.csv")),
+    case("unreadable-spec-validate", f"validate {TOY}", "KM405", "model.yaml",
+         prep=unreadable(TOY)),
+    # a composition that names its ensembler among the base models: refused before Snakemake
+    case("run-ensembler-as-base-model", "run cfg.yaml --cores 1", "KM101", "stacker",
+         prep=write("cfg.yaml", compose_cfg().replace("models: [mlp]",
+                                                      "models: [mlp, stacker]"))),
+
     # usage errors: exit 2, still one KM line (KM002)
     case("usage-missing-output", "predict toy -i in.h5", "KM002", ("-o", "--output"),
          exit_code=2),
@@ -930,3 +981,30 @@ def test_any_ids_score_or_fail_cleanly(project: Path, target_ids: list[int],
     assert_contract(out, before, project, codes=("KM600",), names=("pp.h5",),
                     success=rows_match if matches else None)
 
+
+
+def test_validate_checks_what_the_data_of_a_composition_needs(project: Path) -> None:
+    """`kmodel validate` (and `kmodel run`, before Snakemake) checks what `data:` needs:
+    scikit-learn where kmodel runs for builtin data, and given files that hold inputs and
+    the targets, each problem named with its field."""
+    base_files(project)
+    (project / "cfg.yaml").write_text(compose_cfg())
+    no_sklearn = ("import sys; sys.modules['sklearn'] = None; sys.argv = ['kmodel', 'validate',"
+                  " 'cfg.yaml']; from kmodel.__main__ import main; main()")
+    res = subprocess.run([sys.executable, "-c", no_sklearn], cwd=project, capture_output=True,
+                         text=True, timeout=HANG)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "data: builtin: breast_cancer needs scikit-learn" in res.stdout + res.stderr
+    assert invoke("validate", "cfg.yaml").code == 0  # here it is installed
+    for data, field, says in [
+            ("{train: a.h5, test: in.h5}", "data.train", "a.h5 has no /inputs datasets"),
+            ("{train: in.h5, test: nope.h5}", "", "nope.h5"),
+            ("{train: in.h5, test: a.h5}", "data.test", "a.h5 has no /inputs datasets")]:
+        (project / "cfg.yaml").write_text(compose_cfg(data=data))
+        out = invoke("validate", "cfg.yaml")
+        said = out.stdout + out.stderr
+        assert out.code == 1 and field in said and says in said, said
+    make_input(project / "nt.h5", rows=ROWS)  # features, no targets
+    (project / "cfg.yaml").write_text(compose_cfg(data="{train: nt.h5, test: in.h5}"))
+    out = invoke("run", "cfg.yaml", "--cores", "1")
+    assert out.code == 1 and "data.train: nt.h5 has no /targets/y" in out.stderr, out.stderr
