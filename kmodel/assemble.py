@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmodel import provenance
+from kmodel import checksums, provenance
 from kmodel._fs import atomic_path, check_input_file, guard_output
 from kmodel.compose import align
 from kmodel.errors import InputSchemaError
@@ -32,6 +32,7 @@ def _read(path: Path, dataset: str, ids: np.ndarray) -> np.ndarray:
     except (OSError, hdf5.LayoutError) as e:
         raise InputSchemaError(f"{path}: {e}; give FILE:/GROUP/DATASET of a kmodel file"
                                ) from None
+    checksums.check(path)
     own = hdf5.as_ids(own)
     rows = np.arange(len(own)) if np.array_equal(own, ids) else align(ids, own, path)
     return arrays[name][rows]
@@ -58,7 +59,7 @@ def assemble(output: Path, ids_from: Path, inputs: Mapping[str, Sequence[Source]
         rows = np.arange(len(own)) if np.array_equal(own, ids) else align(ids, own,
                                                                            targets_from)
         groups["targets"] = {k: v[rows] for k, v in found.items()}
-    upstream = json.dumps(provenance.upstream(files), sort_keys=True)
+    upstream = json.dumps(provenance.upstream(files, output.parent), sort_keys=True)
     with atomic_path(output) as tmp:
         hdf5.write_table(tmp, groups, ids, attrs={"dataset": "assembled",
                                                   "upstream_sha256": upstream})

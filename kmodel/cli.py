@@ -758,12 +758,14 @@ def _labelled(items: tuple[str, ...]) -> dict[str, Path]:
               help="The trained ensembler's folder: its task and its weight per model.")
 @click.option("--figure", type=click.Path(path_type=Path),
               help="Also draw the curves (ROC, calibration or predicted vs true) as SVG.")
+@click.option("--output-of", "outputs", multiple=True, metavar="MODEL=NAME",
+              help="The prediction dataset to score of MODEL's file (when it has several).")
 @json_option
 @click.pass_context
 def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name: str,
           task: str | None, output: Path | None, level_one: tuple[str, ...],
           level_one_targets: Path | None, ensembler: Path | None, figure: Path | None,
-          as_json: bool) -> None:
+          outputs: tuple[str, ...], as_json: bool) -> None:
     """Score LABEL=PRED.h5 files against the targets with the task's metrics (as
     scikit-learn defines them): binary log_loss, roc_auc, brier, accuracy; multiclass
     log_loss, accuracy, roc_auc_ovr (macro); regression rmse, mae, r2. A prediction the
@@ -775,7 +777,8 @@ def score(ctx: click.Context, preds: tuple[str, ...], targets: Path, target_name
     report = run_score(_labelled(preds), targets, target_name, output, task=task,
                        level_one=_labelled(level_one) if level_one else None,
                        level_one_targets=level_one_targets, ensembler=ensembler,
-                       figure=figure)
+                       figure=figure,
+                       outputs=dict(item.partition("=")[::2] for item in outputs) or None)
     click.echo(json.dumps(asdict(report), indent=2) if as_json
                else _score_table(asdict(report)))
 
@@ -1092,6 +1095,17 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(e.code if isinstance(e.code, int) else 1)
         raise
+    finally:  # the interpreter's shutdown: a signal now ends it in one line, no traceback
+        _after_the_command()
+
+
+def _after_the_command() -> None:
+    from kmodel._signals import answer_quietly
+
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    answer_quietly()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kmodel import metrics, provenance, record
+from kmodel import checksums, metrics, provenance, record
 from kmodel import predict as predict_mod
 from kmodel import train as train_mod
 from kmodel._fs import check_input_file, file_signature, guard_output
@@ -250,15 +251,15 @@ def _layout(path: Path) -> list[tuple[str, tuple[int, ...], np.dtype]]:
     return layout
 
 
-def _count(path: Path) -> int:
-    """Rows of a file (its ids), or a clear error."""
+def _count(path: Path, empty: bool = False) -> int:
+    """Rows of a file (its ids), or a clear error (no rows is one, unless ``empty``)."""
     try:
         rows = hdf5.count_ids(path)
     except hdf5.LayoutError as e:
         raise InputSchemaError(f"{path}: {e}; is it a kmodel file?") from None
     except (OSError, KeyError, TypeError, RuntimeError) as e:
         raise InputSchemaError(f"{path}: not a kmodel HDF5 file ({e})") from None
-    if rows == 0:
+    if rows == 0 and not empty:
         raise IdAlignmentError(f"{path}: no rows; predict on a non-empty input")
     return rows
 
@@ -336,12 +337,13 @@ def sources(preds: Sequence[Path], reference: Path, tmp: Path, task: Task, *,
         check_input_file(path)  # before anything opens it (a FIFO would block)
     if not allow_mixed_inputs:
         check_same_input(preds)
-    rows = _count(reference)
+    rows = _count(reference, empty=True)  # (training refuses empty targets before this)
     columns: list[tuple[Path, str]] = []
     labels: list[str] = []
     names, wide = [], False
     for k, path in enumerate(preds):
-        _count(path)
+        _count(path, empty=True)
+        checksums.check(path)
         model = _record(path).model or path.stem
         key, dataset, cols = prediction_columns(path, task, model)
         columns += _aligned(path, [(dataset, c) for c in cols], reference,
@@ -355,6 +357,7 @@ def sources(preds: Sequence[Path], reference: Path, tmp: Path, task: Task, *,
         if data is None:
             raise UsageError("passthrough needs the data file with the raw inputs (--data)")
         raw_cols = _passthrough(data, task.passthrough)
+        checksums.check(data)
         columns += _aligned(data, raw_cols, reference, tmp / "passthrough.h5")
         labels += [f"{data}:/{name}" + (f"[{c}]" if c is not None else "")
                    for name, c in raw_cols]
@@ -390,6 +393,7 @@ def _aligned(path: Path, cols: list[tuple[str, int | None]], reference: Path, co
 
 
 _ORDERS: dict[tuple[str, str], np.ndarray] = {}
+_ORDERS_LOCK = threading.Lock()  # the API may compose from several threads
 
 
 def _order(reference: Path, path: Path) -> np.ndarray:
@@ -400,10 +404,11 @@ def _order(reference: Path, path: Path) -> np.ndarray:
     ids = hdf5.read_ids(path)
     key = (f"{reference.resolve()}|{file_signature(reference)}",
            hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest())
-    if key not in _ORDERS:
-        _ORDERS.clear()  # one reference at a time: bounded memory
-        _ORDERS[key] = align(hdf5.read_ids(reference), ids, path)
-    return _ORDERS[key]
+    with _ORDERS_LOCK:
+        if key not in _ORDERS:
+            _ORDERS.clear()  # one reference at a time: bounded memory
+            _ORDERS[key] = align(hdf5.read_ids(reference), ids, path)
+        return _ORDERS[key]
 
 
 def _same_ids(a: Path, b: Path) -> bool:
@@ -424,8 +429,8 @@ def check_rows_apart(preds: Sequence[Path], targets: Path) -> list[str]:
         model = found.model or path.stem
         if found.folds:  # out-of-fold: each row predicted by a model that never saw it
             continue
-        kept = provenance.read_folder_record(Path(found.weights_dir)) \
-            if found.weights_dir else None
+        kept = provenance.read_folder_record(found.weights_folder) \
+            if found.weights_folder else None
         if kept is None or kept.trained_on is None:
             unknown.append(model)
             continue
@@ -462,7 +467,7 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
         check_rows_apart(preds, targets)
     model = registry.model(ensembler)
     made = provenance.of_model(registry, model, None)
-    read = provenance.upstream([*preds, targets])
+    read = provenance.upstream([*preds, targets], weights_out)
     with tempfile.TemporaryDirectory(prefix="kmodel-compose-") as tmp:
         found = sources(preds, targets, Path(tmp), found_task, data=targets,
                         allow_mixed_inputs=allow_mixed_inputs)

@@ -225,6 +225,12 @@ class InputChangedError(KmodelError):
     code = "KM404"
 
 
+class ValuesChangedError(KmodelError):
+    """A stored output's values differ from the checksum kmodel recorded as it wrote them."""
+
+    code = "KM407"
+
+
 class NewerFormatError(KmodelError):
     """A file written by a newer kmodel, in a format version this one cannot read."""
 

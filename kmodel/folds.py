@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmodel import metrics, provenance, record
+from kmodel import checksums, metrics, provenance, record
 from kmodel._fs import atomic_path, cached_sha256, check_input_file, guard_output
 from kmodel.compose import targets_of
 from kmodel.errors import IdAlignmentError, InputSchemaError, TaskError, TrainingOverlapError
@@ -97,7 +97,8 @@ def _fold_rows(path: Path) -> tuple[PredictionRecord, dict[str, np.ndarray], np.
     if not found.known or not found.complete:
         raise InputSchemaError(f"{path}: not a whole prediction kmodel wrote; predict that "
                                "fold again")
-    kept = provenance.read_folder_record(Path(found.weights_dir)) if found.weights_dir \
+    checksums.check(path)
+    kept = provenance.read_folder_record(found.weights_folder) if found.weights_folder \
         else None
     if kept is None or kept.trained_on is None:
         raise InputSchemaError(f"{path}: its weights ({found.weights_dir or 'none'}) record "
@@ -142,8 +143,9 @@ def gather(fold_preds: Sequence[Path], reference: Path, output: Path) -> Path:
         model=first.model, model_version=first.model_version, made=made,
         env_key=first.env_key, batch_size=first.batch_size, weights_dir="", rows_start=0,
         rows_stop=len(order), input_rows=len(order),
-        input_signature=f"{reference.resolve()}|", input_sha256=cached_sha256(reference),
-        upstream_sha256=provenance.upstream(fold_preds), folds=len(fold_preds),
+        input_signature=f"{record.relative(reference, output.parent)}|",
+        input_sha256=cached_sha256(reference),
+        upstream_sha256=provenance.upstream(fold_preds, output.parent), folds=len(fold_preds),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     classes = {n: hdf5.dataset_attrs(fold_preds[0], f"preds/{n}").get("classes") for n in names}
     with atomic_path(output) as tmp:

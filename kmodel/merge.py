@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kmodel import _lock, record
+from kmodel import _lock, checksums, record
 from kmodel._fs import check_input_file, guard_output, tmp_sibling
 from kmodel.errors import InputSchemaError, ShardError, write_error
 from kmodel.io import hdf5
@@ -34,6 +34,7 @@ def _shard(path: Path) -> tuple[PredictionRecord, hdf5.Schema]:
     except (OSError, hdf5.LayoutError) as e:
         raise InputSchemaError(f"{path}: not a kmodel prediction file ({e}); {written_by}"
                                ) from None
+    checksums.check(path)
     if not found.rows_recorded:
         raise ShardError(f"{path}: its row range attributes are not whole numbers; "
                          f"{written_by}")
@@ -95,7 +96,8 @@ def merge(shards: Sequence[Path], output: Path) -> Path:
     source = [common.input_path] if common.input_path else []
     guard_output(output, [*shards, *source], siblings=(".lock",))  # nor the shards' input
     total = int(common.input_rows or 0)
-    attrs = common.merged(len(shards), total, time.strftime("%Y-%m-%dT%H:%M:%S%z")).to_attrs()
+    attrs = common.merged(len(shards), total, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          output.parent).to_attrs()
     with _lock.writing(output):
         tmp = tmp_sibling(output)
         try:

@@ -96,9 +96,7 @@ def check_input(model: Model, path: Path) -> int:
             shown = tuple("*" if w is None else w for w in want)
             raise InputSchemaError(f"{path}: /inputs/{spec.name} has rows of shape {shape}, "
                                    f"model {model.name!r} expects {shown}; reshape the data")
-    if rows == 0:
-        raise InputSchemaError(f"{path}: no rows (/metadata/id is empty); nothing to predict")
-    return rows
+    return rows  # (no rows: an output of no rows, e.g. an empty region or shard)
 
 
 def ready_env(registry: Registry, model: Model) -> Env | None:
@@ -433,8 +431,11 @@ def _prepare(model: Model, input_path: Path, output: Path, span: tuple[int, int]
     from dataclasses import replace
 
     signature = file_signature(input_path)
+    near = output.parent  # what the record names, it names relative to the output's folder
     want = replace(base, rows_start=span[0], rows_stop=span[1], input_rows=total,
-                   input_signature=f"{os.path.realpath(input_path)}|{signature}")
+                   input_signature=f"{record.relative(input_path, near)}|{signature}",
+                   weights_dir=record.relative(base.weights_dir, near) if base.weights_dir
+                   else base.weights_dir)
     partial = partial_path(output)
     resumed = resume and _resumable(partial, want, input_path)
     work = output.with_name(f"{output.name}.partial-{os.urandom(4).hex()}")
@@ -477,7 +478,7 @@ def _finish(p: _Pending, name: str) -> None:
                 "would mix two inputs, so none were kept: rerun")
         hdf5.set_attrs(p.work, record.finished(
             p.hash.result(), p.upstream.result() if p.upstream else None,
-            time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"), p.output.parent))
         for name, classes in p.classes.items():  # which column is which class
             hdf5.set_attrs(p.work, {"classes": json.dumps(classes)}, dataset=f"preds/{name}")
         os.replace(p.work, p.output)

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kmodel import formats
+from kmodel import checksums, formats
 from kmodel._fs import cached_sha256, check_input_file, sha256_file
 from kmodel._version import __version__
-from kmodel.errors import InputSchemaError, KmodelError
-from kmodel.record import Made, PredictionRecord
+from kmodel.errors import InputSchemaError, KmodelError, ValuesChangedError
+from kmodel.record import Made, PredictionRecord, relative
 from kmodel.registry import Model, Registry
 from kmodel.weights import RECORD, Weights, read_manifest
 
@@ -48,9 +48,11 @@ def of_model(registry: Registry, model: Model, weights: Weights | None) -> Made:
                 lock_sha256=sha256_file(ref.lockfile) if ref.lockfile.is_file() else "")
 
 
-def upstream(files: Sequence[Path]) -> dict[str, str]:
-    """{path: sha256} of every file a composer step read (compared by content later)."""
-    return {str(p.resolve()): cached_sha256(p) for p in files}
+def upstream(files: Sequence[Path], near: Path | None = None) -> dict[str, str]:
+    """{path: sha256} of every file a composer step read (compared by content later); the
+    paths relative to the folder ``near`` where the record is kept (None: absolute)."""
+    return {relative(p, near) if near is not None else str(p.resolve()): cached_sha256(p)
+            for p in files}
 
 
 def incomplete(record: PredictionRecord, model: Model, rows: int,
@@ -181,11 +183,12 @@ def folder_record(made: Made, upstream_files: Mapping[str, str],
     return FolderRecord(made.to_attrs(), dict(upstream_files), sources, stacking=stacking)
 
 
-def read_folder_record(folder: Path) -> FolderRecord | None:
+def read_folder_record(folder: Path, *, verify: bool = True) -> FolderRecord | None:
     """The folder's record, or None if it has none that can be read. Version 0 (an older
-    kmodel's) is a flat mapping, its sources in a sources.json beside it."""
+    kmodel's) is a flat mapping, its sources in a sources.json beside it. A record edited
+    after kmodel wrote it is ValuesChangedError (unless not ``verify``)."""
     try:
-        version, found = formats.read(folder / RECORD, "weights-record")
+        version, found = formats.read(folder / RECORD, "weights-record", verify=verify)
     except OSError:  # an older kmodel's ensembler may have a sources.json alone
         version, found = 0, {}
     body = _folder_record_v0(folder, found) if version == 0 else found
@@ -256,9 +259,19 @@ def verify(registry: Registry, path: Path) -> list[Check]:
     problem = whole(path, record, model)
     checks = [("complete", problem is None,
                problem or f"{record.rows_done} rows, every output of the spec")]
-    folder = record.weights_dir
-    weights = Weights.from_folder(Path(folder)) if folder and read_manifest(Path(folder)) \
-        else Weights.of(model)
+    changed = checksums.problems(path)
+    checks.append(("values", not changed, "; ".join(changed) if changed else
+                   "every dataset matches the checksum recorded as it was written"))
+    folder, weights = record.weights_folder, None
+    try:
+        if folder is not None and not folder.is_dir():
+            checks.append(("weights folder", False, f"{folder} is missing"))
+        elif folder is not None and read_manifest(folder):  # weights kmodel trained
+            weights = Weights.from_folder(folder)
+        else:
+            weights = Weights.of(model)
+    except ValuesChangedError as e:
+        checks.append(("weights folder", False, e.message))
     for reason, then, now in _all_fields(of_model(registry, model, weights), record.made):
         checks.append((reason, then == now, f"recorded {str(then)[:16]}, now {now[:16]}"
                        if then != now else str(now)[:16]))
@@ -278,9 +291,8 @@ def _inputs_check(record: PredictionRecord) -> Check:
     if "upstream_sha256" in record.bad:
         return ("upstream files", False, "upstream_sha256 is not a JSON object")
     if record.upstream_sha256 is not None:
-        then = record.upstream_sha256
-        changed = [p for p, d in then.items() if not Path(p).is_file()
-                   or cached_sha256(Path(p)) != d]
+        then = record.upstream_files()
+        changed = [str(p) for p, d in then.items() if not p.is_file() or cached_sha256(p) != d]
         return ("upstream files", not changed, f"changed or missing: {changed}"
                 if changed else f"{len(then)} files match")
     source = record.input_path or Path("")

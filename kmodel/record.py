@@ -8,12 +8,18 @@ or for the ensemble the sha256 of every upstream prediction file), with what set
 compare it, status and verify check it against the files as they are now. Files of other
 tools (Kipoi's) have no record: every field is then None and ``known`` is False.
 
+Files a record names (the input, the weights folder, upstream files) are recorded relative
+to the folder of the file that records them, so a moved or copied project points to its
+own files, never to the original's; absolute paths (an older kmodel's) are read as they are.
+
 The layout's ``schema_version`` is checked on read: a file of a newer schema is KM406.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +29,28 @@ from kmodel.errors import NewerFormatError
 
 # kmodel/io/hdf5.py (which holds the layout's names) is imported where a record is read or
 # written: importing h5py costs 100 ms that `kmodel predict` spends alongside the runner
+
+
+_SIGNED = re.compile(r"(.*)\|((?:\d+\|){4}\d+)?")
+
+
+def split_signature(recorded: str) -> tuple[str, str]:
+    """``(path, file signature)`` of an ``input_signature`` (``PATH|SIZE|MTIME|CTIME|DEV|INO``,
+    or ``PATH|`` where no signature is kept)."""
+    found = _SIGNED.fullmatch(recorded)
+    return (found.group(1), found.group(2) or "") if found else (recorded, "")
+
+
+def relative(target: str | Path, near: str | Path) -> str:
+    """How a record names ``target``: relative to the folder ``near`` (where the recording
+    file is, or the recording folder itself)."""
+    return os.path.relpath(os.path.realpath(target), os.path.realpath(near))
+
+
+def resolve(recorded: str, near: str | Path) -> Path:
+    """The file a record names, relative to the folder ``near`` (absolute: as it is)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(Path(near).absolute() / path))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +152,8 @@ class PredictionRecord:
     complete: bool = False
     schema_version: int | None = None
     bad: frozenset[str] = frozenset()
+    #: the folder of the file the record was read from (its paths are relative to it)
+    near: str = ""
 
     #: what every shard of one prediction shares (merge refuses shards that differ)
     SAME_PREDICTION: ClassVar[tuple[str, ...]] = (
@@ -155,7 +185,8 @@ class PredictionRecord:
             else:
                 bad.add("upstream_sha256")
         return cls(**values, made=Made.from_attrs(attrs), complete=bool(attrs.get(COMPLETE)),
-                   schema_version=version if _whole(version) else None, bad=frozenset(bad))
+                   schema_version=version if _whole(version) else None, bad=frozenset(bad),
+                   near=os.path.dirname(os.path.abspath(source)) if source else "")
 
     def to_attrs(self) -> dict[str, Any]:
         """The root attributes (None values left out; the writer adds rows done/complete)."""
@@ -181,10 +212,19 @@ class PredictionRecord:
 
     @property
     def input_path(self) -> Path | None:
-        """The input file the predictions were made from, as recorded."""
+        """The input file the predictions were made from (found from the file's folder)."""
         if not self.input_signature:
             return None
-        return Path(self.input_signature.split("|")[0])
+        return resolve(split_signature(self.input_signature)[0], self.near or ".")
+
+    @property
+    def weights_folder(self) -> Path | None:
+        """The weights folder the predictions were made with (None: none recorded)."""
+        return resolve(self.weights_dir, self.near or ".") if self.weights_dir else None
+
+    def upstream_files(self) -> dict[Path, str]:
+        """The ensemble's upstream files (found from the file's folder) and their sha256."""
+        return {resolve(k, self.near or "."): v for k, v in (self.upstream_sha256 or {}).items()}
 
     @property
     def rows_recorded(self) -> bool:
@@ -198,17 +238,30 @@ class PredictionRecord:
         return self.complete and other.complete and all(
             self.value(k) is not None and self.value(k) == other.value(k) for k in keys)
 
-    def merged(self, shards: int, rows: int, created: str) -> PredictionRecord:
-        """The record of the file that merges ``shards`` shards of this prediction."""
+    def merged(self, shards: int, rows: int, created: str, near: str | Path
+               ) -> PredictionRecord:
+        """The record of the file that merges ``shards`` shards of this prediction, written
+        in the folder ``near`` (the files it names, named from there)."""
+        signature = None
+        if self.input_signature and self.input_path is not None:
+            signature = f"{relative(self.input_path, near)}|" \
+                        f"{split_signature(self.input_signature)[1]}"
+        upstream = {relative(p, near): d for p, d in self.upstream_files().items()}
         return replace(self, rows_start=0, rows_stop=rows, merged_shards=shards,
-                       created=created, rows_done=None, complete=False)
+                       created=created, rows_done=None, complete=False,
+                       input_signature=signature or self.input_signature,
+                       weights_dir=relative(self.weights_folder, near) if self.weights_folder
+                       else self.weights_dir,
+                       upstream_sha256=upstream if self.upstream_sha256 is not None else None)
 
 
-def finished(input_sha256: str, upstream: Mapping[str, str] | None, created: str
-             ) -> dict[str, Any]:
-    """The attributes a prediction gets once every row is written and checked."""
+def finished(input_sha256: str, upstream: Mapping[str, str] | None, created: str,
+             near: str | Path) -> dict[str, Any]:
+    """The attributes a prediction gets once every row is written and checked (its
+    ``upstream`` files named relative to the folder ``near`` it is written in)."""
     record = PredictionRecord(input_sha256=input_sha256, created=created,
-                              upstream_sha256=dict(upstream) if upstream else None)
+                              upstream_sha256={relative(k, near): v for k, v in upstream.items()}
+                              if upstream else None)
     return record.to_attrs()
 
 

@@ -18,11 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from kmodel import formats, metrics, provenance
-from kmodel._fs import check_input_file, guard_output
-from kmodel.compose import Task, align, prediction_columns, targets_of, task_of
+from kmodel import checksums, formats, metrics, provenance
+from kmodel._fs import check_input_file, guard_output, sha256_file
+from kmodel.compose import (
+    Task,
+    _count,
+    _layout,
+    align,
+    prediction_columns,
+    targets_of,
+    task_of,
+)
 from kmodel.defaults import TARGET_NAME
-from kmodel.errors import InputSchemaError, KmodelError, TaskError
+from kmodel.errors import InputSchemaError, KmodelError, TaskError, ValuesChangedError
 from kmodel.io import hdf5
 
 Table = dict[str, dict[str, Any]]
@@ -51,14 +59,17 @@ class Report:
     ensembler: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     figure: str | None = None
+    #: the figure's sha256, as drawn (an edited figure is found by `kmodel status`)
+    figure_sha256: str | None = None
 
 
 def _prediction(path: Path, y_ids: np.ndarray, task: Task) -> tuple[np.ndarray, np.dtype]:
     """The file's prediction for ``task`` in the targets' row order, and its stored dtype."""
-    from kmodel.compose import _count, _record
+    from kmodel.compose import _record
 
     check_input_file(path)
     _count(path)  # no rows: nothing to score
+    checksums.check(path)
     try:
         arrays, ids = hdf5.read_group(path, "preds")
     except (OSError, hdf5.LayoutError) as e:
@@ -119,18 +130,24 @@ def _weights(ensembler: Path | None, models: list[str]
 def score(preds: dict[str, Path], targets: Path, target_name: str = TARGET_NAME,
           output: Path | None = None, *, task: str | None = None,
           level_one: dict[str, Path] | None = None, level_one_targets: Path | None = None,
-          ensembler: Path | None = None, figure: Path | None = None) -> Report:
+          ensembler: Path | None = None, figure: Path | None = None,
+          outputs: dict[str, str] | None = None) -> Report:
     """Score each prediction file against the targets, by task (given; the ensembler's; or
     inferred from the targets). For a composition, ``level_one`` (the base models'
     predictions of ``level_one_targets``' rows), ``ensembler`` (its trained folder) and
-    ``figure`` (an SVG to draw) add the leaderboard. Written to ``output`` if given."""
+    ``figure`` (an SVG to draw) add the leaderboard; ``outputs``: the dataset to score of a
+    model whose files hold several (default: the ensembler's choice). Written to ``output``
+    if given."""
     for path in (output, figure):
         if path is not None:
             guard_output(path, [targets, *preds.values(), *(level_one or {}).values()],
                          replaceable=_is_table if path == output else _is_figure)
     kept = provenance.read_folder_record(ensembler) if ensembler else None
+    check_input_file(targets)
+    if _count(targets, empty=True) == 0:
+        return _nothing(preds, targets, output, task or (kept.task if kept else None))
     found_task = task_of(targets, target_name, task or (kept.task if kept else None),
-                         kept.outputs if kept else None)
+                         outputs or (kept.outputs if kept else None))
     if kept and kept.classes and found_task.task != "regression":
         found_task = Task(found_task.task, list(kept.classes), found_task.outputs)
     y, predictions = _read_all(preds, targets, target_name, found_task)
@@ -155,7 +172,23 @@ def score(preds: dict[str, Path], targets: Path, target_name: str = TARGET_NAME,
         from kmodel import figure as drawing
 
         drawing.write(figure, found_task, y, {k: v[0] for k, v in predictions.items()})
-        report.figure = figure.name
+        report.figure, report.figure_sha256 = figure.name, sha256_file(figure)
+    if output is not None:
+        formats.write(output, "scores", asdict(report))
+    return report
+
+
+def _nothing(preds: dict[str, Path], targets: Path, output: Path | None, task: str | None
+             ) -> Report:
+    """The table of targets without rows (an empty region or shard): every label with no
+    rows and no scores; a flag says there was nothing to score."""
+    for path in preds.values():  # the files must still be prediction files
+        check_input_file(path)
+        _layout(path)
+    names = list(next((v for k, v in metrics.METRICS.items() if k == task), ()))
+    report = Report(task or "unknown", [], names, names[0] if names else "",
+                    {label: {"rows": 0} for label in preds},
+                    flags=[f"nothing to score: {targets} has no rows"])
     if output is not None:
         formats.write(output, "scores", asdict(report))
     return report
@@ -202,17 +235,21 @@ def _number(v: object) -> bool:
                          and bool(np.isfinite(v)))
 
 
-def _table(path: Path) -> tuple[int, Any]:
+def _table(path: Path, verify: bool = True) -> tuple[int, Any]:
     """The table part of a score file, unchecked: version 0 (an older kmodel's) is the
     bare mapping of labels; later versions hold it under ``scores``."""
-    version, body = formats.read(path, "scores")
+    version, body = formats.read(path, "scores", verify=verify)
     return version, body if version == 0 else body.get("scores")
 
 
-def problem(path: Path, labels: list[str] | None = None) -> str | None:
-    """Why a scores file is not a score table (of ``labels``, when given), or None."""
+def problem(path: Path, labels: list[str] | None = None, *, verify: bool = True
+            ) -> str | None:
+    """Why a scores file is not a score table (of ``labels``, when given; ``verify``: as
+    `kmodel score` wrote it), or None."""
     try:
-        _, table = _table(path)
+        _, table = _table(path, verify)
+    except ValuesChangedError:
+        return f"edited after `kmodel score` wrote it (its {formats.CHECKSUM} differs)"
     except (OSError, KmodelError):
         return "unreadable"
     if not isinstance(table, dict) or (labels is not None and not set(labels) <= set(table)):
@@ -233,8 +270,20 @@ def read(path: Path) -> dict[str, Any]:
     return {"scores": body} if version == 0 else body
 
 
+def figure_sha256(path: Path) -> str | None:
+    """The sha256 of the figure drawn with the score table at ``path`` (None: none)."""
+    try:
+        version, body = formats.read(path, "scores", verify=False)
+    except (OSError, KmodelError):
+        return None
+    found = body.get("figure_sha256") if version else None
+    return found if isinstance(found, str) else None
+
+
 def _is_table(path: Path) -> bool:
-    read(path)
+    """A score table kmodel wrote (even edited since: remaking it is what is wanted)."""
+    if why := problem(path, verify=False):
+        raise InputSchemaError(f"{path}: {why}")
     return True
 
 
@@ -243,4 +292,5 @@ def _is_figure(path: Path) -> bool:
         encoding="utf-8")[:400]
 
 
-__all__ = ["AVERAGE", "ENSEMBLE", "Report", "Table", "problem", "read", "score"]
+__all__ = ["AVERAGE", "ENSEMBLE", "Report", "Table", "figure_sha256", "problem", "read",
+           "score"]

@@ -1,8 +1,9 @@
 """Which outputs of a composition are fresh, stale (and why) or missing.
 
-Reads provenance only: the attributes recorded in each prediction file, the ensembler's
+Reads provenance: the attributes recorded in each prediction file, the ensembler's
 ``provenance.json``, and the sha256 of specs, code, weights, lockfiles and inputs (cached by
-file identity). No env is built and no model runs.
+file identity); and each output's values against the checksums recorded as they were
+written (read once per version of a file). No env is built and no model runs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kmodel import provenance, record
+from kmodel import checksums, provenance, record
 from kmodel import scores as scores_mod
 from kmodel._fs import cached_sha256
-from kmodel.errors import KmodelError
+from kmodel.errors import KmodelError, ValuesChangedError
 from kmodel.io import hdf5
 from kmodel.plan import FIT, HOLDOUT, SPLITS, Plan
+from kmodel.provenance import FolderRecord
 from kmodel.record import Made
 from kmodel.registry import Model, Registry
 from kmodel.weights import Weights, read_manifest
@@ -66,6 +68,18 @@ def _stale_upstream(entry: Entry, upstream: list[Entry]) -> None:
         entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)} not fresh)")
 
 
+def _values(entry: Entry) -> None:
+    """Datasets of an HDF5 output edited after kmodel wrote them (their checksums)."""
+    if entry.missing or not entry.path.is_file():
+        return
+    try:
+        found = checksums.problems(entry.path)
+    except (OSError, ValueError):
+        return  # unreadable: the entry's other checks say so
+    if found:
+        entry.reasons.append(f"values ({found[0]})")
+
+
 def _prediction(path: Path, what: str, model: Model, expected: Callable[[], Made],
                 inputs: dict[str, Path]) -> Entry:
     """A prediction file of ``model`` against what it must record now (``expected``,
@@ -90,6 +104,8 @@ def _prediction(path: Path, what: str, model: Model, expected: Callable[[], Made
             rows = hdf5.count_ids(source)
     if problem := provenance.whole(path, found, model, rows):
         entry.reasons.append(problem)
+    else:
+        _values(entry)
     entry.reasons += expected().reasons(found.made)
     if source is not None:
         if not source.is_file():
@@ -124,6 +140,7 @@ def _data(plan: Plan) -> dict[str, Entry]:
     for split in SPLITS:
         entry = entries[split] = Entry(plan.data(split), f"{split} data ({data.builtin})")
         entry.reasons += _attrs_reasons(entry, want, "data config")
+        _values(entry)
     return entries
 
 
@@ -154,6 +171,7 @@ def _folds(plan: Plan, source: str, train: Path, upstream: list[Entry]
             entry = entries[(k, part)] = Entry(plan.fold(k, part, source),
                                                f"fold {k} ({part}, {source})")
             entry.reasons += _attrs_reasons(entry, want, "folds config")
+            _values(entry)
             if not entry.missing and train.is_file():
                 with contextlib.suppress(OSError, ValueError):
                     if hdf5.read_attrs(entry.path).get("source_sha256") != cached_sha256(train):
@@ -178,6 +196,7 @@ def _assembled(plan: Plan, model: str, entries: list[Entry]) -> dict[str, Entry]
             except (OSError, ValueError):
                 then = {}
             entry.reasons += _upstream(then if isinstance(then, dict) else {}, sources)
+            _values(entry)
         _stale_upstream(entry, [e for e in entries if str(e.path) in sources])
     return found
 
@@ -214,7 +233,8 @@ def status(plan: Plan, registry: Registry) -> list[Entry]:
     trained, fitted = _trained(plan.ensembler_weights, f"{ensembler.name} weights (trained)",
                                reg, ensembler, upstream_files={**preds[level],
                                                                "targets": plan.data(level)},
-                               upstream=[e for e in entries if str(e.path) in preds[level]])
+                               upstream=[e for e in entries if str(e.path) in preds[level]],
+                               expected_inputs=functools.partial(_ensembler_inputs, plan))
     ensemble = _ensemble(plan, reg, ensembler, fitted, preds["test"], [trained, *made])
     return [*entries, trained, ensemble, *_scores(plan, [ensemble, trained, *made])]
 
@@ -292,16 +312,28 @@ def _predicted(path: Path, what: str, reg: Registry, model: Model, weights: Weig
 
 def _trained(folder: Path, what: str, reg: Registry, model: Model, *,
              source: Path | None = None, upstream_files: dict[str, Path] | None = None,
-             upstream: Sequence[Entry] = ()) -> tuple[Entry, Weights | None]:
+             upstream: Sequence[Entry] = (),
+             expected_inputs: Callable[[FolderRecord], list[str]] | None = None,
+             ) -> tuple[Entry, Weights | None]:
     """A weights folder kmodel trained (and its weights, when there is one): what made it,
     its files against its manifest, and what it was trained on: ``source`` (its rows'
     file) or ``upstream_files`` (the ensembler's prediction files and targets)."""
     trained = Entry(folder, what)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, verify=False)
     if manifest is None:
         trained.missing = True
         return trained, None
-    kept = provenance.read_folder_record(folder) or provenance.FolderRecord()
+    kept = FolderRecord()
+    try:
+        read_manifest(folder)
+        kept = provenance.read_folder_record(folder) or kept
+    except ValuesChangedError as e:
+        trained.reasons.append(f"edited ({e.message.split(': ', 1)[-1]})")
+        kept = provenance.read_folder_record(folder, verify=False) or kept
+    except KmodelError as e:
+        trained.reasons.append(e.message)
+    if expected_inputs is not None:
+        trained.reasons += expected_inputs(kept)
     trained.reasons += provenance.of_model(reg, model, None).reasons(kept.made)
     fitted = Weights(folder, manifest, in_spec=False)
     trained.reasons += _weights_reasons(model, fitted, trained=True)
@@ -315,6 +347,32 @@ def _trained(folder: Path, what: str, reg: Registry, model: Model, *,
         trained.reasons += _upstream(kept.upstream_sha256, upstream_files)
     _stale_upstream(trained, list(upstream))
     return trained, fitted
+
+
+def _ensembler_inputs(plan: Plan, kept: FolderRecord) -> list[str]:
+    """What the trained ensembler takes against what the composition gives it now: the
+    models in order, the output chosen of each, the passthrough inputs, the task and how
+    its rows were kept apart. Any difference makes it stale."""
+    cfg = plan.config
+    if kept.sources is None:
+        return ["inputs (not recorded: trained by an older kmodel)"]
+    pairs = [(s.partition(":")[0], s.partition(":")[2]) for s in kept.sources]
+    models = [m for m, _ in pairs if m != "data"]
+    raw = [n for m, n in pairs if m == "data"]
+    found = []
+    if models != list(cfg.models):
+        found.append(f"inputs (trained on the predictions of {', '.join(models)}, in this "
+                     f"order; the composition lists {', '.join(cfg.models)})")
+    if dict(kept.outputs or {}) != dict(cfg.outputs):
+        found.append(f"inputs (trained on outputs {dict(kept.outputs or {})}; the composition "
+                     f"chooses {dict(cfg.outputs)})")
+    if raw != list(cfg.passthrough):
+        found.append(f"inputs (passthrough {raw} when trained; now {list(cfg.passthrough)})")
+    if cfg.task and kept.task and kept.task != cfg.task:
+        found.append(f"task ({kept.task} when trained; now {cfg.task})")
+    if kept.stacking and kept.stacking != plan.method:
+        found.append(f"stacking ({kept.stacking} when trained; now {plan.method})")
+    return found
 
 
 def _ensemble(plan: Plan, reg: Registry, ensembler: Model, fitted: Weights | None,
@@ -348,6 +406,9 @@ def _scores(plan: Plan, inputs: list[Entry]) -> list[Entry]:
                   or e.path.stat().st_mtime > made]
         if behind:
             entry.reasons.append(f"{UPSTREAM} ({', '.join(behind)})")
+    if not figure.missing and not entry.missing and scores_mod.figure_sha256(
+            plan.scores) not in (None, cached_sha256(plan.figure)):
+        figure.reasons.append("edited (it differs from the figure `kmodel score` drew)")
     return [entry, figure]
 
 

@@ -163,8 +163,6 @@ def import_table(table: Path, output: Path, *, id_column: str | None = None,
     """Write ``output`` from ``table``: its feature columns as /inputs/<input_name>, its
     ``targets`` columns as /targets/<name>, ``id_column`` as /metadata/id (without one,
     rows are numbered: row-0, row-1, ...)."""
-    import h5py
-
     from kmodel.io import hdf5
 
     check_input_file(table)
@@ -177,28 +175,23 @@ def import_table(table: Path, output: Path, *, id_column: str | None = None,
     if rows == 0:
         raise InputSchemaError(f"{table}: no rows")
     width = max(width, len(f"row-{rows}")) if id_column is None else width
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({"schema_version": hdf5.SCHEMA_VERSION, "dataset": "imported",
-                        "source": table.name, "features": ",".join(chosen)})
-        x = f.create_dataset(f"inputs/{input_name}", shape=(rows, len(chosen)), dtype=dtype,
-                             chunks=(min(rows, 8192), len(chosen)))
-        ids = f.create_dataset("metadata/id", shape=(rows,), dtype=f"S{width}",
-                               chunks=(min(rows, 8192),))
-        outs: dict[str, Any] = {}
+    attrs = {"dataset": "imported", "source": table.name, "features": ",".join(chosen)}
+    with atomic_path(output) as tmp, hdf5.TableWriter(tmp, rows, attrs) as out:
+        out.create(f"inputs/{input_name}", dtype, (len(chosen),))
+        out.create("metadata/id", f"S{width}")
         at = 0
         wanted = [*chosen, *targets, *([id_column] if id_column else [])]
         for batch in _batches(table, wanted):
             n = len(next(iter(batch.values())))
-            x[at:at + n] = _features(table, batch, chosen, dtype)
+            out.write(f"inputs/{input_name}", _features(table, batch, chosen, dtype))
             for name in targets:
                 values = _numbers(table, batch[name], name, "target")
-                if name not in outs:
-                    kind = np.int64 if values.dtype.kind in "iub" else np.float64
-                    outs[name] = f.create_dataset(f"targets/{name}", shape=(rows,), dtype=kind,
-                                                  chunks=(min(rows, 8192),))
-                outs[name][at:at + n] = values
-            ids[at:at + n] = _ids(batch[id_column]) if id_column else np.char.encode(
-                np.char.add("row-", np.arange(at, at + n).astype(str)), "ascii")
+                if f"targets/{name}" not in out:
+                    out.create(f"targets/{name}",
+                               np.int64 if values.dtype.kind in "iub" else np.float64)
+                out.write(f"targets/{name}", values)
+            out.write("metadata/id", _ids(batch[id_column]) if id_column else np.char.encode(
+                np.char.add("row-", np.arange(at, at + n).astype(str)), "ascii"))
             at += n
     return Imported(output, rows, chosen, list(targets))
 

@@ -25,6 +25,7 @@ from kmodel.errors import (
     KmodelError,
     NotTrainedError,
     SpecError,
+    ValuesChangedError,
     WeightsChangedError,
     WeightsMissingError,
     WeightsNotHashedError,
@@ -108,11 +109,15 @@ class Weights:
 # --- trained folders: manifest, params, who wrote it ------------------------------------
 
 
-def read_manifest(folder: Path) -> dict[str, str] | None:
+def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, str] | None:
     """The folder's hashes.json as {file: sha256}, or None if absent or not a manifest.
-    Version 0 (an older kmodel's) is the bare mapping; version 1 holds it under files."""
+    Version 0 (an older kmodel's) is the bare mapping; version 1 holds it under files.
+    One edited after kmodel wrote it is ValuesChangedError (unless not ``verify``)."""
     try:
-        version, body = formats.read(folder / WEIGHTS_MANIFEST, "weights-manifest")
+        version, body = formats.read(folder / WEIGHTS_MANIFEST, "weights-manifest",
+                                     verify=verify)
+    except ValuesChangedError:
+        raise
     except (OSError, KmodelError):
         return None
     files = body if version == 0 else body.get("files")
@@ -145,12 +150,12 @@ def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> boo
     writes (the weights' .npy and its own JSON files), with the params.json training
     writes. Replacing such a folder loses nothing kmodel did not write; a folder of the
     user's, even one with a checksum list, is never replaced."""
-    names = set(listed or ()) | set(read_manifest(folder) or ())
+    names = set(listed or ()) | set(read_manifest(folder, verify=False) or ())
     if not names:
         return False
     names.add(WEIGHTS_MANIFEST)
-    try:
-        _, params = formats.read(folder / PARAMS, "params")
+    try:  # (kmodel's own files, even edited: remaking them is what is wanted)
+        _, params = formats.read(folder / PARAMS, "params", verify=False)
     except (OSError, KmodelError):
         return False
     if "model" not in params and not listed:

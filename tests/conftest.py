@@ -154,6 +154,10 @@ def small_composition_run(tmp_path_factory: pytest.TempPathFactory, kmodel_home:
     folder = make_project(tmp_path_factory.mktemp("composed"))
     (folder / "c.yaml").write_text(SMALL_COMPOSITION)
     env = {k: v for k, v in os.environ.items() if k not in ("KMODEL_PATH", "KMODEL_ENVS")}
+    res = subprocess.run([sys.executable, "-m", "kmodel", "status", "c.yaml"], cwd=folder,
+                         capture_output=True, text=True, env=env, timeout=600)
+    # data, folds, fits, predictions, composer: all missing
+    assert res.returncode == 1 and res.stdout.count("missing") == len(res.stdout.splitlines())
     res = subprocess.run([sys.executable, "-m", "kmodel", "run", "c.yaml", "--cores", "2"],
                          cwd=folder, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -15,18 +15,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kmodel"
 #: the floors, from the ground up; a module may import only modules of lower floors
 FLOORS: list[set[str]] = [
     # what the in-env runner loads by file path: nothing of kmodel's core
-    {"_version", "defaults", "job", "io", "io.hdf5", "runner", "_reaper", "metrics"},
+    {"_version", "defaults", "job", "io", "io.hdf5", "runner", "_reaper", "metrics",
+     "_signals"},
     {"errors"},
     {"_fs", "_subprocess", "spec"},
-    {"_lock", "formats", "_schema", "record", "envs.pip_sources", "datasets"},
+    {"_lock", "formats", "_schema", "record", "envs.pip_sources", "datasets", "checksums"},
     {"loader"},
     {"registry"},
-    {"weights", "envs.base", "scaffold", "validate"},
+    {"weights", "envs.base", "scaffold"},
     {"envs.uv"},
     {"envs.conda"},
     {"envs", "provenance", "merge", "tables"},
     {"launch", "envs.gc", "plan"},
-    {"predict"},
+    {"predict", "validate"},
     {"train", "modeltest"},
     {"compose"},
     {"folds", "figure", "assemble"},

@@ -67,7 +67,9 @@ def test_each_task_is_cross_fitted_and_scored_as_scikit_learn_scores_it(
     assert doc["best"] in study.MODELS and board[doc["best"]]["best"]
     assert set(doc["weights"]) == set(study.MODELS)
     level = doc["level_one"]
-    assert set(level) == {*study.MODELS, "average"} and level["nn1"][doc["primary"]] > 0
+    assert set(level) == {*study.MODELS, "average", "ensemble"}
+    assert level["nn1"][doc["primary"]] > 0  # the ensemble's: the stacker's own cv loss
+    assert level["ensemble"][doc["primary"]] == doc["ensembler"]["cv"]
     svg = (folder / "out" / "s" / "scores.svg").read_text()
     assert svg.startswith("<svg") and all(m in svg for m in study.MODELS)
     ensemble = folder / "out" / "s" / "ensemble" / "test.h5"

@@ -47,18 +47,6 @@ def composed(project: Path, small_composition_run: Path) -> Path:
     return project
 
 
-@pytest.fixture
-def composed_here(project: Path) -> Path:
-    """Like ``composed``, but run in this very folder (what it records names this folder)."""
-    (project / "c.yaml").write_text(CONFIG)
-    res = kmodel("status", "c.yaml")  # data, folds, fits, predictions, composer: all missing
-    assert res.returncode == 1 and res.stdout.count("missing") == len(res.stdout.splitlines())
-    res = kmodel("run", "c.yaml", "--cores", "2")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert kmodel("status", "c.yaml").returncode == 0
-    return project
-
-
 def rerun_and_expect_fresh() -> str:
     res = kmodel("run", "c.yaml", "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -82,11 +70,15 @@ def test_each_kind_of_change_is_named_and_a_run_makes_everything_fresh(composed:
     assert report["scores.json"][0].startswith("upstream output")
     rerun_and_expect_fresh()
 
-    # the test input changed: the test predictions, not what cross-fitting made
+    # the test data edited (kmodel made it: an output too): it is remade, and the test
+    # predictions with it, not what cross-fitting made
     with h5py.File(composed / "out/small/data/test.h5", "r+") as f:
         f["inputs/x"][0] = f["inputs/x"][0] * 1.5
     report = stale(status())
-    assert report["preds/mlp/test.h5"] == report["preds/logreg/test.h5"] == ["input"]
+    assert report["data/test.h5"] == ["values (/inputs/x holds other values than kmodel wrote "
+                                      "(its checksum differs))"]
+    assert report["preds/mlp/test.h5"] == report["preds/logreg/test.h5"] == [
+        "input", "upstream output (out/small/data/test.h5 not fresh)"]
     assert "preds/mlp/train.h5" not in report and "weights/mlp/full" not in report
     rerun_and_expect_fresh()
 
@@ -141,8 +133,8 @@ def test_a_changed_lockfile_is_named_and_run_refuses_a_stale_one(composed: Path)
     assert "kmodel env lock numpy2" in res.stderr and "Nothing to be done" not in res.stderr
 
 
-def test_verify_says_what_no_longer_matches(composed_here: Path) -> None:
-    composed = composed_here
+def test_verify_says_what_no_longer_matches(composed: Path) -> None:
+    """(On a copy of a composition made elsewhere: what it records names its own files.)"""
     pred = "out/small/preds/mlp/test.h5"
     ok = kmodel("verify", pred)
     assert ok.returncode == 0 and "CHANGED" not in ok.stdout, ok.stdout
@@ -291,10 +283,11 @@ def test_status_looks_at_what_files_hold_not_only_what_they_claim(composed: Path
     config = composed / "c.yaml"
     config.write_text(config.read_text().replace("[logreg, mlp]", "[mlp]"))
     report = stale(status())
-    assert report["ensembler/stacker"] == ["upstream output (other files than it was made "
-                                           "from)"]
+    assert report["ensembler/stacker"] == [
+        "inputs (trained on the predictions of logreg, mlp, in this order; the composition "
+        "lists mlp)", "upstream output (other files than it was made from)"]
     config.write_text(CONFIG)
-    # the project moved to another folder (provenance records absolute paths): still fresh
+    # the project moved to another folder: still fresh
     moved = tmp_path.with_name(f"{tmp_path.name} moved here")
     subprocess.run(["cp", "-a", str(composed), str(moved)], check=True)
     os.chdir(moved)

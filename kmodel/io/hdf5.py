@@ -4,13 +4,17 @@ Input files:      /inputs/<name>  (N, *shape)   /metadata/id (N,)   [/targets/<n
 Prediction files: /preds/<name>   (N, *shape)   /metadata/id (N,)   root attributes: provenance
 
 Close to Kipoi's layout so its readers work. Datasets are chunked and resizable; ids are
-fixed-length byte strings. This module imports only numpy, h5py and the standard library,
-because the in-env runner loads it by file path (nothing of kmodel is installed in model envs).
+fixed-length byte strings. Every dataset kmodel writes carries the sha256 of its values
+(attribute ``kmodel_sha256``), computed as the values are written, and the file says so
+(root attribute ``kmodel_values``): an edited value is found by reading the file again.
+This module imports only numpy, h5py and the standard library, because the in-env runner
+loads it by file path (nothing of kmodel is installed in model envs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +27,11 @@ import numpy as np
 SCHEMA_VERSION = 1
 ROWS_DONE = "kmodel_rows_done"  # rows fully written; lets a partial file be resumed
 COMPLETE = "kmodel_complete"
+#: a dataset's attribute: sha256 of its values as stored (C order, little-endian numbers;
+#: variable-length strings as 4-byte length + UTF-8 bytes each)
+CHECKSUM = "kmodel_sha256"
+#: a root attribute ("sha256"): every dataset of the file carries its CHECKSUM
+VALUES = "kmodel_values"
 
 # Chunks. A chunk is the unit HDF5 stores, indexes and reads: reading one row reads its whole
 # chunk, and every chunk costs an index entry and a call into the I/O layer. Prediction files
@@ -67,6 +76,8 @@ def as_ids(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.dtype.kind == "S":
         return arr
+    if arr.size == 0:  # no rows: no dtype to go by
+        return np.zeros(arr.shape, "S1")
     if arr.dtype.kind == "O":
         items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in arr.ravel()]
         return np.array(items, dtype="S") if items else np.zeros(arr.shape, "S1")
@@ -93,6 +104,83 @@ def id_hashes(ids: np.ndarray) -> np.ndarray:
             mixed = (h ^ data[:, j].astype(np.uint64)) * prime
             h = np.where(j < lengths, mixed, h)
     return h
+
+
+def _value_bytes(values: np.ndarray) -> bytes | memoryview:
+    """The bytes a checksum covers: the same however the rows are cut into batches."""
+    if values.dtype.kind == "O":
+        items = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values.ravel()]
+        return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+    arr = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    return arr.reshape(-1).view(np.uint8).data if arr.size else b""
+
+
+class Digests:
+    """Running sha256 of datasets written front to back, a batch at a time."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Any] = {}
+
+    def update(self, name: str, values: np.ndarray) -> None:
+        self.running.setdefault(name, hashlib.sha256()).update(_value_bytes(values))
+
+    def rehash(self, d: h5py.Dataset, rows: int) -> None:
+        """Start ``d``'s digest from its first ``rows`` rows, read back (a resumed write)."""
+        for lo, hi in _blocks(d, rows):
+            self.update(d.name.lstrip("/"), d[lo:hi])
+
+    def stamp(self, f: h5py.File) -> None:
+        """Record every digest on its dataset (an empty one for datasets without rows) and
+        say so on the file."""
+        for name, d in _stored(f):
+            d.attrs[CHECKSUM] = self.running.get(name, hashlib.sha256()).hexdigest()
+        f.attrs[VALUES] = "sha256"
+
+
+def _blocks(d: h5py.Dataset, rows: int | None = None, nbytes: int = 16 << 20
+            ) -> Iterator[tuple[int, int]]:
+    """Row ranges of about ``nbytes`` over the first ``rows`` rows (all) of ``d``."""
+    n = int(d.shape[0]) if rows is None else rows
+    row = max(1, d.dtype.itemsize * int(np.prod(d.shape[1:], dtype=np.int64)))
+    step = max(1, nbytes // row)
+    for lo in range(0, n, step):
+        yield lo, min(lo + step, n)
+
+
+def _stored(f: h5py.File) -> list[tuple[str, h5py.Dataset]]:
+    """Every dataset of the file that holds its own values (virtual ones do not)."""
+    found: list[tuple[str, h5py.Dataset]] = []
+    f.visititems(lambda name, obj: found.append((name, obj))
+                 if isinstance(obj, h5py.Dataset) and not obj.is_virtual else None)
+    return found
+
+
+def values_problems(path: Path) -> list[str]:
+    """Datasets of ``path`` whose values differ from the checksum recorded when kmodel wrote
+    them (each read once, front to back); a finished kmodel prediction file without
+    checksums (an older kmodel's) is one problem too. Files kmodel did not write, and
+    unfinished ones, have nothing to check."""
+    problems = []
+    with h5py.File(path, "r", rdcc_nbytes=0) as f:
+        if VALUES not in f.attrs:  # (an unfinished file has none yet: it is not done)
+            return ["no value checksums (written by an older kmodel)"] if COMPLETE in f.attrs \
+                else []
+        for name, d in _stored(f):
+            want = d.attrs.get(CHECKSUM)
+            if want is None:
+                problems.append(f"/{name} has no value checksum")
+                continue
+            digests = Digests()
+            digests.update(name, np.empty(0, d.dtype))  # an empty dataset's digest too
+            if d.ndim == 0:
+                digests.update(name, np.asarray(d[()]))
+            for lo, hi in _blocks(d) if d.ndim else ():
+                digests.update(name, d[lo:hi])
+            if digests.running[name].hexdigest() != (want.decode() if isinstance(want, bytes)
+                                                     else str(want)):
+                problems.append(f"/{name} holds other values than kmodel wrote (its checksum "
+                                "differs)")
+    return problems
 
 
 #: files whose write failed: never closed or freed (HDF5 may crash doing either); the
@@ -153,10 +241,50 @@ def write_table(path: Path, groups: Mapping[str, Mapping[str, np.ndarray]],
                                  chunks=(min(chunk_rows, max(len(arr), 1)), *arr.shape[1:]))
         f.create_dataset("metadata/id", data=ids, maxshape=(None,),
                          chunks=(min(chunk_rows, max(len(ids), 1)),))
+        digests = Digests()
+        for name, d in _stored(f):
+            digests.update(name, d[()])  # as stored, from memory
+        digests.stamp(f)
         f.flush()
         image = f.id.get_file_image()
     with open(path, "wb") as out:
         out.write(image)
+
+
+class TableWriter:
+    """Writes an input file front to back (e.g. from a table read in batches): each
+    dataset, made with ``create``, takes its rows in order and is hashed as it goes."""
+
+    def __init__(self, path: Path, rows: int, attrs: Mapping[str, Any]) -> None:
+        self.rows, self.digests = rows, Digests()
+        self.done: dict[str, int] = {}
+        self.f = h5py.File(path, "w")
+        self.f.attrs["schema_version"] = SCHEMA_VERSION
+        self.f.attrs.update(dict(attrs))
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.digests.stamp(self.f)
+        self.f.close()
+
+    def create(self, name: str, dtype: Any, shape: tuple[int, ...] = ()) -> None:
+        self.f.create_dataset(name, shape=(self.rows, *shape), dtype=dtype,
+                              chunks=(max(1, min(self.rows, 8192)), *shape))
+        self.done[name] = 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.done
+
+    def write(self, name: str, values: np.ndarray) -> None:
+        """The next ``len(values)`` rows of dataset ``name``."""
+        d, lo = self.f[name], self.done[name]
+        values = np.asarray(values, dtype=d.dtype)
+        d[lo:lo + len(values)] = values
+        self.digests.update(name, values)
+        self.done[name] = lo + len(values)
 
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -351,9 +479,12 @@ class PredictionWriter:
                  checkpoint_every: float = 0.5) -> None:
         self.path, self.rows, self.batch = path, rows, batch
         self.dtypes = {name: dtype for name, (dtype, _) in outputs.items()}
+        self.digests = Digests()
         if resume:
             self.f = h5py.File(path, "r+", rdcc_nbytes=CHUNK_CACHE)
             self.rows_done = int(self.f.attrs.get(ROWS_DONE, 0))
+            for _, d in _stored(self.f):  # the rows kept, read back once
+                self.digests.rehash(d, self.rows_done)
         else:
             row = np.dtype(id_dtype).itemsize + sum(
                 np.dtype(dtype).itemsize * int(np.prod(shape or (1,), dtype=np.int64))
@@ -384,12 +515,21 @@ class PredictionWriter:
                                      chunks=(chunk_len(self.batch, row, self.rows), *shape))
 
     def write(self, offset: int, ids: np.ndarray, preds: Mapping[str, np.ndarray]) -> None:
+        """Rows ``offset`` on, straight after the rows written so far (each dataset's
+        checksum runs over its rows in order)."""
+        if offset != self.rows_done:
+            raise ValueError(f"rows are written in order: {offset} after {self.rows_done}")
         hi = offset + len(ids)
         for name, values in preds.items():
             if name not in self.preds:
                 self.preds[name] = self._create(name, self.dtypes[name], values.shape[1:])
-            self.preds[name][offset:hi] = values
+            d = self.preds[name]
+            values = np.asarray(values, dtype=d.dtype)  # what is stored is what is hashed
+            d[offset:hi] = values
+            self.digests.update(f"preds/{name}", values)
+        ids = np.asarray(ids, dtype=self.ids.dtype)
         self.ids[offset:hi] = ids
+        self.digests.update("metadata/id", ids)
         self.rows_done = hi
         if time.monotonic() - self.checkpointed >= self.checkpoint_every:
             self.checkpoint()
@@ -403,6 +543,10 @@ class PredictionWriter:
     def close(self, complete: bool) -> None:
         self.f.attrs[ROWS_DONE] = self.rows_done
         if complete:
+            for name, dtype in self.dtypes.items():  # no rows: a free shape is no shape
+                if name not in self.preds:
+                    self.preds[name] = self._create(name, dtype, ())
+            self.digests.stamp(self.f)
             self.f.attrs[COMPLETE] = True
         self.f.close()
 
@@ -433,16 +577,21 @@ def concat(sources: Sequence[Path], path: Path, attrs: Mapping[str, Any],
                                                chunks=(chunk, *shape))
         ids = out.create_dataset("metadata/id", shape=(rows,), dtype=id_dtype, maxshape=(None,),
                                  chunks=(chunk_len(batch, id_dtype.itemsize, rows),))
-        offset = 0
+        offset, digests = 0, Digests()
         for src in sources:
             with h5py.File(src, "r") as f:
                 n = len(f["metadata/id"])
                 for lo in range(0, n, block):
                     hi = min(lo + block, n)
                     for name, ds in targets.items():
-                        ds[offset + lo:offset + hi] = f[f"preds/{name}"][lo:hi]
-                    ids[offset + lo:offset + hi] = f["metadata/id"][lo:hi]
+                        values = np.asarray(f[f"preds/{name}"][lo:hi], dtype=ds.dtype)
+                        ds[offset + lo:offset + hi] = values
+                        digests.update(f"preds/{name}", values)
+                    values = np.asarray(f["metadata/id"][lo:hi], dtype=ids.dtype)
+                    ids[offset + lo:offset + hi] = values
+                    digests.update("metadata/id", values)
                 offset += n
+        digests.stamp(out)
         out.attrs[ROWS_DONE] = rows
         out.attrs[COMPLETE] = True
 
