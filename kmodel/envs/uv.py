@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kmodel import _subprocess
-from kmodel._fs import sha256_bytes
+from kmodel._fs import cached_sha256, sha256_bytes
 from kmodel.envs.base import EnvBackend, header, write_lock
 from kmodel.envs.pip_sources import uv_environment
 from kmodel.errors import EnvBuildError, KmodelError, LockResolveError, ToolMissingError
@@ -57,14 +57,16 @@ def find_python(version: str) -> Path:
 
 class _PipBackend(EnvBackend[PipEnvSpec]):
     """Shared by uv and venv: lock = resolve the requirements into ``name==version`` lines
-    with hashes; identity = the lock plus the base interpreter the venv links to."""
+    with hashes; identity = the lock plus the base interpreter the venv links to, by what
+    it is (its version and the sha256 of its binary), never by the path a user reached it
+    by: the users of a group's KMODEL_HOME, each with a venv, a PATH or a mount of their
+    own, compute one key for one env."""
 
     tool: str
 
     def key(self, ref: EnvRef[PipEnvSpec], fresh: bool = True) -> str:
-        python = find_python(ref.spec.python)
-        return sha256_bytes(super().key(ref, fresh).encode()
-                            + f"{python}|{python.resolve()}".encode())
+        return sha256_bytes(f"{super().key(ref, fresh)}|{interpreter_id(ref.spec.python)}"
+                            .encode())
 
     def lock(self, ref: EnvRef[PipEnvSpec]) -> Path:
         python = find_python(ref.spec.python)
@@ -78,6 +80,12 @@ class _PipBackend(EnvBackend[PipEnvSpec]):
     def _resolve(self, python: Path, req: Path, fail: Callable[[str], KmodelError]) -> str:
         """The hashed lock's body for the requirements file ``req``."""
         raise NotImplementedError
+
+
+def interpreter_id(version: str) -> str:
+    """What identifies the interpreter a venv of ``version`` is made from: its version and
+    the sha256 of its binary (cached by the file's identity: ~10 ms once, then a stat)."""
+    return f"python{version}|{cached_sha256(find_python(version))}"
 
 
 class UvBackend(_PipBackend):
