@@ -59,7 +59,7 @@ from kmodel import _subprocess
 from kmodel._fs import home_folder, home_group, kmodel_home, share, share_tree
 from kmodel.envs.base import EnvBackend, header, spec_hash, write_lock
 from kmodel.envs.pip_sources import uv_environment
-from kmodel.envs.uv import uv_binary
+from kmodel.envs.uv import check_install, uv_binary
 from kmodel.errors import (
     ChannelUnreachableError,
     EnvBuildError,
@@ -446,12 +446,13 @@ class CondaBackend(EnvBackend[CondaEnvSpec]):
                                    for url, sha in pip))
             uv = uv_binary()
             if uv:
-                _subprocess.run([uv, "pip", "install", "--quiet", "--no-deps",
-                                 "--require-hashes", "--python", python, "-r", req],
-                                env=uv_environment(), error=fail)
+                proc = _subprocess.run([uv, "pip", "install", "--quiet", "--no-deps",
+                                        "--require-hashes", "--python", python, "-r", req],
+                                       env=uv_environment())
             else:
-                _subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps",
-                                 "--require-hashes", "-r", req], error=fail)
+                proc = _subprocess.run([python, "-m", "pip", "install", "--quiet",
+                                        "--no-deps", "--require-hashes", "-r", req])
+            check_install(ref, proc, fail)
 
 
 def _req_name(url: str) -> str:

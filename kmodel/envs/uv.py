@@ -10,10 +10,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kmodel import _subprocess
 from kmodel._fs import cached_sha256, sha256_bytes
@@ -138,28 +140,43 @@ def _install(ref: EnvRef[PipEnvSpec], cmd: list[str | Path],
              env: dict[str, str] | None = None) -> None:
     """Install the lock's packages; a hash mismatch is named as such, other failures by the
     installer's last lines."""
-    proc = _subprocess.run(cmd, env=env)
+    check_install(ref, _subprocess.run(cmd, env=env), lambda tail: EnvBuildError(
+        f"cannot build env {ref.name!r}: {tail}"))
+
+
+def check_install(ref: EnvRef[Any], proc: subprocess.CompletedProcess[str],
+                  fail: Callable[[str], KmodelError]) -> None:
+    """An installer's failure as ``hash_mismatch`` names it, else as ``fail(last lines)``."""
     if proc.returncode != 0:
         tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines()[-3:]
-                          if ln.strip())
-        raise hash_mismatch(ref, proc.stderr) or EnvBuildError(
-            f"cannot build env {ref.name!r}: {tail}")
+                          if ln.strip()) or f"exit code {proc.returncode}"
+        raise hash_mismatch(ref, proc.stderr) or fail(tail)
 
 
 _UV_MISMATCH = re.compile(r"Hash mismatch for `([^`]+)`.*?Expected:\s*(?:sha256:)?(\w+).*?"
                           r"Computed:\s*(?:sha256:)?(\w+)", re.S)
 _PIP_MISMATCH = re.compile(r"^\s*(\S+==\S+) from .*?\n\s*Expected sha256 (\w+)\s*\n\s*"
                            r"Got\s+(\w+)", re.M)
+#: uv's and pip's words for a hash in the lock that is malformed, or missing
+_MALFORMED = re.compile(r"^.*(?:invalid hash|unsupported hash|unexpected hash|hash digest|"
+                        r"must have a hash|hashes are required).*$", re.M | re.I)
 
 
-def hash_mismatch(ref: EnvRef[PipEnvSpec], text: str) -> EnvBuildError | None:
-    """A downloaded package whose sha256 is not the lock's: name the package, both hashes."""
-    m = _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text)
-    if m is None:
-        return None
-    package, expected, found = m.groups()
-    return EnvBuildError(
-        f"cannot build env {ref.name!r}: {package} does not match {ref.lockfile}: the lock "
-        f"says sha256 {expected[:16]}…, the package index served {found[:16]}…; if the index "
-        f"rebuilt the file on purpose, relock with `kmodel env lock {ref.name}`, else check "
-        "the index")
+def hash_mismatch(ref: EnvRef[Any], text: str) -> EnvBuildError | None:
+    """A downloaded package whose sha256 is not the lock's, or a hash in the lock that is
+    not one: the lock's hash is named as the cause (an edited lock, or a package changed
+    since it was locked), with both hashes and the fix; None for other failures."""
+    relock = f"relock with `kmodel env lock {ref.name}`"
+    if m := _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text):
+        package, expected, found = m.groups()
+        return EnvBuildError(
+            f"cannot build env {ref.name!r}: {package}: the lock's hash does not match the "
+            f"package: {ref.lockfile} says sha256 {expected}, the package downloaded has "
+            f"sha256 {found}; the lock was edited or the package changed since it was "
+            f"locked: {relock}")
+    if m := _MALFORMED.search(text):
+        words = m.group(0).strip().removeprefix("error:").strip()
+        return EnvBuildError(f"cannot build env {ref.name!r}: {ref.lockfile} holds a hash "
+                             f"that is malformed or missing ({words}); the lock was edited: "
+                             f"{relock}")
+    return None
