@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,23 @@ def requirements(spec: PipEnvSpec) -> list[str]:
     return list(spec.pip) + [n for n in RUNNER_NEEDS if n not in named]
 
 
+_uv_lock = threading.Lock()
+_uv_found: list[str | None] = []  # the uv binary, once found
+
+
 def uv_binary() -> str | None:
+    """The uv binary (None: use stdlib venv + pip), found once per process: uv's own
+    finder reads sysconfig, whose first use is not thread-safe (threads making a
+    process's first predict at once got None for a config variable)."""
     if os.environ.get("KMODEL_NO_UV"):
         return None
+    with _uv_lock:
+        if not _uv_found:
+            _uv_found.append(_find_uv())
+        return _uv_found[0]
+
+
+def _find_uv() -> str | None:
     try:
         from uv import find_uv_bin
 
