@@ -10,6 +10,7 @@ refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -44,15 +45,150 @@ def kmodel_home() -> Path:
 
 
 def home_folder(*parts: str) -> Path:
-    """A folder under KMODEL_HOME, created if needed; a clear error names KMODEL_HOME."""
-    folder = kmodel_home().joinpath(*parts)
+    """A folder under KMODEL_HOME, created if needed (and shared with the home's group, see
+    ``share``); a clear error names KMODEL_HOME and what to do."""
+    home = kmodel_home()
+    folder = home.joinpath(*parts)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise HomeNotWritableError(kmodel_home(), e.strerror or str(e)) from None
+        raise home_error(home, e) from None
+    group = home_group(home)
+    if group is not None:
+        for depth in range(1, len(parts) + 1):
+            share(home.joinpath(*parts[:depth]), group)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise HomeNotWritableError(kmodel_home(), f"{folder} is not writable")
+        raise home_error(home, None, folder)
     return folder
+
+
+# --- a KMODEL_HOME shared by a group -------------------------------------------------
+#
+# A home whose folder is group-writable or setgid is a group's: every folder kmodel makes
+# in it is made group-writable (setgid kept, the home's group), whatever the umask of the
+# user who made it, so that the group's next user can build, extract, cache and collect
+# garbage there too. Files only need to be readable by the group: they are replaced
+# atomically (a rename needs the folder's write bit, not the file's).
+
+Group = tuple[int, bool]  # the home's group id, and whether the home is setgid
+
+
+def home_group(home: Path | None = None) -> Group | None:
+    """The group a shared KMODEL_HOME belongs to (and its setgid bit); None for a home
+    of one user (not group-writable, not setgid) or one that does not exist yet."""
+    try:
+        st = os.stat(home or kmodel_home())
+    except OSError:
+        return None
+    if not st.st_mode & (stat.S_IWGRP | stat.S_ISGID):
+        return None
+    return st.st_gid, bool(st.st_mode & stat.S_ISGID)
+
+
+def share(path: Path, group: Group | None = None, *, writable: bool = False) -> None:
+    """Let the home's group use ``path``, which this user made under a shared KMODEL_HOME:
+    a folder gets g+rwx (and setgid where the home has it), a file g+r (g+x where u+x;
+    g+w with ``writable``), both the home's group. A no-op outside a shared home, for
+    symlinks, and for what another user owns (only its owner may change it)."""
+    if group is None and (group := _group_of(path)) is None:
+        return
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    _share(path, st, group, writable)
+
+
+def share_tree(root: Path, group: Group | None = None) -> None:
+    """``share`` for a folder and everything in it (an env build, an extracted bundle)."""
+    if group is None and (group := _group_of(root)) is None:
+        return
+    share(root, group)
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                _share(Path(path), os.lstat(path), group, False)
+
+
+def _group_of(path: Path) -> Group | None:
+    """The group of the shared KMODEL_HOME that ``path`` lies in; None elsewhere."""
+    home = kmodel_home()
+    if not os.path.abspath(path).startswith(os.path.join(os.path.abspath(home), "")):
+        return None
+    return home_group(home)
+
+
+def _share(path: Path, st: os.stat_result, group: Group, writable: bool) -> None:
+    gid, setgid = group
+    if st.st_uid != os.geteuid() or stat.S_ISLNK(st.st_mode):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        want = mode | stat.S_IRWXG | (stat.S_ISGID if setgid else 0)
+    elif stat.S_ISREG(st.st_mode):
+        want = mode | stat.S_IRGRP | (stat.S_IWGRP if writable else 0) \
+            | (stat.S_IXGRP if mode & stat.S_IXUSR else 0)
+    else:
+        return
+    with contextlib.suppress(OSError):
+        if st.st_gid != gid:  # a member may give what it owns to the group (which clears
+            os.chown(path, -1, gid)  # a file's setgid bit: the chmod below sets the mode)
+        if want != mode or st.st_gid != gid:
+            os.chmod(path, want)
+
+
+def home_error(home: Path, e: OSError | None, folder: Path | None = None
+               ) -> HomeNotWritableError:
+    """KM207 naming the true cause (the home, or a folder in it or on the way to it, that
+    this user may not write: its mode and owner; or a read-only filesystem) and the fix."""
+    if e is not None and e.errno == errno.EROFS:
+        return HomeNotWritableError(home, "it is on a read-only filesystem",
+                                    "set KMODEL_HOME to a folder on a writable one")
+    if e is not None and e.errno in (errno.ENOTDIR, errno.EEXIST):
+        named = Path(e.filename or home)
+        blocker = next((f for f in (named, *named.parents)
+                        if os.path.lexists(f) and not os.path.isdir(f)), named)
+        return HomeNotWritableError(home, f"{blocker} is a file, not a folder",
+                                    "set KMODEL_HOME to a folder")
+    if e is not None and e.errno not in (errno.EACCES, errno.EPERM):
+        return HomeNotWritableError(home, e.strerror or str(e))
+    where = folder or _nearest_folder(Path(e.filename) if e and e.filename else home)
+    try:
+        st = os.stat(where)
+    except OSError:
+        return HomeNotWritableError(home, f"{where}: permission denied")
+    owner = _user_name(st.st_uid)
+    reason = f"you cannot write {where}: mode {stat.S_IMODE(st.st_mode):o}, owner {owner}"
+    elsewhere = "set KMODEL_HOME to a folder you can write"
+    if st.st_uid == os.geteuid():
+        fix = f"run `chmod u+w {where}`, or {elsewhere}"
+    elif where == home:
+        fix = (f"{owner} can share it with a group of yours (`chgrp GROUP {home}; chmod "
+               f"g+ws {home}`), or {elsewhere}")
+    elif where.is_relative_to(home):
+        fix = (f"{owner} can run `chmod -R g+w {where}` (kmodel shares what it makes in a "
+               f"group's home), or {elsewhere}")
+    else:
+        fix = f"{elsewhere} (built envs and caches live there)"
+    return HomeNotWritableError(home, reason, fix)
+
+
+def _nearest_folder(path: Path) -> Path:
+    """``path`` if it is a folder this user can see, else its nearest such parent."""
+    for folder in (path, *path.parents):
+        if os.path.isdir(folder):
+            return folder
+    return path
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
@@ -253,6 +389,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         create_exclusive(tmp)
         yield tmp
+        share(tmp)  # a cache entry in a group's KMODEL_HOME: readable by the group
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
@@ -313,16 +450,16 @@ def cached_sha256(path: Path) -> str:
     whenever the file is rewritten.
     """
     ident = f"{os.path.realpath(path)}|{file_signature(path)}"
-    entry = kmodel_home() / "hash-cache" / sha256_bytes(ident.encode())
+    name = sha256_bytes(ident.encode())
     try:
-        cached = entry.read_text().strip()
+        cached = (kmodel_home() / "hash-cache" / name).read_text().strip()
         if len(cached) == 64:
             return cached
     except OSError:
         pass
     digest = sha256_file(path)
     try:
-        atomic_write_text(entry, digest)
-    except (OSError, OutputNotWritableError):
+        atomic_write_text(home_folder("hash-cache") / name, digest)
+    except (OSError, OutputNotWritableError, HomeNotWritableError):
         pass  # a read-only home only costs speed
     return digest

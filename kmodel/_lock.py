@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kmodel._fs import share
 from kmodel.errors import KmodelError, OutputNotWritableError, UsageError
 
 log = logging.getLogger("kmodel")
@@ -120,6 +121,7 @@ def held(path: Path, busy: Callable[[str], KmodelError], *, wait: float = 0.0,
     except Exception as e:  # e.g. a lease written with another duration: treat as held
         raise busy(f"{holder(path)} ({e})") from None
     try:
+        share(path, writable=True)  # in a group's KMODEL_HOME: the group reads and breaks it
         yield
     finally:
         lock.release()

@@ -92,36 +92,39 @@ class ModelHandle:
                 ids: Sequence[Any] | None = None, batch_size: int | None = None,
                 ) -> dict[str, np.ndarray]:
         """Predict in the model's env. ``data``: one array (a model with one input), a
-        dict of arrays by input name, or the path of an input HDF5 file. Returns the
-        outputs by name, rows in the input's order."""
+        dict of arrays by input name, or the path of an input HDF5 file. ``ids``: one id
+        (str or int) per row (default 0, 1, ...). Returns the outputs by name, rows in the
+        input's order. Every argument is checked before anything runs (KM002 names it).
+        Safe to call from several threads at once (each call runs its own process)."""
         import numpy as np
 
         from kmodel.io import hdf5
-        from kmodel.predict import predict
+        from kmodel.predict import batch_size_of, predict
 
+        size = batch_size_of(batch_size)
+        file: Path | None = None
+        if isinstance(data, (str, os.PathLike)):
+            if ids is not None:
+                raise UsageError("predict: ids come from the input file's /metadata/id; "
+                                 "leave ids out when data is a file's path")
+            check_input_file(file := Path(data))
+        else:
+            if not isinstance(data, (np.ndarray, Mapping)):
+                raise UsageError(f"predict takes an array, a dict of arrays or a file's "
+                                 f"path, not {type(data).__name__}")
+            arrays = dict(data) if isinstance(data, Mapping) else {
+                self.registry.model(self.name).spec.inputs[0].name: data}
+            if not arrays:
+                raise UsageError("predict: the dict of inputs is empty; give each input of "
+                                 "the model by name")
+            _check_arrays(arrays)
+            id_list = _check_ids(ids, len(next(iter(arrays.values()))))
         with tempfile.TemporaryDirectory(prefix="kmodel-api-") as tmp:
-            if isinstance(data, (str, os.PathLike)):
-                source = Path(data)
-                check_input_file(source)
-            else:
-                if not isinstance(data, (np.ndarray, Mapping)):
-                    raise UsageError(f"predict takes an array, a dict of arrays or a file's "
-                                     f"path, not {type(data).__name__}")
-                arrays = dict(data) if isinstance(data, Mapping) else {
-                    self.registry.model(self.name).spec.inputs[0].name: data}
-                for key, arr in arrays.items():
-                    if not isinstance(arr, np.ndarray) or arr.ndim == 0 or not len(arr) \
-                            or arr.dtype.kind not in "biuf":
-                        raise UsageError(f"predict: input {key} must be a non-empty "
-                                         "numpy array of numbers, one row per item, not "
-                                         f"{getattr(arr, 'dtype', type(arr).__name__)} "
-                                         f"{getattr(arr, 'shape', '')}")
-                source = Path(tmp) / "in.h5"
-                rows = len(next(iter(arrays.values()))) if arrays else 0
-                hdf5.write_table(source, {"inputs": arrays},
-                                 list(ids) if ids is not None else [str(i) for i in range(rows)])
+            source = file or Path(tmp) / "in.h5"
+            if file is None:
+                hdf5.write_table(source, {"inputs": arrays}, id_list)
             out = predict(self.registry, self.name, source, Path(tmp) / "out.h5",
-                          batch_size=batch_size)
+                          batch_size=size)
             preds, _ = hdf5.read_group(out, "preds")
         return preds
 
@@ -130,11 +133,14 @@ class ModelHandle:
         """What `kmodel predict` does: ``output`` appears only when complete, with its
         provenance. ``weights``: a folder kmodel trained (with its hashes.json) instead of
         the model's own weights, e.g. an ensembler's."""
-        from kmodel.predict import predict
+        from kmodel.predict import batch_size_of, predict
         from kmodel.weights import Weights
 
+        size = batch_size_of(batch_size)
+        if not isinstance(resume, bool):
+            raise UsageError(f"predict_file: resume is True or False, not {resume!r}")
         return predict(self.registry, self.name, _path(input, "input"), _path(output, "output"),
-                       batch_size=batch_size, resume=resume,
+                       batch_size=size, resume=resume,
                        weights=Weights.from_folder(Path(weights)) if weights else None)
 
     @property
@@ -292,6 +298,49 @@ def envs(names: Sequence[str] = (), *, every: bool = False,
          reg: Registry | None = None) -> list[EnvRef[Any]]:
     """The envs named (by env or model name), or every env: what `kmodel env` takes."""
     return (reg or Registry()).env_refs(list(names), every=every)
+
+
+def _check_arrays(arrays: Mapping[str, Any]) -> None:
+    """predict's input arrays: non-empty numpy arrays of numbers, one row per item, every
+    input with as many rows as the first."""
+    import numpy as np
+
+    rows = None
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.ndim == 0 or not len(arr) \
+                or arr.dtype.kind not in "biuf":
+            raise UsageError(f"predict: input {key} must be a non-empty numpy array of "
+                             "numbers, one row per item, not "
+                             f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                             f"{getattr(arr, 'shape', '')}")
+        if rows is not None and len(arr) != rows:
+            raise UsageError(f"predict: input {key} has {len(arr)} rows, the first input "
+                             f"has {rows}; give every input one row per item")
+        rows = len(arr) if rows is None else rows
+
+
+def _check_ids(ids: Any, rows: int) -> list[Any] | np.ndarray:
+    """predict's ``ids``: None (0, 1, ...), or one str or int per row."""
+    import numpy as np
+
+    if ids is None:
+        return [str(i) for i in range(rows)]
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)) \
+            or (isinstance(ids, np.ndarray) and ids.ndim != 1):
+        raise UsageError(f"predict: ids is a list (or 1-D array) of ids, one per row, not "
+                         f"{type(ids).__name__} {getattr(ids, 'shape', '')}".rstrip())
+    if len(ids) != rows:
+        raise UsageError(f"predict: ids has {len(ids)} item(s) but the data has {rows} "
+                         "row(s); give one id per row, or leave ids out (0, 1, ...)")
+    kinds = (str, bytes, int, np.integer, np.str_, np.bytes_)
+    good = ids.dtype.kind in "SUiu" if isinstance(ids, np.ndarray) and ids.dtype.kind != "O" \
+        else all(isinstance(i, kinds) and not isinstance(i, (bool, np.bool_)) for i in ids)
+    if not good:
+        bad = next((i for i in ids if not isinstance(i, kinds) or isinstance(i, bool)),
+                   ids[0] if len(ids) else None)
+        raise UsageError(f"predict: ids are strings or integers, not {bad!r} "
+                         f"({type(bad).__name__})")
+    return ids if isinstance(ids, np.ndarray) else list(ids)
 
 
 def _path(value: Any, what: str) -> Path:

@@ -30,8 +30,11 @@ from kmodel._fs import (
     atomic_path,
     check_input_file,
     guard_output,
+    home_error,
     home_folder,
+    kmodel_home,
     sha256_file,
+    share_tree,
     tmp_sibling,
 )
 from kmodel._version import __version__
@@ -316,6 +319,7 @@ def unpack(bundle: Path, folder: Path) -> Manifest:
                                       "wrote") from None
         if not _intact(tmp, manifest):  # as packed: checked again once written
             raise BundleError(f"{bundle} changed while it was extracted; extract it again")
+        share_tree(tmp)  # into a group's KMODEL_HOME: the group may replace it too
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -336,7 +340,10 @@ def opened(bundle: Path) -> tuple[Path, Manifest]:
     if folder.is_dir():
         if _intact(folder, manifest):
             return folder, manifest
-        shutil.rmtree(folder)
+        try:
+            shutil.rmtree(folder)
+        except PermissionError as e:  # another user's extraction, in a home not shared
+            raise home_error(kmodel_home(), e) from None
     try:
         unpack(bundle, folder)
     except (BundleError, OSError):

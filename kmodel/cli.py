@@ -354,11 +354,14 @@ def env_gc(ctx: click.Context, dry_run: bool) -> None:
 
     A build is kept while the lockfile it was made from, or a lockfile in the env folder
     (--envs, KMODEL_ENVS, ./envs), still gives its key; builds left by interrupted builds
-    go too.
+    go too. A build whose lockfile you cannot read (another user's, in a shared
+    KMODEL_HOME) is kept, and said so.
     """
-    from kmodel.envs.gc import garbage, remove
+    from kmodel.envs.gc import remove, survey
 
-    items = garbage(_registry(ctx))
+    items, kept = survey(_registry(ctx))
+    for k in kept:
+        click.echo(f"kept {k.path}: {k.reason}")
     for item in items:
         if not dry_run:
             remove(item)

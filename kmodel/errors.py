@@ -122,9 +122,10 @@ class ToolMissingError(KmodelError):
 class HomeNotWritableError(KmodelError):
     code = "KM207"
 
-    def __init__(self, home: Path, reason: str) -> None:
-        super().__init__(f"KMODEL_HOME {home} is not writable ({reason}); set KMODEL_HOME to "
-                         "a writable folder (built envs and caches live there)")
+    def __init__(self, home: Path, reason: str, fix: str | None = None) -> None:
+        super().__init__(f"KMODEL_HOME {home} is not writable ({reason}); " + (
+            fix or "set KMODEL_HOME to a folder you can write (built envs and caches live "
+            "there), or make this one writable (chmod)"))
 
 
 class EnvNotBuiltError(KmodelError):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from kmodel._fs import atomic_write_text, kmodel_home, sha256_bytes
+from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_bytes
 from kmodel._version import __version__
 from kmodel.spec import (
     ComposeConfig,
@@ -51,15 +51,15 @@ def _load(path: Path, doc: Doc, build: Any) -> Any:
     a damaged entry is validated anew."""
     text = read_text(path)
     key = sha256_bytes(f"{doc}|{_rules()}|{text}".encode())
-    entry = kmodel_home() / "spec-cache" / f"{key[:40]}.json"
+    name = f"{key[:40]}.json"
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
-        return build(json.loads(entry.read_bytes()))
+        return build(json.loads((kmodel_home() / "spec-cache" / name).read_bytes()))
     from kmodel import _schema  # pydantic and YAML: only for content not seen before
 
     data = _schema.validate(doc, path, text)
     built = build(data)
     with contextlib.suppress(Exception):
-        atomic_write_text(entry, json.dumps(data))
+        atomic_write_text(home_folder("spec-cache") / name, json.dumps(data))
     return built
 
 

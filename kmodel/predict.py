@@ -21,6 +21,7 @@ import contextlib
 import glob
 import json
 import logging
+import numbers
 import os
 import re
 import shlex
@@ -253,10 +254,10 @@ def batch_size_of(value: Any) -> int:
     """A batch size given by a caller (None: the default), checked: a positive integer."""
     if value is None:
         return BATCH_SIZE
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"batch_size {value!r} is not a positive whole number; e.g. "
-                         f"{BATCH_SIZE}")
-    return value
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"batch_size {value!r} is not a positive whole number (an int of "
+                         f"1 or more, e.g. {BATCH_SIZE}; None for the default)")
+    return int(value)
 
 
 @dataclass

@@ -209,7 +209,16 @@ def test_a_lock_whose_hash_no_longer_matches_names_the_package_and_both_hashes(
     assert res.returncode == 1
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("Error [KM202]: cannot build env 'numpy2': " + name), line
-    assert "0000000000000000" in line and digest[:16] in line and "kmodel env lock" in line
+    assert "the lock's hash does not match the package" in line, line
+    assert "0" * 64 in line and digest in line and "relock with `kmodel env lock numpy2`" in line
+    assert "index" not in line and "network" not in line, line  # not the cause
+    lock.write_text(text.replace(digest, digest[:-1], 1))  # not a sha256 at all
+    res = subprocess.run([*KMODEL, "env", "create", "numpy2"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error [KM202]: cannot build env 'numpy2': envs/numpy2.lock holds "
+                           "a hash that is malformed or missing"), line
+    assert line.endswith("the lock was edited: relock with `kmodel env lock numpy2`"), line
 
 
 def test_train_with_a_model_that_exits_is_named(project: Path, toy: Path) -> None:

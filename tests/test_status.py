@@ -200,6 +200,17 @@ def test_env_gc_removes_builds_no_lock_refers_to(project: Path, tmp_path: Path) 
     assert kmodel("env", "gc", env=env).stdout.strip() == "nothing to remove"
 
 
+def test_env_gc_removes_a_build_whose_lockfile_alone_is_gone(project: Path,
+                                                            tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env, _ = tiny_env(project, home)
+    (project / "envs" / "tiny.lock").unlink()  # its env spec stays
+    res = kmodel("env", "gc", env=env)
+    assert res.returncode == 0 and "removed" in res.stdout, res.stdout
+    assert "tiny.lock is gone" in res.stdout, res.stdout
+    assert not [p for p in (home / "envs").iterdir() if p.is_symlink()]
+
+
 def test_two_runs_from_empty_envs_give_bit_identical_predictions(project: Path,
                                                                    tmp_path: Path) -> None:
     """Same machine, same locks: bit-identical (across CPUs: within the tests' tolerance)."""

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any, Generic
 
 from kmodel import _lock, formats
-from kmodel._fs import atomic_write_text, home_folder, kmodel_home, sha256_file, tmp_sibling
+from kmodel._fs import (
+    atomic_write_text,
+    home_error,
+    home_folder,
+    kmodel_home,
+    sha256_file,
+    share_tree,
+    tmp_sibling,
+)
 from kmodel.errors import (
     EnvBuildError,
-    HomeNotWritableError,
     KmodelError,
     LockMissingError,
     LockStaleError,
@@ -57,6 +64,9 @@ def read_marker(build: Path) -> dict[str, Any] | None:
 
 
 def _write_marker(build: Path, marker: dict[str, Any]) -> None:
+    """Write the marker atomically; in a group's home it is group-readable before it
+    appears (``atomic_path``: a marker the group could not read would look like no
+    build at all)."""
     formats.write(build / MARKER, "env-marker", marker)
 
 
@@ -182,7 +192,7 @@ class EnvBackend(ABC, Generic[S]):
                     "waiting for %s, which is building env %s", who, ref.name)):
                 return self._build_locked(ref, key, prefix, builds)
         except PermissionError as e:
-            raise HomeNotWritableError(kmodel_home(), e.strerror or str(e)) from None
+            raise home_error(kmodel_home(), e) from None
 
     def _build_locked(self, ref: EnvRef[S], key: str, prefix: Path, builds: Path) -> Env:
         """Build the env (called holding its lock); a no-op if another process just did."""
@@ -209,6 +219,7 @@ class EnvBackend(ABC, Generic[S]):
             _write_marker(target, {"name": ref.name, "key": key, "backend": self.name,
                                    "lockfile": str(ref.lockfile.absolute()),
                                    "created": time.time()})
+            share_tree(target)  # a group's home: the group may use it, record in it, gc it
             link = tmp_sibling(prefix, "link")
             link.symlink_to(Path(".builds") / target.name)
             os.replace(link, prefix)

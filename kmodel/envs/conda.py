@@ -56,10 +56,10 @@ from rattler.networking.middleware import (
 )
 
 from kmodel import _subprocess
-from kmodel._fs import kmodel_home
+from kmodel._fs import home_folder, home_group, kmodel_home, share, share_tree
 from kmodel.envs.base import EnvBackend, header, spec_hash, write_lock
 from kmodel.envs.pip_sources import uv_environment
-from kmodel.envs.uv import uv_binary
+from kmodel.envs.uv import check_install, uv_binary
 from kmodel.errors import (
     ChannelUnreachableError,
     EnvBuildError,
@@ -318,7 +318,17 @@ class CondaBackend(EnvBackend[CondaEnvSpec]):
     @property
     def cache_dir(self) -> Path:
         """rattler's repodata and package cache (shared by all kmodel conda envs)."""
-        return self._cache_dir or kmodel_home() / "conda-cache"
+        return self._cache_dir or home_folder("conda-cache")
+
+    def _share_cache(self) -> None:
+        """rattler makes its cache's folders and lock files (``pkgs/*.lock``, which it
+        opens to write) with this user's umask: in a group's KMODEL_HOME, the group's."""
+        cache = self.cache_dir
+        if (group := home_group()) is None or not cache.is_relative_to(kmodel_home()):
+            return
+        share_tree(cache, group)
+        for lock in [*cache.glob("*/*.lock"), *cache.glob("*/.*.lock")]:
+            share(lock, group, writable=True)
 
     # -- lock -----------------------------------------------------------------------
 
@@ -342,6 +352,7 @@ class CondaBackend(EnvBackend[CondaEnvSpec]):
         pins: dict[str, list[dict[str, Any]]] = {}
         for platform in platforms:
             solved[platform] = self._solve(ref, names, channels, specs, gateway, platform)
+            self._share_cache()
             if spec.pip_deps:
                 python = _python_version(solved[platform])
                 if python is None:
@@ -405,6 +416,8 @@ class CondaBackend(EnvBackend[CondaEnvSpec]):
             except Exception as e:  # rattler's InstallerError, TransactionError, ...
                 raise EnvBuildError(f"cannot build env {ref.name!r}: "
                                     f"{_first_line(e)}") from None
+            finally:
+                self._share_cache()
         if pip:
             self._install_pip(ref, prefix, pip)
 
@@ -433,12 +446,13 @@ class CondaBackend(EnvBackend[CondaEnvSpec]):
                                    for url, sha in pip))
             uv = uv_binary()
             if uv:
-                _subprocess.run([uv, "pip", "install", "--quiet", "--no-deps",
-                                 "--require-hashes", "--python", python, "-r", req],
-                                env=uv_environment(), error=fail)
+                proc = _subprocess.run([uv, "pip", "install", "--quiet", "--no-deps",
+                                        "--require-hashes", "--python", python, "-r", req],
+                                       env=uv_environment())
             else:
-                _subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps",
-                                 "--require-hashes", "-r", req], error=fail)
+                proc = _subprocess.run([python, "-m", "pip", "install", "--quiet",
+                                        "--no-deps", "--require-hashes", "-r", req])
+            check_install(ref, proc, fail)
 
 
 def _req_name(url: str) -> str:

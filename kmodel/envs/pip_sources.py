@@ -11,6 +11,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 
 from kmodel import _subprocess
 from kmodel.errors import ToolMissingError
@@ -39,10 +40,15 @@ def pip_config() -> dict[str, str]:
     return found
 
 
+_config_lock = threading.Lock()
+
+
 def uv_environment() -> dict[str, str]:
     """os.environ plus the UV_* settings that make uv use pip's sources, offline-safe."""
     env = dict(os.environ)
-    for name, value in pip_config().items():
+    with _config_lock:  # asked by several threads at once: pip is run once
+        config = pip_config()
+    for name, value in config.items():
         var = _MAP[name]
         if var not in env:
             # pip separates several values with whitespace; uv wants spaces too

@@ -10,13 +10,16 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kmodel import _subprocess
-from kmodel._fs import sha256_bytes
+from kmodel._fs import cached_sha256, sha256_bytes
 from kmodel.envs.base import EnvBackend, header, write_lock
 from kmodel.envs.pip_sources import uv_environment
 from kmodel.errors import EnvBuildError, KmodelError, LockResolveError, ToolMissingError
@@ -33,9 +36,23 @@ def requirements(spec: PipEnvSpec) -> list[str]:
     return list(spec.pip) + [n for n in RUNNER_NEEDS if n not in named]
 
 
+_uv_lock = threading.Lock()
+_uv_found: list[str | None] = []  # the uv binary, once found
+
+
 def uv_binary() -> str | None:
+    """The uv binary (None: use stdlib venv + pip), found once per process: uv's own
+    finder reads sysconfig, whose first use is not thread-safe (threads making a
+    process's first predict at once got None for a config variable)."""
     if os.environ.get("KMODEL_NO_UV"):
         return None
+    with _uv_lock:
+        if not _uv_found:
+            _uv_found.append(_find_uv())
+        return _uv_found[0]
+
+
+def _find_uv() -> str | None:
     try:
         from uv import find_uv_bin
 
@@ -57,14 +74,16 @@ def find_python(version: str) -> Path:
 
 class _PipBackend(EnvBackend[PipEnvSpec]):
     """Shared by uv and venv: lock = resolve the requirements into ``name==version`` lines
-    with hashes; identity = the lock plus the base interpreter the venv links to."""
+    with hashes; identity = the lock plus the base interpreter the venv links to, by what
+    it is (its version and the sha256 of its binary), never by the path a user reached it
+    by: the users of a group's KMODEL_HOME, each with a venv, a PATH or a mount of their
+    own, compute one key for one env."""
 
     tool: str
 
     def key(self, ref: EnvRef[PipEnvSpec], fresh: bool = True) -> str:
-        python = find_python(ref.spec.python)
-        return sha256_bytes(super().key(ref, fresh).encode()
-                            + f"{python}|{python.resolve()}".encode())
+        return sha256_bytes(f"{super().key(ref, fresh)}|{interpreter_id(ref.spec.python)}"
+                            .encode())
 
     def lock(self, ref: EnvRef[PipEnvSpec]) -> Path:
         python = find_python(ref.spec.python)
@@ -78,6 +97,12 @@ class _PipBackend(EnvBackend[PipEnvSpec]):
     def _resolve(self, python: Path, req: Path, fail: Callable[[str], KmodelError]) -> str:
         """The hashed lock's body for the requirements file ``req``."""
         raise NotImplementedError
+
+
+def interpreter_id(version: str) -> str:
+    """What identifies the interpreter a venv of ``version`` is made from: its version and
+    the sha256 of its binary (cached by the file's identity: ~10 ms once, then a stat)."""
+    return f"python{version}|{cached_sha256(find_python(version))}"
 
 
 class UvBackend(_PipBackend):
@@ -130,28 +155,43 @@ def _install(ref: EnvRef[PipEnvSpec], cmd: list[str | Path],
              env: dict[str, str] | None = None) -> None:
     """Install the lock's packages; a hash mismatch is named as such, other failures by the
     installer's last lines."""
-    proc = _subprocess.run(cmd, env=env)
+    check_install(ref, _subprocess.run(cmd, env=env), lambda tail: EnvBuildError(
+        f"cannot build env {ref.name!r}: {tail}"))
+
+
+def check_install(ref: EnvRef[Any], proc: subprocess.CompletedProcess[str],
+                  fail: Callable[[str], KmodelError]) -> None:
+    """An installer's failure as ``hash_mismatch`` names it, else as ``fail(last lines)``."""
     if proc.returncode != 0:
         tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines()[-3:]
-                          if ln.strip())
-        raise hash_mismatch(ref, proc.stderr) or EnvBuildError(
-            f"cannot build env {ref.name!r}: {tail}")
+                          if ln.strip()) or f"exit code {proc.returncode}"
+        raise hash_mismatch(ref, proc.stderr) or fail(tail)
 
 
 _UV_MISMATCH = re.compile(r"Hash mismatch for `([^`]+)`.*?Expected:\s*(?:sha256:)?(\w+).*?"
                           r"Computed:\s*(?:sha256:)?(\w+)", re.S)
 _PIP_MISMATCH = re.compile(r"^\s*(\S+==\S+) from .*?\n\s*Expected sha256 (\w+)\s*\n\s*"
                            r"Got\s+(\w+)", re.M)
+#: uv's and pip's words for a hash in the lock that is malformed, or missing
+_MALFORMED = re.compile(r"^.*(?:invalid hash|unsupported hash|unexpected hash|hash digest|"
+                        r"must have a hash|hashes are required).*$", re.M | re.I)
 
 
-def hash_mismatch(ref: EnvRef[PipEnvSpec], text: str) -> EnvBuildError | None:
-    """A downloaded package whose sha256 is not the lock's: name the package, both hashes."""
-    m = _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text)
-    if m is None:
-        return None
-    package, expected, found = m.groups()
-    return EnvBuildError(
-        f"cannot build env {ref.name!r}: {package} does not match {ref.lockfile}: the lock "
-        f"says sha256 {expected[:16]}…, the package index served {found[:16]}…; if the index "
-        f"rebuilt the file on purpose, relock with `kmodel env lock {ref.name}`, else check "
-        "the index")
+def hash_mismatch(ref: EnvRef[Any], text: str) -> EnvBuildError | None:
+    """A downloaded package whose sha256 is not the lock's, or a hash in the lock that is
+    not one: the lock's hash is named as the cause (an edited lock, or a package changed
+    since it was locked), with both hashes and the fix; None for other failures."""
+    relock = f"relock with `kmodel env lock {ref.name}`"
+    if m := _UV_MISMATCH.search(text) or _PIP_MISMATCH.search(text):
+        package, expected, found = m.groups()
+        return EnvBuildError(
+            f"cannot build env {ref.name!r}: {package}: the lock's hash does not match the "
+            f"package: {ref.lockfile} says sha256 {expected}, the package downloaded has "
+            f"sha256 {found}; the lock was edited or the package changed since it was "
+            f"locked: {relock}")
+    if m := _MALFORMED.search(text):
+        words = m.group(0).strip().removeprefix("error:").strip()
+        return EnvBuildError(f"cannot build env {ref.name!r}: {ref.lockfile} holds a hash "
+                             f"that is malformed or missing ({words}); the lock was edited: "
+                             f"{relock}")
+    return None
