@@ -1065,8 +1065,16 @@ _global_options(cli)
 
 def _unraisable(hook: Any) -> Any:
     """h5py reports a failed buffered write when it frees a dataset, as an "Exception
-    ignored" traceback; kmodel reports the failure itself, in one line."""
+    ignored" traceback; kmodel reports the failure itself, in one line. A signal raised
+    where an exception cannot travel is sent again."""
     def quiet(info: Any) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            # a signal that landed where Python cannot raise it (a fork hook, a finalizer)
+            # would be lost, its handler gone: it is sent again, to land in the command
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, _terminate)
+            os.kill(os.getpid(), signum_of(info.exc_value))
+            return
         if "h5py" in repr(getattr(info, "object", "")) or "ObjectID" in str(info.err_msg or ""):
             log.debug("h5py: %s", info.exc_value)
             return
