@@ -44,10 +44,18 @@ if TYPE_CHECKING:
 PathLike = str | Path
 
 
-def search_path(specs: Sequence[PathLike] = (), envs: PathLike | None = None) -> Registry:
+def search_path(specs: Sequence[PathLike] = (),
+                envs: PathLike | Sequence[PathLike] | None = None) -> Registry:
     """Where models and envs are found: ``specs`` folders first, then KMODEL_PATH and
-    ./model_specs; env specs in ``envs`` (default: KMODEL_ENVS or ./envs)."""
-    return Registry([Path(s) for s in specs], Path(envs) if envs is not None else None)
+    ./model_specs; env specs in ``envs``, a folder or a list of folders searched in order
+    (a string may join several with os.pathsep; default: KMODEL_ENVS, else ./envs)."""
+    if envs is None:
+        folders: list[Path] = []
+    elif isinstance(envs, (str, Path)):
+        folders = [Path(p) for p in str(envs).split(os.pathsep) if p]
+    else:
+        folders = [Path(p) for p in envs]
+    return Registry([Path(s) for s in specs], folders)
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,7 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
     from kmodel.predict import predict_many
 
     root, manifest = opened(bundle)
-    registry = Registry([root], root / ENVS)
+    registry = Registry([root], [root / ENVS])
     for name in [manifest.model, *manifest.models]:  # the bundle's own, never ./model_specs
         if registry.model(name).folder.resolve() != (root / name).resolve():
             raise BundleError(f"{bundle}: model {name!r} is not the one in the bundle; "

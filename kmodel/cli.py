@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,11 @@ def _registry(ctx: click.Context) -> Registry:
     return reg
 
 
+def _path_list(values: Sequence[str]) -> list[Path]:
+    """Folders given as repeated options and/or os.pathsep-joined lists, in order."""
+    return [Path(p) for v in values for p in v.split(os.pathsep) if p]
+
+
 def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list[str]]:
     """Shell completion of model or env names (see the README: `eval "$(...)"`)."""
     def names(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[str]:
@@ -108,7 +113,7 @@ def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list
         root = ctx.find_root()
         specs, envs = (root.params.get("specs") or ()), root.params.get("envs")
         try:
-            reg = Registry(list(specs), envs)
+            reg = Registry(list(specs), _path_list(envs or ()))
             found = [] if kind == "env" else list(reg.model_paths())
             if kind in ("env", "env or model"):
                 found += reg.env_names()
@@ -124,10 +129,11 @@ def _complete(kind: str) -> Callable[[click.Context, click.Parameter, str], list
 @click.option("--specs", multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Extra folder of model specs (before KMODEL_PATH and ./model_specs).")
-@click.option("--envs", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of env specs (default: $KMODEL_ENVS or ./envs).")
+@click.option("--envs", multiple=True, metavar="PATHS",
+              help="Folders of env specs, searched in order (repeat it, or join folders with "
+                   f"{os.pathsep!r}); default: $KMODEL_ENVS (a list too), else ./envs.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: Path | None) -> None:
+def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: tuple[str, ...]) -> None:
     """kmodel: run many models, each in its own locked environment, and ensemble them.
 
     Every model has a YAML spec (model_specs/NAME/model.yaml) naming an env
@@ -136,7 +142,7 @@ def cli(ctx: click.Context, verbose: int, specs: tuple[Path, ...], envs: Path | 
     """
     logging.basicConfig(format="kmodel: %(message)s",
                         level=logging.DEBUG if verbose > 1 else logging.INFO, force=True)
-    ctx.obj = {"verbose": verbose, "where": (list(specs), envs)}
+    ctx.obj = {"verbose": verbose, "where": (list(specs), _path_list(envs))}
 
 
 # --- specs ------------------------------------------------------------------------
@@ -1036,9 +1042,9 @@ def _more_specs(ctx: click.Context, _: click.Parameter, value: tuple[Path, ...])
         ctx.obj["where"][0].extend(value)
 
 
-def _other_envs(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.obj["where"] = (ctx.obj["where"][0], value)
+def _more_envs(ctx: click.Context, _: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        ctx.obj["where"][1].extend(_path_list(value))
 
 
 def _global_options(group: click.Group) -> None:
@@ -1054,9 +1060,8 @@ def _global_options(group: click.Group) -> None:
                 click.Option(["--specs"], multiple=True, expose_value=False,
                              type=click.Path(exists=True, file_okay=False, path_type=Path),
                              callback=_more_specs, help="As `kmodel --specs`."),
-                click.Option(["--envs"], expose_value=False, callback=_other_envs,
-                             type=click.Path(file_okay=False, path_type=Path),
-                             help="As `kmodel --envs`."),
+                click.Option(["--envs"], multiple=True, expose_value=False, metavar="PATHS",
+                             callback=_more_envs, help="As `kmodel --envs`."),
             ]
 
 

@@ -8,6 +8,7 @@ tracebacks are shown only with ``-v``.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -66,11 +67,14 @@ class UnknownModelError(KmodelError):
 class UnknownEnvError(KmodelError):
     code = "KM111"
 
-    def __init__(self, name: str, envs_dir: Path, known: list[str],
+    def __init__(self, name: str, envs_dirs: Sequence[Path], known: list[str],
                  referenced_by: str | None = None) -> None:
         by = f" (named by {referenced_by})" if referenced_by else ""
-        hint = f"known envs: {', '.join(known)}" if known else f"no envs in {envs_dir}"
-        super().__init__(f"unknown env {name!r}{by}: no {envs_dir / (name + '.yaml')}; {hint}")
+        where = ", ".join(str(d) for d in envs_dirs)
+        hint = f"known envs: {', '.join(known)}" if known else f"no envs in {where}"
+        missing = (f"no {envs_dirs[0] / (name + '.yaml')}" if len(envs_dirs) == 1
+                   else f"no {name}.yaml in {where}")
+        super().__init__(f"unknown env {name!r}{by}: {missing}; {hint}")
 
 
 class UnsafePathError(SpecError):

@@ -157,7 +157,7 @@ class Plan:
     @cached_property
     def _registry(self) -> Registry:
         specs = [Path(s) for s in self.config.specs] + list(self.base.specs)
-        return Registry(specs, Path(self.config.envs) if self.config.envs else self.base.envs_dir)
+        return Registry(specs, [Path(self.config.envs)] if self.config.envs else self.base.envs)
 
     @property
     def ensembler_weights(self) -> Path:

@@ -1,8 +1,9 @@
 """Finds model specs and env specs.
 
 Model specs live in ``<dir>/<name>/model.yaml`` for every dir in ``--specs``, then
-``KMODEL_PATH`` (os.pathsep separated), then ``./model_specs``. Env specs live in
-``./envs`` (or ``KMODEL_ENVS``) as ``<name>.yaml``.
+``KMODEL_PATH`` (os.pathsep separated), then ``./model_specs``. Env specs live as
+``<name>.yaml`` in the folders of ``--envs``, else of ``KMODEL_ENVS`` (os.pathsep separated),
+else in ``./envs``: the first folder that holds ``<name>.yaml`` wins.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ ENVS = "envs"  # a spec folder's own env specs
 @dataclass
 class Registry:
     specs: list[Path] = field(default_factory=list)
-    envs_dir: Path | None = None
+    #: folders of env specs, first wins (empty: KMODEL_ENVS's, else ./envs)
+    envs: Sequence[Path] = ()
 
     @cached_property
     def spec_dirs(self) -> list[Path]:
@@ -80,8 +82,17 @@ class Registry:
         return seen
 
     @cached_property
+    def env_path(self) -> list[Path]:
+        """The env folders asked for, in order: ``envs``, else KMODEL_ENVS, else ./envs."""
+        if self.envs:
+            return [Path(p) for p in self.envs]
+        listed = [Path(p) for p in os.environ.get("KMODEL_ENVS", "").split(os.pathsep) if p]
+        return listed or [Path(ENVS)]
+
+    @property
     def env_dir(self) -> Path:
-        return self.envs_dir or Path(os.environ.get("KMODEL_ENVS", "envs"))
+        """The first env folder: where `kmodel init --new-env` writes an env spec."""
+        return self.env_path[0]
 
     def model_paths(self) -> dict[str, Path]:
         """Model name (its folder's name) -> model.yaml; the first spec dir wins."""
@@ -132,9 +143,9 @@ class Registry:
 
     @cached_property
     def env_dirs(self) -> list[Path]:
-        """Where env specs are: the env folder (--envs, KMODEL_ENVS, ./envs), then the
+        """Where env specs are: the env folders (--envs, KMODEL_ENVS, ./envs), then the
         ``envs/`` folder of each spec folder on the search path that has one."""
-        dirs = [self.env_dir] + [d / ENVS for d in self.spec_dirs]
+        dirs = [*self.env_path] + [d / ENVS for d in self.spec_dirs]
         seen: list[Path] = []
         for d in dirs:
             if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
@@ -150,15 +161,22 @@ class Registry:
         """The env spec ``name``: in ``first`` (a model's own root's envs/) if it is there,
         else in the first of ``env_dirs`` that has it."""
         if not re.match(NAME_RE, name) or "/" in name:
-            raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
+            raise UnknownEnvError(name, self.env_path, self.env_names(), referenced_by)
+        path = self.env_spec_path(name, first)
+        if path is None:
+            raise UnknownEnvError(name, self.env_path, self.env_names(), referenced_by)
+        key = str(path.absolute())
+        if key not in self._envs:
+            self._envs[key] = EnvRef(name, path, load_env_spec(path))
+        return self._envs[key]
+
+    def env_spec_path(self, name: str, first: Path | None = None) -> Path | None:
+        """The file of env spec ``name`` (read nothing): in ``first`` if there, else in the
+        first of ``env_dirs`` that has it; None if none has."""
         for d in [*([first] if first is not None else []), *self.env_dirs]:
-            path = d / f"{name}.yaml"
-            if path.is_file():
-                key = str(path.absolute())
-                if key not in self._envs:
-                    self._envs[key] = EnvRef(name, path, load_env_spec(path))
-                return self._envs[key]
-        raise UnknownEnvError(name, self.env_dir, self.env_names(), referenced_by)
+            if (path := d / f"{name}.yaml").is_file():
+                return path
+        return None
 
     @cached_property
     def _envs(self) -> dict[str, EnvRef[Any]]:
@@ -173,7 +191,8 @@ class Registry:
             return [self.env(n) for n in self.env_names()]
         refs = []
         for name in names:
-            if (self.env_dir / f"{name}.yaml").is_file() or name not in self._model_paths:
+            if any((d / f"{name}.yaml").is_file() for d in self.env_path) \
+                    or name not in self._model_paths:
                 refs.append(self.env(name))
             else:
                 refs.append(self.env_of(self.model(name)))

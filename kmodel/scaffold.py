@@ -115,7 +115,7 @@ def init(registry: Registry, name: str, env: str, *, inputs: str = "x:float32:1"
         raise OutputNotWritableError(env_spec, f"env {env!r} exists already",
                                      "leave out --new-env to use it")
     if not new_env and env not in registry.env_names():
-        raise UnknownEnvError(env, registry.env_dir, registry.env_names(),
+        raise UnknownEnvError(env, registry.env_path, registry.env_names(),
                               "kmodel init (pass --new-env to write its spec)")
     weights = folder / "weights"
     written = []

@@ -37,14 +37,14 @@ class Validation:
 def default_targets(reg: Registry) -> list[Path]:
     """What `kmodel validate` checks when given nothing: every model and env kmodel finds,
     and the compositions in ./workflows/*.yaml."""
-    return [*reg.model_paths().values(), *(reg.env_dir / f"{n}.yaml" for n in reg.env_names()),
-            *sorted(Path("workflows").glob("*.yaml"))]
+    envs = [p for n in reg.env_names() if (p := reg.env_spec_path(n)) is not None]
+    return [*reg.model_paths().values(), *envs, *sorted(Path("workflows").glob("*.yaml"))]
 
 
 def _check(reg: Registry, path: Path) -> None:
     if path.name == SPEC_FILE:
         reg.env(load_model_spec(path).env, referenced_by=str(path))
-    elif path.parent.name == "envs" or path.parent == reg.env_dir:
+    elif path.parent.name == "envs" or path.parent in reg.env_path:
         load_env_spec(path)
     else:  # a composition: its fields, and what `kmodel run` checks before it starts
         load_plan(path, reg)

@@ -115,7 +115,7 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
     if registry.specs:  # the Snakefile's own Registry() must see what ours sees
         env["KMODEL_PATH"] = os.pathsep.join([*(str(p.absolute()) for p in registry.specs),
                                               env.get("KMODEL_PATH", "")])
-    env["KMODEL_ENVS"] = str(registry.env_dir.absolute())
+    env["KMODEL_ENVS"] = os.pathsep.join(str(d.absolute()) for d in registry.env_path)
     lock = plan.root.parent / f".{plan.root.name}.kmodel-run.lock"
     ensure_parent(lock)
     busy = lambda who: WorkflowError(  # noqa: E731

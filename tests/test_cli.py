@@ -265,3 +265,30 @@ def test_validate_reports_schema_name_entry_file_and_env_problems_together(
                  "folder 'bad'", "missing.py does not exist", "unknown env 'nope'"):
         assert part in text, (part, err)
     assert [ln.startswith("Error [") for ln in lines].count(True) == 1
+
+
+def test_env_folders_are_a_path_list(project: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--envs and KMODEL_ENVS take several folders, like KMODEL_PATH: the first folder that
+    holds NAME.yaml wins, and every folder's envs are found."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    own = (project / "envs" / "numpy2.yaml").read_text()
+    (shared / "extra.yaml").write_text(own)
+    (shared / "numpy2.yaml").write_text(own.replace("numpy 2.x only", "the shared one"))
+    for args, var in (([], f"envs{os.pathsep}{shared}"),
+                      (["--envs", "envs", "--envs", str(shared)], None),
+                      (["--envs", f"envs{os.pathsep}{shared}"], None)):
+        if var is None:
+            monkeypatch.delenv("KMODEL_ENVS", raising=False)
+        else:
+            monkeypatch.setenv("KMODEL_ENVS", var)
+        code, out, err = invoke(*args, "validate")
+        assert code == 0, err
+        assert "ok    envs/numpy2.yaml" in out and f"ok    {shared / 'extra.yaml'}" in out
+        assert str(shared / "numpy2.yaml") not in out  # hidden by the first folder's
+    code, out, _ = invoke("--envs", f"{shared}{os.pathsep}envs", "validate")
+    assert code == 0 and f"ok    {shared / 'numpy2.yaml'}" in out and "envs/numpy2.yaml" not in out
+    code, _, err = invoke("--envs", f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}", "info", "toy")
+    assert code == 1 and err.startswith("Error [KM111]: ")
+    assert f"no numpy2.yaml in {tmp_path / 'a'}, {tmp_path / 'b'}" in err

@@ -53,7 +53,7 @@ def env_ref(tmp_path: Path, name: str, text: str) -> EnvRef:
     envs = tmp_path / "envs"
     envs.mkdir(exist_ok=True)
     (envs / f"{name}.yaml").write_text(text)
-    return Registry(envs_dir=envs).env(name)
+    return Registry(envs=[envs]).env(name)
 
 
 def spec(channel: Path | str, *deps: str, platforms: list[str] | None = None,

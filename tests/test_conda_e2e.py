@@ -59,7 +59,7 @@ def conda_lock(tmp_path_factory: pytest.TempPathFactory, kmodel_home: Path,
     envs = tmp_path_factory.mktemp("conda-envs") / "envs"
     envs.mkdir()
     (envs / f"{ENV}.yaml").write_text(conda_spec(channel))
-    ref = Registry(envs_dir=envs).env(ENV)
+    ref = Registry(envs=[envs]).env(ENV)
     assert isinstance(backend_for(ref), CondaBackend)
     CondaBackend().lock(ref)
     return envs

@@ -32,7 +32,7 @@ class BackendContract:
         monkeypatch.setenv("KMODEL_HOME", str(tmp_path / "home"))
         (tmp_path / "envs").mkdir()
         (tmp_path / "envs" / "e.yaml").write_text(self.spec())
-        return Registry(envs_dir=tmp_path / "envs").env("e")
+        return Registry(envs=[tmp_path / "envs"]).env("e")
 
     def backend(self, ref: EnvRef) -> EnvBackend:
         backend = backend_for(ref)

@@ -19,7 +19,7 @@ def small_env(tmp_path: Path, name: str = "tiny", pins: str = "numpy>=2.2") -> R
     envs = tmp_path / "envs"
     envs.mkdir(exist_ok=True)
     (envs / f"{name}.yaml").write_text(f'python: "3.11"\npip:\n  - {pins}\n')
-    return Registry(envs_dir=envs)
+    return Registry(envs=[envs])
 
 
 def test_runner_needs_are_added_once() -> None:

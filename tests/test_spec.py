@@ -97,7 +97,7 @@ def test_symlink_escaping_the_model_folder(tmp_path: Path) -> None:
 
 
 def test_env_name_cannot_escape_envs(tmp_path: Path) -> None:
-    reg = Registry(envs_dir=tmp_path)
+    reg = Registry(envs=[tmp_path])
     with pytest.raises(KmodelError) as err:
         reg.env("../etc/passwd")
     assert err.value.code == "KM111"
