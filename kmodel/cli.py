@@ -238,6 +238,9 @@ def info(ctx: click.Context, model: str, as_json: bool) -> None:
     click.echo(f"  entrypoint  {d['entrypoint']}  args {json.dumps(d['args'])}")
     click.echo(f"  env         {d['env']} ({d['env_kind']}) {d['env_spec']}  lock "
                f"{d['lockfile'] or 'missing'}")
+    if d["resources"] or d["device"]:
+        given = {k: v for k, v in (d["resources"] or {}).items() if v is not None}
+        click.echo(f"  resources   {json.dumps(given)}  device {d['device'] or 'default'}")
     for kind in ("inputs", "outputs"):
         for a in d[kind]:
             click.echo(f"  {kind[:-1]:<11} {a['name']} {a['dtype']}{list(a['shape'])}  "
