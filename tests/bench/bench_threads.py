@@ -117,19 +117,62 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
         make_input(work / "in.h5", model, args.rows)
         env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-        times = {}
+        env["KMODEL_PROGRESS_SECONDS"] = "1e9"  # no progress lines
+        cmds = {n: [*kmodel, "predict", args.model, "-i", str(work / "in.h5"), "-o",
+                    str(work / f"out-{n}.h5"), "--threads", str(n), "--device", "cpu"]
+                for n in args.threads}
+        subprocess.run(cmds[args.threads[0]], check=True, stdout=subprocess.DEVNULL,
+                       env=env)  # warm-up
+        times: dict[int, float] = {}
+        for _ in range(args.repeat):  # interleaved: a change in the machine's load hits both
+            for n, cmd in cmds.items():
+                times[n] = min(times.get(n, float("inf")), best(cmd, 1, env))
         for n in args.threads:
-            cmd = [*kmodel, "predict", args.model, "-i", str(work / "in.h5"), "-o",
-                   str(work / f"out-{n}.h5"), "--threads", str(n), "--device", "cpu"]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)  # warm-up
-            times[n] = best(cmd, args.repeat, env)
             print(f"{args.model}: {args.rows:,} rows with --threads {n}: {times[n]:.2f} s "
                   f"({args.rows / times[n]:,.0f} rows/s, best of {args.repeat})")
         few, more = args.threads
         print(f"speed-up {more} threads vs {few}: {times[few] / times[more]:.2f}x "
-              f"(machine: {os.cpu_count()} CPUs)")
+              f"(machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+        if args.model == "blas" and args.specs is None:
+            bare_ratio(work, specs, kmodel, args, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+BARE = """\
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from model import build
+m = build(width=int(sys.argv[2]), layers=int(sys.argv[3]), features=int(sys.argv[4]))
+x = np.random.default_rng(0).normal(size=(int(sys.argv[5]), int(sys.argv[4]))).astype("f4")
+t0 = time.perf_counter()
+for lo in range(0, len(x), 8192):
+    m.predict(x[lo:lo + 8192])
+print(time.perf_counter() - t0)
+"""
+
+
+def bare_ratio(work: Path, specs: Path, kmodel: list[str], args: argparse.Namespace,
+               env: dict[str, str]) -> None:
+    """The same model in a bare loop in its env with the same thread variables: what the
+    machine gives from a second thread (a loaded machine gives little)."""
+    prefix = subprocess.run([*kmodel, "env", "path", args.model], check=True,
+                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    (work / "bare.py").write_text(BARE)
+    took: dict[int, float] = {}
+    cmd = [str(Path(prefix) / "bin" / "python"), str(work / "bare.py"), str(specs / "blas"),
+           str(args.width), str(args.layers), str(args.features), str(args.rows)]
+    for _ in range(args.repeat):
+        for n in args.threads:
+            run_env = {**env, "OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n),
+                       "MKL_NUM_THREADS": str(n)}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=run_env)
+            took[n] = min(took.get(n, float("inf")), float(out.stdout))
+    for n in args.threads:
+        print(f"bare loop, {n} thread(s): {took[n]:.2f} s (predict only, no start-up)")
+    few, more = args.threads
+    print(f"bare loop speed-up {more} vs {few}: {took[few] / took[more]:.2f}x")
 
 
 if __name__ == "__main__":
