@@ -100,7 +100,7 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
             outcome = run_job(env, job, progress)
             if outcome.error is not None:
                 raise outcome.error
-            weight_formats.check_folder(tmp, model.name)  # no pickles, nothing unknown
+            weight_formats.check_folder(tmp, model.name, weights_out)  # no pickles
             names = weight_formats.names_in(tmp)
             (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
                                                   model.spec.train.args, names))
