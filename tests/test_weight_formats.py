@@ -283,7 +283,7 @@ def get_weights(self):
 def set_weights(self, w):
     assert sorted(w) == ["layer.0/bias", "layer.0/kernel", "layer.0/kernel_bf16"], w
     assert w["layer.0/kernel_bf16"].dtype.name == "bfloat16", w["layer.0/kernel_bf16"].dtype
-    assert w["layer.0/kernel"].dtype == np.float32
+    assert w["layer.0/kernel"].dtype == np.float32 and w["layer.0/bias"].shape == ()
     self.w, self.b = w["layer.0/kernel"], w["layer.0/bias"]
 """
 
@@ -295,6 +295,7 @@ def get_weights(self):
 def set_weights(self, w):
     assert isinstance(w, list) and len(w) == 12, type(w)
     assert [int(a[0]) for a in w[2:]] == list(range(2, 12)), [a[0] for a in w[2:]]
+    assert w[1].shape == (), w[1].shape  # a 0-d array stays 0-d
     self.w, self.b = w[0], w[1]
 """
 
@@ -521,6 +522,48 @@ def test_weights_that_forget_state_are_refused_and_nothing_is_written(wf: Path) 
         'w["mean"]'))
     res = kmodel("train", "stale", "-i", "train.h5", "-o", "w/stale")
     assert res.returncode == 0, res.stderr
+
+
+#: keeps the mean in a module global: the trained process has it, a fresh one has not
+GLOBAL = """\
+import numpy as np
+
+MEAN = {}
+
+
+class Global:
+    def fit(self, x, y):
+        MEAN["x"] = x.mean(axis=0)
+        self.w = np.linalg.lstsq(x - MEAN["x"], y, rcond=None)[0]
+        return self
+
+    def predict(self, x):
+        return ((x - MEAN.get("x", 0.0)) @ self.w).astype(np.float32)
+
+    def get_weights(self):
+        return {"w": self.w}
+
+    def set_weights(self, w):
+        self.w = w["w"]
+
+
+def build():
+    return Global()
+"""
+
+
+@pytest.mark.slow
+def test_the_reload_check_runs_in_a_fresh_process(wf: Path) -> None:
+    """State outside the model object (a module global the fit set) is not in a fresh
+    process either, as at predict time: refused, as is a model that cannot load."""
+    add_model(wf, "glob", GLOBAL)
+    one_error(kmodel("train", "glob", "-i", "train.h5", "-o", "w/glob"), "KM304",
+              "model 'glob'", "output 'y'", "differs by up to")
+    add_model(wf, "bad", GLOBAL.replace('self.w = w["w"]', 'self.w = w["kernel"]'))
+    one_error(kmodel("train", "bad", "-i", "train.h5", "-o", "w/bad"), "KM304",
+              "model 'bad': loading the weights it saved into a fresh model failed: raised "
+              "KeyError: 'kernel'")
+    assert not (wf / "w").exists() or list((wf / "w").iterdir()) == []
 
 
 PICKLING = """\
