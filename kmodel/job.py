@@ -64,6 +64,9 @@ class Job:
     #: "cuda", "cuda:i"); the host has set the BLAS/OpenMP variables in the runner's env
     threads: int = 0
     device: str = "cpu"
+    #: where to write a sample of the training rows and the trained model's predictions
+    #: of them (the host's reload check); "" for none
+    reload_sample: str = ""
     version: int = VERSION
 
     def to_json(self) -> str:

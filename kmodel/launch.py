@@ -260,6 +260,8 @@ def _reported(job: Job, current: int, error: dict[str, Any], text: str) -> Kmode
         "job": lambda: RunnerError(f"model {model!r}: {first}; reinstall kmodel",
                                    detail=detail),
         "finite": lambda: NotFiniteError(f"{where}{first}"),
+        "package": lambda: ModelContractError(f"model {model!r}: {first}", detail=detail),
+        "weights": lambda: ModelContractError(f"model {model!r}: {first}", detail=detail),
         "inputs": lambda: InputSchemaError(f"{where}{first}"),
     }
     made["orphaned"] = made["stopped"]
