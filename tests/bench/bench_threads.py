@@ -8,12 +8,16 @@ KMODEL_PATH, ./model_specs), e.g. a torch model. Its inputs are random numbers i
 and dtypes its spec gives. kmodel sets the runner's OMP/MKL/OpenBLAS threads (and torch's
 intra-op threads) to --threads; the script prints the best of --repeat runs for each thread
 count, rows/s, and the speed-up (time at 1 thread / time at 2; the issue asks >= 1.6x of a
-torch model). Not a test: timings vary with the machine and its load.
+torch model). For a model without weights and with one input, the same model in a bare loop
+in its env, with the same thread variables, gives the machine's own speed-up beside it (on
+a loaded machine neither gains). Runs are interleaved. Not a test: timings vary with the
+machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -21,8 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from kmodel.resources import THREAD_VARS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,19 +140,22 @@ def main() -> None:
         few, more = args.threads
         print(f"speed-up {more} threads vs {few}: {times[few] / times[more]:.2f}x "
               f"(machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
-        if args.model == "blas" and args.specs is None:
-            bare_ratio(work, specs, kmodel, args, env)
+        if model.spec.weights is None and len(model.spec.inputs) == 1:
+            bare_ratio(work, model, kmodel, args, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 BARE = """\
-import sys, time
+import importlib.util, json, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-from model import build
-m = build(width=int(sys.argv[2]), layers=int(sys.argv[3]), features=int(sys.argv[4]))
-x = np.random.default_rng(0).normal(size=(int(sys.argv[5]), int(sys.argv[4]))).astype("f4")
+folder, file, func, args, shape, dtype, rows = sys.argv[1:8]
+spec = importlib.util.spec_from_file_location("bare_model", folder + "/" + file)
+module = importlib.util.module_from_spec(spec)
+sys.path.insert(0, folder)
+spec.loader.exec_module(module)
+m = getattr(module, func)(**json.loads(args))
+x = np.random.default_rng(0).normal(size=(int(rows), *json.loads(shape))).astype(dtype)
 t0 = time.perf_counter()
 for lo in range(0, len(x), 8192):
     m.predict(x[lo:lo + 8192])
@@ -153,20 +163,24 @@ print(time.perf_counter() - t0)
 """
 
 
-def bare_ratio(work: Path, specs: Path, kmodel: list[str], args: argparse.Namespace,
+def bare_ratio(work: Path, model: Any, kmodel: list[str], args: argparse.Namespace,
                env: dict[str, str]) -> None:
-    """The same model in a bare loop in its env with the same thread variables: what the
-    machine gives from a second thread (a loaded machine gives little)."""
+    """The same model (one without weights) in a bare loop in its env, batches of 8192
+    rows, with the same thread variables: what the machine gives from a second thread (a
+    loaded machine gives little)."""
     prefix = subprocess.run([*kmodel, "env", "path", args.model], check=True,
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     (work / "bare.py").write_text(BARE)
     took: dict[int, float] = {}
-    cmd = [str(Path(prefix) / "bin" / "python"), str(work / "bare.py"), str(specs / "blas"),
-           str(args.width), str(args.layers), str(args.features), str(args.rows)]
+    file, func = model.spec.entrypoint.split(":")
+    x = model.spec.inputs[0]
+    cmd = [str(Path(prefix) / "bin" / "python"), str(work / "bare.py"), str(model.folder),
+           file, func, json.dumps(model.spec.args),
+           json.dumps([d if d is not None else 64 for d in x.shape or []]), x.dtype,
+           str(args.rows)]
     for _ in range(args.repeat):
         for n in args.threads:
-            run_env = {**env, "OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n),
-                       "MKL_NUM_THREADS": str(n)}
+            run_env = {**env, **dict.fromkeys(THREAD_VARS, str(n))}  # as kmodel sets them
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=run_env)
             took[n] = min(took.get(n, float("inf")), float(out.stdout))
     for n in args.threads:
