@@ -476,3 +476,53 @@ def test_slurm_profile_asks_for_the_models_resources(project: Path) -> None:
     call = calls[0]
     assert "--cpus-per-task=2" in call and "--mem 3000" in call, call
     assert "--gres=gpu:1" in call, call
+
+
+TORCH_PROBE = """\
+import numpy as np
+import torch
+
+
+class Probe:
+    def __init__(self, device):
+        self.device = device
+
+    def predict(self, x):
+        y = torch.from_numpy(x).to(self.device).sum(1).cpu().numpy()
+        return {"y": y, "torch_threads": np.full(len(x), torch.get_num_threads())}
+
+
+def build(device="unset"):
+    return Probe(device)
+"""
+
+TORCH_SPEC = """\
+name: tprobe
+version: 0.1.0
+env: torch-cpu
+entrypoint: model.py:build
+inputs:
+  - {name: x, dtype: float32, shape: [3]}
+outputs:
+  - {name: y, dtype: float32, shape: []}
+  - {name: torch_threads, dtype: int32, shape: []}
+resources: {threads: 2}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "envs" / "torch-cpu.yaml").exists(),
+                    reason="no torch env spec (envs/torch-cpu.yaml) in this checkout")
+def test_torch_gets_the_jobs_threads(project: Path) -> None:
+    """torch's intra-op threads follow the spec's resources.threads and --threads."""
+    folder = project / "model_specs" / "tprobe"
+    folder.mkdir()
+    (folder / "model.py").write_text(TORCH_PROBE)
+    (folder / "model.yaml").write_text(TORCH_SPEC)
+    make_input(project / "in.h5", rows=4)
+    for args, want in (((), 2), (("--threads", "1"), 1), (("--threads", "3"), 3)):
+        res = kmodel("predict", "tprobe", "-i", "in.h5", "-o", "o.h5", *args,
+                     env=no_gpu_env(OMP_NUM_THREADS="7"))
+        assert res.returncode == 0, res.stderr
+        assert set(_read(project / "o.h5")["torch_threads"]) == {want}, args
+        assert hdf5.read_attrs(project / "o.h5")["device"] == "cpu"
