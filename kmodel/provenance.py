@@ -170,9 +170,15 @@ class FolderRecord:
     passthrough: list[str] | None = None
     #: what the ensembler said of its fit (``fit_report()``): e.g. its cross-validated loss
     fit_report: dict[str, Any] | None = None
+    #: the CPU threads (0: the libraries' default) and the device it was trained with
+    threads: int | None = None
+    device: str | None = None
 
     def text(self) -> str:
         body = asdict(self)
+        for key in ("threads", "device"):  # not recorded: left out (older records' bytes)
+            if body[key] is None:
+                del body[key]
         body["trained_on"] = None if self.trained_on is None else asdict(self.trained_on)
         return formats.dumps("weights-record", body)
 
@@ -212,7 +218,7 @@ def read_folder_record(folder: Path, *, verify: bool = True) -> FolderRecord | N
                         [float(w) for w in weights] if isinstance(weights, list) else None,
                         typed("stacking", str), typed("task", str), typed("classes", list),
                         typed("outputs", dict), typed("passthrough", list),
-                        typed("fit_report", dict))
+                        typed("fit_report", dict), typed("threads", int), typed("device", str))
 
 
 def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | None:
