@@ -129,6 +129,15 @@ class TestSpec(StrictModel):
     atol: Annotated[float, Field(ge=0)] = 1e-6
 
 
+class ResourcesSpec(StrictModel):
+    """What one job of the model needs: CPU threads (its Snakemake threads, SLURM's
+    cpus-per-task, the BLAS and OpenMP threads of its runner), memory in MB and GPUs."""
+
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+    mem_mb: Annotated[int, Field(ge=1)] | None = None
+    gpus: Annotated[int, Field(ge=0, le=64)] | None = None
+
+
 class ModelSpec(StrictModel):
     name: Annotated[str, Field(pattern=NAME_RE)]
     version: str
@@ -141,6 +150,8 @@ class ModelSpec(StrictModel):
     inputs: Annotated[list[ArraySpec], Field(min_length=1)]
     outputs: Annotated[list[ArraySpec], Field(min_length=1)]
     test: TestSpec | None = None
+    resources: ResourcesSpec | None = None
+    device: Literal["cpu", "cuda", "auto"] | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelSpec:
@@ -271,6 +282,7 @@ class ComposeConfig(StrictModel):
     outputs: dict[Name, Name] = {}
     passthrough: list[Name] = []
     inputs: dict[Name, dict[Name, Source | Annotated[list[Source], Field(min_length=1)]]] = {}
+    resources: dict[Name, ResourcesSpec] = {}
 
     @field_validator("models")
     @classmethod
@@ -286,6 +298,9 @@ class ComposeConfig(StrictModel):
             if isinstance(given, dict) and (unknown := sorted(set(given) - set(self.models))):
                 raise ValueError(f"{key} names {unknown}, which are not in models "
                                  f"{self.models}")
+        if unknown := sorted(set(self.resources) - {*self.models, self.ensembler}):
+            raise ValueError(f"resources names {unknown}, which are not in models "
+                             f"{self.models} nor the ensembler {self.ensembler!r}")
         if self.ensembler in self.models:
             raise ValueError(f"the ensembler {self.ensembler!r} is also listed in models; an "
                              "ensembler takes the base models' predictions, so list it once, "

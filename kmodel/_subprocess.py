@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -75,20 +76,35 @@ def popen(cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
 
 class Tail:
     """The last ``limit`` bytes of a child's output, read in a thread: a model that writes
-    300 MB of logs costs 64 KB of memory here, and never blocks on a full pipe."""
+    300 MB of logs costs 64 KB of memory here, and never blocks on a full pipe. Every chunk
+    also goes, as it comes, to each of ``copies`` (a log file, kmodel's stderr), closed
+    when the child closes its output; a copy that fails to write is dropped."""
 
-    def __init__(self, stream: IO[bytes], limit: int = 64 * 1024) -> None:
+    def __init__(self, stream: IO[bytes], limit: int = 64 * 1024,
+                 copies: Sequence[Any] = ()) -> None:
         self.data = bytearray()
         self.limit = limit
+        self.copies = list(copies)
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
     def _read(self, stream: IO[bytes]) -> None:
         fd = stream.fileno()
-        while chunk := os.read(fd, 1 << 16):
-            self.data += chunk
-            if len(self.data) > 2 * self.limit:
-                del self.data[: len(self.data) - self.limit]
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self.data += chunk
+                if len(self.data) > 2 * self.limit:
+                    del self.data[: len(self.data) - self.limit]
+                for copy in list(self.copies):
+                    try:
+                        copy.write(chunk)
+                        copy.flush()
+                    except (OSError, ValueError):
+                        self.copies.remove(copy)
+        finally:
+            for copy in self.copies:
+                with contextlib.suppress(OSError, ValueError):
+                    copy.close()
 
     def text(self, timeout: float = 2.0) -> str:
         """What was read (the last ``limit`` bytes), once the writer closed the pipe or after

@@ -129,11 +129,16 @@ class ModelHandle:
         return preds
 
     def predict_file(self, input: PathLike, output: PathLike, *, batch_size: int | None = None,
-                     resume: bool = False, weights: PathLike | None = None) -> Path:
+                     resume: bool = False, weights: PathLike | None = None,
+                     threads: int | None = None, device: str | None = None,
+                     log: PathLike | None = None) -> Path:
         """What `kmodel predict` does: ``output`` appears only when complete, with its
         provenance. ``weights``: a folder kmodel trained (with its hashes.json) instead of
-        the model's own weights, e.g. an ensembler's."""
+        the model's own weights, e.g. an ensembler's. ``threads``, ``device`` (cpu, cuda,
+        cuda:i, auto): instead of the spec's resources; ``log``: a file the model's own
+        stdout and stderr are appended to."""
         from kmodel.predict import batch_size_of, predict
+        from kmodel.resources import JobOptions
         from kmodel.weights import Weights
 
         size = batch_size_of(batch_size)
@@ -141,7 +146,9 @@ class ModelHandle:
             raise UsageError(f"predict_file: resume is True or False, not {resume!r}")
         return predict(self.registry, self.name, _path(input, "input"), _path(output, "output"),
                        batch_size=size, resume=resume,
-                       weights=Weights.from_folder(Path(weights)) if weights else None)
+                       weights=Weights.from_folder(Path(weights)) if weights else None,
+                       options=JobOptions(threads, device,
+                                          _path(log, "log") if log is not None else None))
 
     @property
     def own_weights(self) -> Path:
@@ -149,17 +156,23 @@ class ModelHandle:
         m = self.registry.model(self.name)
         return m.folder / (m.spec.weights.path if m.spec.weights else "weights")
 
-    def train(self, input: PathLike, output: PathLike, *, targets: str = TARGET_NAME) -> Path:
+    def train(self, input: PathLike, output: PathLike, *, targets: str = TARGET_NAME,
+              threads: int | None = None, device: str | None = None,
+              log: PathLike | None = None, echo: bool = False) -> Path:
         """Fit the model on /inputs and /targets of ``input`` in its env and write the
         weights folder ``output``. Into the model's own weights folder the files' sha256
-        are recorded in its spec; elsewhere the folder gets a hashes.json."""
+        are recorded in its spec; elsewhere the folder gets a hashes.json. ``threads``,
+        ``device``, ``log``, ``echo``: as for predict_file (``echo``: the model's output
+        also to stderr)."""
+        from kmodel.resources import JobOptions
         from kmodel.train import train
         from kmodel.weights import write_hashes
 
         out = _path(output, "output")
         mine = out.resolve() == self.own_weights.resolve()
         train(self.registry, self.name, _path(input, "input"), out, targets=targets,
-              manifest=not mine)
+              manifest=not mine, options=JobOptions(
+                  threads, device, _path(log, "log") if log is not None else None, echo))
         if mine:
             write_hashes(self.registry.model(self.name))
         return out

@@ -447,6 +447,53 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
                                  ctx, param) from None
 
 
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from kmodel.resources import check_device
+
+    if value is None:
+        return None
+    try:
+        return check_device(value)
+    except UsageError:
+        raise click.BadParameter("give cpu, cuda, cuda:INDEX (e.g. cuda:0) or auto", ctx,
+                                 param) from None
+
+
+def job_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--threads, --device and --log: how the model's job runs, where its output goes."""
+    for option in reversed([
+        click.option("--threads", type=click.IntRange(1), metavar="N",
+                     help="CPU threads for the model (OMP/MKL/OpenBLAS and torch's); "
+                          "default: the spec's resources.threads, else the libraries' own."),
+        click.option("--device", callback=_device, metavar="cpu|cuda[:I]|auto",
+                     help="Where the model runs (a build(device=...) gets it); default: the "
+                          "spec's device (cuda when it asks for gpus). A GPU the job cannot "
+                          "see (CUDA_VISIBLE_DEVICES) is refused at once; auto falls back to "
+                          "the CPU."),
+        click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the model's own stdout and stderr to this file as they "
+                          "come (-v: also to stderr)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _options(ctx: click.Context, threads: int | None, device: str | None,
+             log_file: Path | None) -> Any:
+    """The job options of a command: its --threads, --device, --log, and -v (the model's
+    output also on stderr). The log file starts empty."""
+    from kmodel.errors import write_error
+    from kmodel.resources import JobOptions
+
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_bytes(b"")
+        except OSError as e:
+            raise write_error(log_file, e) from None
+    return JobOptions(threads, device, log_file, bool((ctx.obj or {}).get("verbose")))
+
+
 @cli.command()
 @click.argument("model", shell_complete=_complete("model"))
 @click.option("-i", "--input", "inputs", required=True, multiple=True,
@@ -471,10 +518,12 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 @click.option("--weights", type=click.Path(path_type=Path),
               help="Use these weights (a folder `kmodel train -o` wrote, e.g. a fold's) "
                    "instead of the model's own.")
+@job_options
 @click.pass_context
 def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...],
             batch_size: int | None, rows: Any, shard: Any, resume: bool,
-            weights: Path | None) -> None:
+            weights: Path | None, threads: int | None, device: str | None,
+            log_file: Path | None) -> None:
     """Predict with MODEL in its own env and write OUTPUT (/preds/<name>, /metadata/id).
 
     OUTPUT appears only when every row is written. One run at a time may write it (a second
@@ -504,10 +553,11 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
     from kmodel.weights import Weights
 
     trained = Weights.from_folder(weights) if weights is not None else None
+    options = _options(ctx, threads, device, log_file)
     with _progress(model) as progress:
         predict_many(_registry(ctx), model, list(zip(inputs, outputs, strict=True)),
                      batch_size=batch_size, resume=resume, progress=progress, rows=rows,
-                     shard=shard, weights=trained)
+                     shard=shard, weights=trained, options=options)
     for output in outputs:
         click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
 
@@ -638,14 +688,18 @@ def assemble(sources: tuple[str, ...], ids_from: Path, targets_from: Path | None
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Weights folder to write (params.json, *.npy, hashes.json); an existing "
                    "folder is replaced only if kmodel wrote it.")
+@job_options
 @click.pass_context
 def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
-          output: Path) -> None:
+          output: Path, threads: int | None, device: str | None,
+          log_file: Path | None) -> None:
     """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
     from kmodel.api import ModelHandle
 
     handle = ModelHandle(model, _registry(ctx))
-    handle.train(input_path, output, targets=target_name)
+    options = _options(ctx, threads, device, log_file)
+    handle.train(input_path, output, targets=target_name, threads=options.threads,
+                 device=options.device, log=options.log, echo=options.echo)
     own, spec = handle.own_weights, handle.registry.model(model).path
     click.echo(f"wrote the weights of {model} to {output}")
     if output.resolve() == own.resolve():
@@ -689,11 +743,13 @@ mixed_option = click.option(
               help="How PREDS were kept apart from the base models' training rows; unless "
                    "in-sample, rows a base model was trained on are refused (KM606).")
 @mixed_option
+@job_options
 @click.pass_context
 def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], targets: Path,
                   target_name: str, output: Path, task: str | None, outputs: tuple[str, ...],
                   passthrough: tuple[str, ...], stacking: str,
-                  allow_mixed_inputs: bool) -> None:
+                  allow_mixed_inputs: bool, threads: int | None, device: str | None,
+                  log_file: Path | None) -> None:
     """Fit ENSEMBLER on PREDS (aligned by /metadata/id) against the targets: out-of-fold
     or blend-row predictions, the task's columns of each (P(y=1), a probability per class,
     the value)."""
@@ -704,7 +760,8 @@ def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], t
         w = run_train(_registry(ctx), ensembler, preds, targets, output,
                       target_name=target_name, task=task, outputs=chosen,
                       passthrough=passthrough, stacking=stacking,
-                      allow_mixed_inputs=allow_mixed_inputs, progress=progress)
+                      allow_mixed_inputs=allow_mixed_inputs, progress=progress,
+                      options=_options(ctx, threads, device, log_file))
     click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
 
 
@@ -718,16 +775,19 @@ def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], t
               help="The input file whose /inputs the ensembler was trained to take as they "
                    "are (its passthrough).")
 @mixed_option
+@job_options
 @click.pass_context
 def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
                     weights: Path, output: Path, data: Path | None,
-                    allow_mixed_inputs: bool) -> None:
+                    allow_mixed_inputs: bool, threads: int | None, device: str | None,
+                    log_file: Path | None) -> None:
     """Apply a trained ENSEMBLER to PREDS (same models, same order as in training)."""
     from kmodel.compose import apply
 
     with _progress(ensembler) as progress:
         apply(_registry(ctx), ensembler, preds, weights, output, data=data,
-              allow_mixed_inputs=allow_mixed_inputs, progress=progress)
+              allow_mixed_inputs=allow_mixed_inputs, progress=progress,
+              options=_options(ctx, threads, device, log_file))
     click.echo(f"wrote {output}")
 
 

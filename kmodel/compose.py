@@ -36,6 +36,7 @@ from kmodel.io import hdf5
 from kmodel.launch import Progress
 from kmodel.record import PredictionRecord
 from kmodel.registry import Model, Registry
+from kmodel.resources import JobOptions
 from kmodel.weights import WEIGHTS_MANIFEST, Weights
 
 
@@ -449,7 +450,7 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
           weights_out: Path, *, target_name: str = TARGET_NAME, task: str | None = None,
           outputs: dict[str, str] | None = None, passthrough: Sequence[str] = (),
           stacking: str = "cv", allow_mixed_inputs: bool = False,
-          progress: Progress | None = None) -> Weights:
+          progress: Progress | None = None, options: JobOptions | None = None) -> Weights:
     """Fit the ensembler on stored predictions aligned to the targets' ids.
 
     ``task`` (binary, multiclass, regression; inferred from the targets when None) decides
@@ -484,7 +485,7 @@ def train(registry: Registry, ensembler: str, preds: Sequence[Path], targets: Pa
         return train_mod.train(registry, ensembler, table, weights_out, targets=target_name,
                                record=kept, fit_args=fit_args, trained_from=targets,
                                progress=progress, inputs=(*preds, targets),
-                               columns=found.labels)
+                               columns=found.labels, options=options)
 
 
 def _takes(model: Model, found: Sources) -> None:
@@ -501,7 +502,7 @@ def _takes(model: Model, found: Sources) -> None:
 
 def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Path,
           output: Path, *, data: Path | None = None, allow_mixed_inputs: bool = False,
-          progress: Progress | None = None) -> Path:
+          progress: Progress | None = None, options: JobOptions | None = None) -> Path:
     """Run the trained ensembler on stored predictions; write ``output`` atomically.
 
     The task, classes and passthrough datasets are the ones it was trained with (its
@@ -535,7 +536,8 @@ def apply(registry: Registry, ensembler: str, preds: Sequence[Path], weights: Pa
         return predict_mod.predict(registry, ensembler, table, output, weights=w,
                                    progress=progress,
                                    upstream=[*preds, *([data] if data else [])],
-                                   columns=found.labels, batch_size=COMPOSE_BATCH_SIZE)
+                                   columns=found.labels, batch_size=COMPOSE_BATCH_SIZE,
+                                   options=options)
 
 
 def first_column(path: Path, reference: Path) -> np.ndarray:

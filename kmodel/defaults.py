@@ -20,3 +20,5 @@ FOLDS = 5
 RESULTS = "results"
 #: a progress line every this many seconds when stderr is not a terminal
 PROGRESS_SECONDS = 5.0
+#: memory (MB) a model's job asks of the scheduler when its spec's resources give none
+MEM_MB = 1000

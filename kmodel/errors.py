@@ -276,6 +276,13 @@ class ModelContractError(KmodelError):
     code = "KM503"
 
 
+class DeviceUnavailableError(KmodelError):
+    """A model asks for a GPU (``gpus:`` in its spec, ``--device cuda``) where the job sees
+    none: refused before its env starts (``device: auto`` runs it on the CPU instead)."""
+
+    code = "KM510"
+
+
 # --- composition -------------------------------------------------------------------
 
 

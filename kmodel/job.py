@@ -60,6 +60,10 @@ class Job:
     fit_args: dict[str, Any] = field(default_factory=dict)
     weights_out: str = ""
     output_name: str = ""
+    #: CPU threads for the model (0: the libraries' default) and its device ("cpu",
+    #: "cuda", "cuda:i"); the host has set the BLAS/OpenMP variables in the runner's env
+    threads: int = 0
+    device: str = "cpu"
     version: int = VERSION
 
     def to_json(self) -> str:

@@ -1,7 +1,10 @@
 """Starts the in-env runner on a Job, relays its events, maps its failures to errors.
 
 The runner (kmodel/runner.py) runs with the model env's own python, isolated (``-I``), and
-reports over a pipe of its own; what the model prints goes to a bounded tail, shown with -v.
+reports over a pipe of its own; what the model prints (stdout and stderr) goes to a bounded
+tail, shown with -v when it fails, and as it comes to the job's log file (``--log``) and,
+with ``echo`` (-v), to kmodel's stderr. The runner's environment carries the job's threads
+(OMP_NUM_THREADS and the like): it imports numpy before it reads its job.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kmodel import _subprocess
 from kmodel.envs import Env
@@ -31,6 +35,7 @@ from kmodel.errors import (
     write_error,
 )
 from kmodel.job import Job
+from kmodel.resources import JobOptions, Placement
 
 RUNNER = Path(__file__).with_name("runner.py")
 Progress = Callable[[int, int], None]
@@ -69,10 +74,14 @@ class Runner:
     job never comes is stopped by ``close`` (or gets EOF when kmodel dies).
     """
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, placement: Placement | None = None,
+                 options: JobOptions | None = None) -> None:
         self.env = env
         self.used = False
-        run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        self.placement = placement or Placement()
+        run_env = self.placement.environ(
+            {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")})
+        copies = _copies(options)
         read_fd, write_fd = os.pipe()
         try:
             self.proc = _subprocess.popen(
@@ -81,12 +90,14 @@ class Runner:
                 pass_fds=(write_fd,))
         except BaseException:
             os.close(read_fd)
+            for f in copies:
+                f.close()
             raise
         finally:
             os.close(write_fd)
         self.channel = read_fd
         assert self.proc.stdout is not None
-        self.output = _subprocess.Tail(self.proc.stdout)
+        self.output = _subprocess.Tail(self.proc.stdout, copies=copies)
 
     def run(self, job: Job, progress: Progress | None = None,
             outcome: Outcome | None = None) -> Outcome:
@@ -139,11 +150,44 @@ class Runner:
             os.close(self.channel)
 
 
+def _copies(options: JobOptions | None) -> list[Any]:
+    """Where the model's output goes as it comes: the log file (appended to), kmodel's
+    stderr with ``echo``."""
+    out: list[Any] = []
+    if options is not None and options.log is not None:
+        try:
+            out.append(open(options.log, "ab"))  # closed by the Tail
+        except OSError as e:
+            raise write_error(options.log, e) from None
+    if options is not None and options.echo:
+        out.append(_Unclosed(sys.stderr.buffer))
+    return out
+
+
+class _Unclosed:
+    """kmodel's own stderr as a copy the Tail may 'close' (it stays open)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        n = self.stream.write(data)
+        self.stream.flush()
+        return n
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
 @contextlib.contextmanager
-def started(env: Env) -> Iterator[Runner]:
-    """A runner started now in ``env``, stopped at the end of the block unless it finished
-    its job."""
-    runner = Runner(env)
+def started(env: Env, placement: Placement | None = None,
+            options: JobOptions | None = None) -> Iterator[Runner]:
+    """A runner started now in ``env`` (with the threads of ``placement`` in its
+    environment), stopped at the end of the block unless it finished its job."""
+    runner = Runner(env, placement, options)
     try:
         yield runner
     finally:
@@ -151,9 +195,10 @@ def started(env: Env) -> Iterator[Runner]:
 
 
 def run_job(env: Env, job: Job, progress: Progress | None = None,
-            outcome: Outcome | None = None) -> Outcome:
-    """Start a runner in ``env`` and run ``job`` (see Runner.run)."""
-    with started(env) as runner:
+            outcome: Outcome | None = None, options: JobOptions | None = None) -> Outcome:
+    """Start a runner in ``env`` and run ``job`` (see Runner.run), with the job's threads."""
+    placement = Placement(job.threads or None, job.device)
+    with started(env, placement, options) as runner:
         return runner.run(job, progress, outcome)
 
 

@@ -25,7 +25,7 @@ from kmodel._fs import check_input_file
 from kmodel.errors import SpecError, ToolMissingError
 from kmodel.loader import load_compose_config
 from kmodel.registry import Registry
-from kmodel.spec import ComposeConfig, Method
+from kmodel.spec import ComposeConfig, Method, ResourcesSpec
 
 SPLITS = ("train", "test")
 #: the split whose predictions the ensembler is fitted on, by method
@@ -170,6 +170,26 @@ class Plan:
     @property
     def scores(self) -> Path:
         return self.root / "scores.json"
+
+    def resources(self, registry: Registry, model: str) -> ResourcesSpec:
+        """What each job of ``model`` needs: the composition's ``resources:`` for it over
+        its spec's (each value given wins; unset values: 1 thread, MEM_MB, no GPU)."""
+        from kmodel.defaults import MEM_MB
+
+        spec = registry.model(model).spec.resources
+        given = self.config.resources.get(model, ResourcesSpec()).over(spec)
+        return ResourcesSpec(threads=given.threads or 1, mem_mb=given.mem_mb or MEM_MB,
+                             gpus=given.gpus or 0)
+
+    def device(self, registry: Registry, model: str) -> str:
+        """The device ``model``'s jobs ask for: its spec's ``device:``, else cuda when its
+        resources (the composition's over its spec's) give it GPUs."""
+        return registry.model(model).spec.device or (
+            "cuda" if self.resources(registry, model).gpus else "cpu")
+
+    def model_log(self, *parts: str) -> Path:
+        """The log of a model's own stdout and stderr in a job (beside the job's log)."""
+        return self.root / "logs" / "models" / ("_".join(parts) + ".log")
 
     def log(self, *parts: str) -> Path:
         return self.root / "logs" / ("_".join(parts) + ".log")

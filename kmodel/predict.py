@@ -30,7 +30,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from kmodel.job import Job, Task
 from kmodel.launch import Outcome, Progress, Runner
 from kmodel.record import PredictionRecord
 from kmodel.registry import Model, Registry
+from kmodel.resources import JobOptions, place_model
 from kmodel.weights import Weights
 
 log = logging.getLogger("kmodel")
@@ -288,25 +289,30 @@ def predict(registry: Registry, name: str, input_path: Path, output: Path, *,
             batch_size: int | None = None, resume: bool = False,
             weights: Weights | None = None, progress: Progress | None = None,
             rows: Rows | None = None, shard: Shard | None = None,
-            columns: Sequence[str] = (), upstream: Sequence[Path] = ()) -> Path:
+            columns: Sequence[str] = (), upstream: Sequence[Path] = (),
+            options: JobOptions | None = None) -> Path:
     """Run model ``name`` on ``input_path`` and write ``output`` (atomically)."""
     return predict_many(registry, name, [(input_path, output)], batch_size=batch_size,
                         resume=resume, weights=weights, progress=progress, rows=rows,
-                        shard=shard, columns=columns, upstream=upstream)[0]
+                        shard=shard, columns=columns, upstream=upstream, options=options)[0]
 
 
 def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path]], *,
                  batch_size: int | None = None, resume: bool = False,
                  weights: Weights | None = None, progress: Progress | None = None,
                  rows: Rows | None = None, shard: Shard | None = None,
-                 columns: Sequence[str] = (), upstream: Sequence[Path] = ()) -> list[Path]:
+                 columns: Sequence[str] = (), upstream: Sequence[Path] = (),
+                 options: JobOptions | None = None) -> list[Path]:
     """Run model ``name`` on each (input, output) pair with one runner process (one env
     start-up, one model build); each output appears only when complete. ``upstream``:
     files the input was made from (the composer's prediction files), whose sha256 every
     output records; ``columns`` names the input's columns when they are stored predictions
-    (the composer)."""
+    (the composer). ``options``: threads, device and where the model's own output goes
+    (default: the spec's resources and device); a GPU the job cannot see is refused
+    (KM510) before anything starts."""
     size = batch_size_of(batch_size)
     model = registry.model(name)
+    placement = place_model(model, options)
     weights = weights or Weights.of(model)
     outputs = [o for _, o in pairs]
     _guard_outputs(registry, model, weights, pairs)
@@ -314,7 +320,8 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
         # the runner starts now when its env is built: it imports numpy and h5py while
         # the inputs, weights and locks are checked here
         ready = ready_env(registry, model)
-        early = held.enter_context(launch.started(ready)) if ready is not None else None
+        early = (held.enter_context(launch.started(ready, placement, options))
+                 if ready is not None else None)
         totals = [check_input(model, i) for i, _ in pairs]
         ranges = [row_range(i, n, size, rows, shard)
                   for (i, _), n in zip(pairs, totals, strict=True)]
@@ -325,11 +332,13 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
             _adopt_killed(output)
         env, _ = ensure_env(registry, model)
         runner = early if early is not None and early.env == env else \
-            held.enter_context(launch.started(env))
-        base = _base_record(registry, model, weights, env, size)
+            held.enter_context(launch.started(env, placement, options))
+        base = replace(_base_record(registry, model, weights, env, size),
+                       threads=placement.threads or 0, device=placement.device)
         pending = [_prepare(model, i, o, span, n, base, resume)
                    for (i, o), span, n in zip(pairs, ranges, totals, strict=True)]
-        job = _job(model, weights, size, pending, columns)
+        job = replace(_job(model, weights, size, pending, columns),
+                      threads=placement.threads or 0, device=placement.device)
         outcome = _run(runner, job, pending, progress, upstream)
         # from here to the lock's release a signal waits (a moment): an output renamed
         # into place is reported as written, and its lock is always released

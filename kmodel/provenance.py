@@ -170,6 +170,9 @@ class FolderRecord:
     passthrough: list[str] | None = None
     #: what the ensembler said of its fit (``fit_report()``): e.g. its cross-validated loss
     fit_report: dict[str, Any] | None = None
+    #: the CPU threads (0: the libraries' default) and the device it was trained with
+    threads: int | None = None
+    device: str | None = None
 
     def text(self) -> str:
         body = asdict(self)
@@ -212,7 +215,7 @@ def read_folder_record(folder: Path, *, verify: bool = True) -> FolderRecord | N
                         [float(w) for w in weights] if isinstance(weights, list) else None,
                         typed("stacking", str), typed("task", str), typed("classes", list),
                         typed("outputs", dict), typed("passthrough", list),
-                        typed("fit_report", dict))
+                        typed("fit_report", dict), typed("threads", int), typed("device", str))
 
 
 def _folder_record_v0(folder: Path, body: dict[str, Any]) -> dict[str, Any] | None:

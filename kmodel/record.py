@@ -90,9 +90,10 @@ class Made:
 
 
 #: the fields whose type a record checks on read, by attribute name
-_INTS = ("batch_size", "rows_start", "rows_stop", "input_rows", "merged_shards", "folds")
+_INTS = ("batch_size", "rows_start", "rows_stop", "input_rows", "merged_shards", "folds",
+         "threads")
 _STRS = ("model", "model_version", "env_key", "weights_dir", "input_signature",
-         "input_sha256", "created", "env_python_version", "env_numpy_version")
+         "input_sha256", "created", "env_python_version", "env_numpy_version", "device")
 
 
 def _whole(value: Any) -> TypeGuard[int]:
@@ -149,6 +150,9 @@ class PredictionRecord:
     #: model that was not trained on it)
     folds: int | None = None
     rows_done: int | None = None
+    #: the CPU threads (0: the libraries' default) and the device the model ran with
+    threads: int | None = None
+    device: str | None = None
     complete: bool = False
     schema_version: int | None = None
     bad: frozenset[str] = frozenset()

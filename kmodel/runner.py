@@ -80,13 +80,36 @@ def build_model(job: Any) -> Any:
     module = _load_module(f"kmodel_model_{Path(file).stem}", model_dir / file)
     if not hasattr(module, func):
         raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
-    model = getattr(module, func)(**job.args)
+    build = getattr(module, func)
+    extra = {"device": job.device} if _takes(build, "device") else {}
+    model = build(**job.args, **extra)
+    _set_threads(job.threads)
     if job.weights_dir:
         folder = Path(job.weights_dir)
         weights = {n[:-4]: np.load(folder / n, allow_pickle=False)
                    for n in job.weights if n.endswith(".npy")}
         model.set_weights(weights)
     return model
+
+
+def _takes(func: Any, name: str) -> bool:
+    """Whether ``func`` takes the keyword ``name`` (by name, or through **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (
+        p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) for p in params)
+
+
+def _set_threads(threads: int) -> None:
+    """The job's threads for torch's intra-op pool, if the model imported torch (the BLAS
+    and OpenMP pools took them from the environment the host set)."""
+    torch = sys.modules.get("torch")
+    if threads > 0 and torch is not None and hasattr(torch, "set_num_threads"):
+        torch.set_num_threads(threads)
 
 
 def _as_outputs(result: Any, outputs: dict[str, Any], rows: int) -> dict[str, np.ndarray]:

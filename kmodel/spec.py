@@ -72,6 +72,23 @@ class TestSpec:
     atol: float = 1e-6
 
 
+@dataclass(frozen=True, kw_only=True)
+class ResourcesSpec:
+    """What one job of the model needs: CPU threads (its Snakemake threads, SLURM's
+    cpus-per-task, the BLAS and OpenMP threads of its runner), memory in MB and GPUs."""
+
+    threads: int | None = None
+    mem_mb: int | None = None
+    gpus: int | None = None
+
+    def over(self, base: ResourcesSpec | None) -> ResourcesSpec:
+        """These values, the ones not given taken from ``base``."""
+        if base is None:
+            return self
+        return ResourcesSpec(**{k: getattr(base, k) if getattr(self, k) is None
+                                else getattr(self, k) for k in ("threads", "mem_mb", "gpus")})
+
+
 def _one(cls: Any, data: dict[str, Any] | None) -> Any:
     return None if data is None else cls(**data)
 
@@ -89,10 +106,14 @@ class ModelSpec:
     inputs: list[ArraySpec]
     outputs: list[ArraySpec]
     test: TestSpec | None = None
+    resources: ResourcesSpec | None = None
+    #: cpu, cuda or auto (cuda if the job has a GPU); None: cuda if gpus > 0, else cpu
+    device: Literal["cpu", "cuda", "auto"] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(**{**data, "inputs": [ArraySpec(**a) for a in data["inputs"]],
+                      "resources": _one(ResourcesSpec, data.get("resources")),
                       "outputs": [ArraySpec(**a) for a in data["outputs"]],
                       "weights": _one(WeightsSpec, data.get("weights")),
                       "train": _one(TrainSpec, data.get("train")),
@@ -215,6 +236,8 @@ class ComposeConfig:
     #: being ``data.DATASET`` (the data files' /inputs) or ``MODEL.OUTPUT`` (a prediction);
     #: several sources are put side by side (columns) in one input
     inputs: dict[str, dict[str, str | list[str]]] = field(default_factory=dict)
+    #: per model, resources that replace its spec's (those given)
+    resources: dict[str, ResourcesSpec] = field(default_factory=dict)
 
     def sources_of(self, model: str) -> dict[str, list[str]]:
         """A model's inputs, each as its list of sources (empty: it reads the data)."""
@@ -229,6 +252,8 @@ class ComposeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:
         return cls(**{**data, "data": DataConfig(**data["data"]),
+                      "resources": {k: ResourcesSpec(**v)
+                                    for k, v in (data.get("resources") or {}).items()},
                       "stacking": StackingConfig(**data.get("stacking") or {})})
 
     def shards_of(self, model: str) -> int:

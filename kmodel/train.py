@@ -29,6 +29,7 @@ from kmodel.launch import Progress, run_job
 from kmodel.predict import check_input, ensure_env, model_files
 from kmodel.provenance import FolderRecord, TrainedOn
 from kmodel.registry import Registry
+from kmodel.resources import JobOptions, place_model
 from kmodel.weights import PARAMS, RECORD, Weights, params_text, seal, written_by_kmodel
 
 
@@ -57,7 +58,8 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
           targets: str = TARGET_NAME, manifest: bool = True,
           record: FolderRecord | None = None, fit_args: dict[str, Any] | None = None,
           trained_from: Path | None = None, progress: Progress | None = None,
-          inputs: tuple[Path, ...] = (), columns: Sequence[str] = ()) -> Weights:
+          inputs: tuple[Path, ...] = (), columns: Sequence[str] = (),
+          options: JobOptions | None = None) -> Weights:
     """Fit model ``name`` on /inputs and /targets/<targets> of ``input_path`` in its env.
 
     The weights folder appears whole when training succeeded, with params.json,
@@ -67,9 +69,11 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
     checks (into a model's own weights folder the hashes go to its spec instead). An
     existing folder is replaced only if kmodel wrote it. ``inputs`` are further files the
     caller read (e.g. prediction files): the folder may not hold any of them. ``fit_args``:
-    what the composer tells an ensembler's fit (task, classes...).
+    what the composer tells an ensembler's fit (task, classes...). ``options``: threads,
+    device and where the model's own output goes (default: the spec's resources).
     """
     model = registry.model(name)
+    placement = place_model(model, options)
     if model.spec.train is None:
         raise SpecError(model.path, "the model has no train: entry, so kmodel will not fit it",
                         field="train", fix="add `train: {args: {}}` if it can be fitted")
@@ -92,8 +96,9 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                       inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
                       train_args=model.spec.train.args, fit_args=dict(fit_args or {}),
                       weights_out=str(tmp.resolve()), output_name=str(weights_out),
-                      columns=list(columns))
-            outcome = run_job(env, job, progress)
+                      columns=list(columns), threads=placement.threads or 0,
+                      device=placement.device)
+            outcome = run_job(env, job, progress, options=options)
             if outcome.error is not None:
                 raise outcome.error
             names = [p.name[:-4] for p in tmp.iterdir() if p.name.endswith(".npy")]
@@ -101,7 +106,7 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                                                   model.spec.train.args, names))
             kept = replace(record or FolderRecord(), trained_on=_trained_on(
                 trained_from or input_path), column_weights=outcome.column_weights,
-                fit_report=outcome.fit_report)
+                fit_report=outcome.fit_report, threads=job.threads, device=job.device)
             if manifest and not kept.made:  # (a model's own weights: its spec lists them,
                 # so the spec's hash would record itself)
                 kept = replace(kept, made=provenance.of_model(registry, model, None).to_attrs())

@@ -117,8 +117,8 @@ def test_demo_config_loads() -> None:
 
 
 @pytest.mark.parametrize("name", ["ArraySpec", "WeightsSpec", "TrainSpec", "TestSpec",
-                                  "ModelSpec", "PipEnvSpec", "CondaEnvSpec", "DataConfig",
-                                  "StackingConfig", "ComposeConfig"])
+                                  "ResourcesSpec", "ModelSpec", "PipEnvSpec", "CondaEnvSpec",
+                                  "DataConfig", "StackingConfig", "ComposeConfig"])
 def test_types_mirror_their_validators(name: str) -> None:
     """kmodel/spec.py's dataclasses and kmodel/_schema.py's pydantic models have the same
     fields with the same defaults: what validates is what the rest of kmodel reads."""
