@@ -400,7 +400,7 @@ def test_an_env_build_on_kn2_waits_for_the_env_lock_held_on_kn1(site: Path) -> N
 def test_a_threads_2_model_gets_two_cpus_of_one_node(site: Path) -> None:
     """A model with `resources: {threads: 2}`: its job asks SLURM for 2 CPUs
     (cpus-per-task through the profile) and, parked mid-prediction, holds NumCPUs=2 on its
-    node, a whole node of this cluster."""
+    node, a whole node of this cluster; its predictions record 2 threads."""
     from kmodel.errors import SpecError
 
     try:
@@ -418,10 +418,14 @@ def test_a_threads_2_model_gets_two_cpus_of_one_node(site: Path) -> None:
     try:
         assert job_field(job, "NumCPUs") == "2"
         assert job_field(job, "NodeList") == host
-        alloc = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%C"], capture_output=True,
-                               text=True, timeout=30).stdout.strip()
-        assert alloc.split("/")[0] == "2", alloc  # allocated/idle/other/total: 2 allocated
+        node = subprocess.run(["scontrol", "show", "node", host], capture_output=True,
+                              text=True, timeout=30).stdout
+        assert "CPUAlloc=2 " in node and "CPUTot=2 " in node, node  # the whole node
     finally:
         (trace / "go").touch()
         rc, log = finish(proc)
     assert rc == 0, log[-3000:]
+    assert_correct(site, "threads", "pt")
+    for out in preds_of(site, "threads", "pt").values():
+        with h5py.File(out, "r") as f:
+            assert f.attrs["threads"] == 2  # the runner ran it with 2 threads
