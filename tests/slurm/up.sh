@@ -97,7 +97,8 @@ for i in 1 2; do
     fi
     ip link set "$n-h" up
     ip -n "$n" link set lo up
-    ip -n "$n" addr show dev "$n-n" | grep -q "$NET.1$i/" || ip -n "$n" addr add "$NET.1$i/24" dev "$n-n"
+    [[ "$(ip -n "$n" addr show dev "$n-n")" == *" $NET.1$i/"* ]] \
+        || ip -n "$n" addr add "$NET.1$i/24" dev "$n-n"
     ip -n "$n" link set "$n-n" up
 done
 
