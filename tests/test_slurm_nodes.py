@@ -175,6 +175,15 @@ def job_field(job: str, field: str) -> str:
     return found.group(1)
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie no one reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
 def submitted(log: str) -> list[str]:
     return [ln for ln in log.splitlines() if "has been submitted with SLURM jobid" in ln]
 
@@ -273,6 +282,7 @@ def test_a_prediction_killed_on_one_node_is_redone_on_the_other(site: Path) -> N
     job = job_of(trace, host, pid)
     subprocess.run(["scancel", job], check=True, timeout=30)
     rc, log = finish(proc)
+    wait_for(lambda: gone(pid))  # SLURM stopped its model's runner (the nodes share pids)
     assert rc != 0 and f"jobid {job}" in log, log[-3000:]
     assert preds_of(site, "kill", "pk") == {}  # nothing half-written left as an output
 
@@ -327,18 +337,20 @@ def test_an_output_lock_held_from_kn1_holds_on_kn2_until_its_lease_runs_out(
                               timeout=300)
 
     refused = from_kn2()
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "Error [KM402]" in refused.stderr
     assert f"another kmodel run (pid {marker['pid']} on kn1) is writing it" in refused.stderr
 
-    os.kill(int(marker["pid"]), signal.SIGKILL)  # kn1's kmodel dies as with its node lost
-    holder.communicate(timeout=120)  # its job ends (the runner sees kmodel gone)
+    ((_, runner),) = runs(trace, "parked")
+    for victim in (int(marker["pid"]), runner):  # kmodel and its runner, as with kn1 lost
+        os.kill(victim, signal.SIGKILL)
+    holder.communicate(timeout=120)
+    wait_for(lambda: gone(int(marker["pid"])) and gone(runner))
     assert lock.exists()  # killed: nothing released it
     refused = from_kn2()  # its heartbeat is seconds old: the lease (120 s) holds
     assert refused.returncode != 0 and f"pid {marker['pid']} on kn1" in refused.stderr
 
     old = time.time() - 121  # the lease's 120 s without a heartbeat
     os.utime(lock, (old, old))
-    (trace / "go").touch()  # (a rerun would not park anyway: parked once)
     taken = from_kn2()
     assert taken.returncode == 0, taken.stderr
     with h5py.File(out, "r") as f:
