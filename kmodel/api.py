@@ -77,6 +77,8 @@ class ModelHandle:
             "spec_sha256": sha256_file(m.path),
             "weights": ({"path": str(m.weights_dir), "sha256": m.spec.weights.sha256}
                         if m.spec.weights else None),
+            "resources": asdict(m.spec.resources) if m.spec.resources else None,
+            "device": m.spec.device,
         }
 
     @property

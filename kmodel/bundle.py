@@ -40,6 +40,7 @@ from kmodel._fs import (
 from kmodel._version import __version__
 from kmodel.errors import BundleError, KmodelError, UsageError
 from kmodel.registry import ENVS, Model, Registry
+from kmodel.resources import JobOptions
 from kmodel.spec import NAME_RE
 from kmodel.weights import WEIGHTS_MANIFEST, Weights
 
@@ -353,10 +354,11 @@ def opened(bundle: Path) -> tuple[Path, Manifest]:
     return folder, manifest
 
 
-def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | None = None
-            ) -> list[Path]:
+def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | None = None,
+            options: JobOptions | None = None) -> list[Path]:
     """Run a bundle on each (input, output): its model, or for a composition's bundle its
-    base models then its ensembler (the ensemble's predictions)."""
+    base models then its ensembler (the ensemble's predictions). ``options``: the jobs'
+    threads, device and log (default: each model's spec's)."""
     import tempfile
 
     from kmodel.compose import apply
@@ -370,7 +372,8 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
             raise BundleError(f"{bundle}: model {name!r} is not the one in the bundle; "
                               "pack it again")
     if manifest.composition is None:
-        return predict_many(registry, manifest.model, pairs, batch_size=batch_size)
+        return predict_many(registry, manifest.model, pairs, batch_size=batch_size,
+                            options=options)
     size = batch_size or int(manifest.composition["batch_size"])
     weights = root / "composition" / "weights"
     if len({os.path.realpath(o) for _, o in pairs}) != len(pairs):
@@ -384,8 +387,9 @@ def predict(bundle: Path, pairs: Sequence[tuple[Path, Path]], batch_size: int | 
             for name in manifest.models:
                 preds.append(Path(tmp) / f"{name}.h5")
                 predict_many(registry, name, [(input_path, preds[-1])], batch_size=size,
-                             weights=_base_weights(root, manifest, name))
-            done.append(apply(registry, manifest.model, preds, weights, output))
+                             weights=_base_weights(root, manifest, name), options=options)
+            done.append(apply(registry, manifest.model, preds, weights, output,
+                              options=options))
     return done
 
 

@@ -238,6 +238,9 @@ def info(ctx: click.Context, model: str, as_json: bool) -> None:
     click.echo(f"  entrypoint  {d['entrypoint']}  args {json.dumps(d['args'])}")
     click.echo(f"  env         {d['env']} ({d['env_kind']}) {d['env_spec']}  lock "
                f"{d['lockfile'] or 'missing'}")
+    if d["resources"] or d["device"]:
+        given = {k: v for k, v in (d["resources"] or {}).items() if v is not None}
+        click.echo(f"  resources   {json.dumps(given)}  device {d['device'] or 'default'}")
     for kind in ("inputs", "outputs"):
         for a in d[kind]:
             click.echo(f"  {kind[:-1]:<11} {a['name']} {a['dtype']}{list(a['shape'])}  "
@@ -540,20 +543,21 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
     if rows is not None and shard is not None:
         raise UsageError("give --rows or --shard, not both")
     t0 = time.perf_counter()
+    options = _options(ctx, threads, device, log_file)
     if is_bundle(model):
         from kmodel import bundle
 
         if rows is not None or shard is not None or resume or weights is not None:
             raise UsageError("--rows, --shard, --resume and --weights take a model by name, "
                              "not a bundle")
-        bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)), batch_size)
+        bundle.predict(Path(model), list(zip(inputs, outputs, strict=True)), batch_size,
+                       options)
         for output in outputs:
             click.echo(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
         return
     from kmodel.weights import Weights
 
     trained = Weights.from_folder(weights) if weights is not None else None
-    options = _options(ctx, threads, device, log_file)
     with _progress(model) as progress:
         predict_many(_registry(ctx), model, list(zip(inputs, outputs, strict=True)),
                      batch_size=batch_size, resume=resume, progress=progress, rows=rows,

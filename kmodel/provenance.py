@@ -176,6 +176,9 @@ class FolderRecord:
 
     def text(self) -> str:
         body = asdict(self)
+        for key in ("threads", "device"):  # not recorded: left out (older records' bytes)
+            if body[key] is None:
+                del body[key]
         body["trained_on"] = None if self.trained_on is None else asdict(self.trained_on)
         return formats.dumps("weights-record", body)
 

@@ -135,7 +135,8 @@ def place(model: str, spec_path: Path, *, threads: int | None, gpus: int,
     asked = (f"--device {device}" if device else
              f"device: {spec_device} in {spec_path}" if spec_device else
              f"resources.gpus: {gpus} in {spec_path}")
+    fix = ("give --device cpu or --device auto" if device else
+           "give --device cpu, or allow `device: auto` in its spec")
     raise DeviceUnavailableError(
         f"model {model!r} asks for GPU {wanted} ({asked}) but {why}; run it where a GPU is "
-        "(a GPU node, `gpus:` in its resources), give --device cpu, or allow `device: auto` "
-        "in its spec")
+        f"(a GPU node, `gpus:` in its resources), or {fix}")

@@ -106,7 +106,10 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                                                   model.spec.train.args, names))
             kept = replace(record or FolderRecord(), trained_on=_trained_on(
                 trained_from or input_path), column_weights=outcome.column_weights,
-                fit_report=outcome.fit_report, threads=job.threads, device=job.device)
+                fit_report=outcome.fit_report)
+            if manifest:  # (a model's own weights are hashed in its spec: their record
+                # stays what the seeded script reproduces on any machine, whatever threads)
+                kept = replace(kept, threads=job.threads, device=job.device)
             if manifest and not kept.made:  # (a model's own weights: its spec lists them,
                 # so the spec's hash would record itself)
                 kept = replace(kept, made=provenance.of_model(registry, model, None).to_attrs())

@@ -50,7 +50,8 @@ def profile(name: str) -> Path | None:
 
 
 _FAILED_RULE = re.compile(r"Error in rule (\S+?):")
-_LOG = re.compile(r"^\s*log: (\S+)")
+#: a job's logs: its own, then (a model's job) the model's output
+_LOG = re.compile(r"^\s*log: (\S+?)(?:, (\S+?/logs/models/\S+?))?,?(?:\s|$)")
 REAPER = Path(__file__).with_name("_reaper.py")
 
 
@@ -245,24 +246,29 @@ def _failure(lines: list[str], code: int) -> KmodelError:
             "Snakemake's lock on this folder is held by another Snakemake run; wait for it "
             "to finish, or if none is running (a killed run on another machine), run the same "
             "`kmodel run CONFIG --unlock` once")
-    rule, log_path = _failed_rule(lines)
+    rule, log_path, model_log = _failed_rule(lines)
     if rule is None:
         return WorkflowError(f"Snakemake failed: {_reason(lines, code)}{_full_log(lines)}")
     reason = _last_error(Path(log_path)) if log_path else ""
     where = f"; see its log {log_path}" if log_path else ""
+    if model_log:
+        where += f" (the model's own output: {model_log})"
     return WorkflowError(f"Snakemake failed in rule {rule!r}{where}" +
                          (f": {reason}" if reason else ""))
 
 
-def _failed_rule(lines: list[str]) -> tuple[str | None, str | None]:
-    """The last rule Snakemake says failed, and its log file (as named after it)."""
-    rule = log_path = None
+def _failed_rule(lines: list[str]) -> tuple[str | None, str | None, str | None]:
+    """The last rule Snakemake says failed, its log file and its model's log, if it has
+    one (as named after it)."""
+    rule = log_path = model_log = None
     for i, line in enumerate(lines):
         if m := _FAILED_RULE.search(line):
             rule = m.group(1)
-            log_path = next((lm.group(1) for follow in lines[i + 1 : i + 30]
-                             if (lm := _LOG.match(follow))), None)
-    return rule, log_path
+            found = next((lm for follow in lines[i + 1 : i + 30]
+                          if (lm := _LOG.match(follow))), None)
+            log_path = found.group(1) if found else None
+            model_log = found.group(2) if found else None
+    return rule, log_path, model_log
 
 
 def _last_error(log: Path) -> str:

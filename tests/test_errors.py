@@ -357,7 +357,9 @@ def test_km700_snakemake_failure_names_rule_and_log(project: Path) -> None:
     assert errors == [err.splitlines()[-1]], err
     line = errors[0]
     m = re.fullmatch(r"Error \[KM700\]: Snakemake failed in rule 'predict_(?:fold|test)'; see "
-                     r"its log (out/small/logs/predict_mlp_(?:fold\d|test)\.log): Error \[KM500\]: "
+                     r"its log (out/small/logs/predict_mlp_(?:fold\d|test)\.log) \(the model's "
+                     r"own output: out/small/logs/models/predict_mlp_(?:fold\d|test)\.log\): "
+                     r"Error \[KM500\]: "
                      r"model 'mlp' raised OSError: disk on fire; run with -v for its traceback",
                      line)
     assert m, line

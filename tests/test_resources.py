@@ -41,8 +41,12 @@ class Probe:
         n = len(x)
         omp = int(os.environ.get("OMP_NUM_THREADS", "-1"))
         blas = int(os.environ.get("OPENBLAS_NUM_THREADS", "-1"))
+        a = np.ones((256, 256))
+        a @ a  # numpy's BLAS starts its thread pool
+        tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
         return {"omp": np.full(n, omp), "openblas": np.full(n, blas),
-                "cuda": np.full(n, self.device.startswith("cuda"))}
+                "cuda": np.full(n, self.device.startswith("cuda")),
+                "tasks": np.full(n, tasks)}
 
     def fit(self, x, y):
         print("probe fit stdout", flush=True)
@@ -77,6 +81,7 @@ outputs:
   - {{name: omp, dtype: int32, shape: []}}
   - {{name: openblas, dtype: int32, shape: []}}
   - {{name: cuda, dtype: int8, shape: []}}
+  - {{name: tasks, dtype: int32, shape: []}}
 train:
   args: {{}}
 {extra}"""
@@ -222,11 +227,16 @@ def test_threads_reach_the_runner_and_provenance(project: Path) -> None:
     attrs = hdf5.read_attrs(project / "spec.h5")
     assert attrs["threads"] == 3 and attrs["device"] == "cpu"
 
-    res = kmodel("predict", "probe", "-i", "in.h5", "-o", "two.h5", "--threads", "2",
-                 "--device", "cpu", env=env)
-    assert res.returncode == 0, res.stderr
-    assert set(_read(project / "two.h5")["omp"]) == {2}
-    assert hdf5.read_attrs(project / "two.h5")["threads"] == 2
+    for n in (1, 2):
+        res = kmodel("predict", "probe", "-i", "in.h5", "-o", f"t{n}.h5", "--threads", str(n),
+                     "--device", "cpu", env=env)
+        assert res.returncode == 0, res.stderr
+        assert set(_read(project / f"t{n}.h5")["omp"]) == {n}
+        assert hdf5.read_attrs(project / f"t{n}.h5")["threads"] == n
+    # the threads the model's process runs (its BLAS pool), where /proc tells
+    one, two = (int(_read(project / f"t{n}.h5")["tasks"][0]) for n in (1, 2))
+    if one > 0:
+        assert two > one, (one, two)
 
 
 def test_model_without_threads_keeps_the_environment(project: Path) -> None:
@@ -322,6 +332,13 @@ def test_train_takes_threads_and_log(project: Path) -> None:
 
     kept = read_folder_record(project / "w")
     assert kept is not None and (kept.threads, kept.device) == (2, "cpu")
+
+
+def test_info_shows_resources(project: Path) -> None:
+    add_probe(project, "resources: {threads: 2, gpus: 1}\ndevice: auto\n")
+    res = kmodel("info", "probe")
+    assert res.returncode == 0, res.stderr
+    assert 'resources   {"threads": 2, "gpus": 1}  device auto' in res.stdout
 
 
 def test_job_options_default() -> None:
