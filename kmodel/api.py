@@ -283,9 +283,11 @@ def status_of(config: PathLike, *, reg: Registry | None = None) -> list[Entry]:
     return outputs(plan, plan.registry(base))
 
 
-def run(config: PathLike, *, cores: int = 1, snakemake_args: Sequence[str] = (),
+def run(config: PathLike, *, cores: int | None = None, snakemake_args: Sequence[str] = (),
         reg: Registry | None = None) -> Plan:
-    """`kmodel run`: the composition end to end with Snakemake (only what is stale)."""
+    """`kmodel run`: the composition end to end with Snakemake (only what is stale).
+    ``cores``: at most this many at once (default 1); with a cluster profile (or executor)
+    in ``snakemake_args``, unset lets each job have the threads its model asks for."""
     from kmodel import workflow
 
     return workflow.run(_path(config, "config"), reg or Registry(), cores=cores,

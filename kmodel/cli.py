@@ -944,10 +944,14 @@ def data_import(table: Path, output: Path, id_column: str | None, targets: tuple
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cores", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--cores", type=click.IntRange(1),
+              help="CPUs to use at most (default 1). With a cluster profile (--profile "
+                   "slurm) leave it out: it would cap every job's CPUs at N, where each "
+                   "job otherwise asks for its model's threads.")
 @click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx: click.Context, config: Path, cores: int, snakemake_args: tuple[str, ...]) -> None:
+def run(ctx: click.Context, config: Path, cores: int | None,
+        snakemake_args: tuple[str, ...]) -> None:
     """Run a composition end to end with Snakemake (extra arguments go to Snakemake).
 
     Builds every env, predicts with every base model on the train and test split, trains

@@ -76,6 +76,12 @@ def asks(args: Sequence[str], flags: set[str], short: str = "") -> bool:
                             and short in a[1:]) for a in args)
 
 
+def to_scheduler(args: Sequence[str]) -> bool:
+    """Jobs go to a cluster's scheduler: a profile or an executor was given."""
+    return asks(args, {"--profile", "--executor"}, "e") or bool(
+        os.environ.get("SNAKEMAKE_PROFILE"))
+
+
 def prints_itself(args: Sequence[str]) -> bool:
     """Snakemake was asked to print something (--summary, --dag, ...): show all it says."""
     return asks(args, INFO_ONLY)
@@ -92,8 +98,8 @@ class Outcome:
     seconds: float
 
 
-def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str] = (),
-        echo: Callable[[str], None] | None = None) -> Outcome:
+def run(config: Path, registry: Registry, *, cores: int | None = None,
+        extra: Sequence[str] = (), echo: Callable[[str], None] | None = None) -> Outcome:
     """Run the composition's workflow with Snakemake in a subprocess; say what it did.
 
     Safe to rerun after the previous run was killed at any moment: one `kmodel run` per
@@ -111,7 +117,10 @@ def run(config: Path, registry: Registry, *, cores: int = 1, extra: Sequence[str
         log.info("remaking %d stale output(s): %s", len(remake), ", ".join(remake))
         extra = [*extra, "--forcerun", *remake]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile()), "--configfile",
-           str(config), "--cores", str(cores)]
+           str(config)]
+    if cores is not None or not to_scheduler(extra):
+        # for a scheduler's jobs --cores would cap each job's threads (its CPUs) at N
+        cmd += ["--cores", str(cores or 1)]
     env = dict(os.environ)
     if registry.specs:  # the Snakefile's own Registry() must see what ours sees
         env["KMODEL_PATH"] = os.pathsep.join([*(str(p.absolute()) for p in registry.specs),

@@ -1,4 +1,4 @@
-"""The demo on a real one-node SLURM cluster on localhost (tests/slurm/up.sh), through the
+"""The demo on a real SLURM cluster (tests/slurm/up.sh: two nodes on this host), through the
 shipped profile: `kmodel run workflows/demo.yaml --profile slurm`. Its results must equal
 a local run's. Env builds stay on the submitting host (one shared KMODEL_HOME); compute
 jobs only find the built envs. Skipped, with the reason, where SLURM cannot be started.
