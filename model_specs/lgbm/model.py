@@ -19,7 +19,7 @@ class LGBM:
         self.params = params
         self.booster: lgb.Booster | None = None
 
-    def fit(self, x, y, rounds: int = 200):
+    def fit(self, x, y, rounds: int = 300):
         data = lgb.Dataset(np.asarray(x, np.float64), label=np.asarray(y, np.float64),
                            params={"verbose": -1})
         self.booster = lgb.train({**self.params, "num_threads": 1}, data,
@@ -46,7 +46,7 @@ def _threads() -> int:
         return 0
 
 
-def build(num_leaves: int = 15, learning_rate: float = 0.05, min_data_in_leaf: int = 10,
+def build(num_leaves: int = 4, learning_rate: float = 0.03, min_data_in_leaf: int = 20,
           feature_fraction: float = 0.8, bagging_fraction: float = 0.8,
           seed: int = 0) -> LGBM:
     return LGBM({"objective": "binary", "num_leaves": num_leaves,

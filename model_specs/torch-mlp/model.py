@@ -40,7 +40,7 @@ class TorchMLP:
         torch.manual_seed(seed)
         self.net = Net(features, hidden, layers, dropout).to(self.device).eval()
 
-    def fit(self, x, y, epochs: int = 60, batch_size: int = 64, lr: float = 1e-3,
+    def fit(self, x, y, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
             weight_decay: float = 1e-4):
         x = torch.as_tensor(np.asarray(x, np.float32), device=self.device)
         y = torch.as_tensor(np.asarray(y, np.float32), device=self.device)
