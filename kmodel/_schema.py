@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from kmodel import defaults
+from kmodel import defaults, weight_formats
 from kmodel.errors import SpecError, YamlSyntaxError
 from kmodel.spec import (
     DTYPES,
@@ -70,7 +70,8 @@ class ArraySpec(StrictModel):
 
 
 class WeightsSpec(StrictModel):
-    """A folder holding params.json and one .npy per named weight, each with its sha256."""
+    """A folder holding params.json and weight files (one .npy per named weight, or native
+    files: kmodel/weight_formats.py), each with its sha256."""
 
     path: str = "weights"
     sha256: dict[str, Annotated[str, Field(pattern=SHA256_RE)]]
@@ -81,9 +82,8 @@ class WeightsSpec(StrictModel):
         if v and "params.json" not in v:  # {}: not hashed yet (`kmodel hash MODEL --write`)
             raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
         for name in v:
-            if name not in ("params.json", "provenance.json") and not name.endswith(".npy"):
-                raise ValueError(f"{name!r} is neither params.json, provenance.json nor a .npy "
-                                 "file (weights are arrays in .npy, no pickles)")
+            if name == "hashes.json" or (why := weight_formats.name_problem(name)):
+                raise ValueError(f"{name!r}: {why or 'a manifest kmodel keeps, not a weight'}")
         return v
 
 

@@ -173,6 +173,20 @@ class WeightsNotHashedError(KmodelError):
                          f"{spec}); run `kmodel hash {model} --write`")
 
 
+class WeightsReloadError(KmodelError):
+    """Weights that, loaded into a fresh model, do not reproduce the trained model's
+    predictions (a piece of state that get_weights/save left out)."""
+
+    code = "KM304"
+
+
+class WeightFormatError(KmodelError):
+    """A weight file of a format kmodel does not take: a pickle (by name or by content),
+    an unknown suffix, or content that is not what its name says."""
+
+    code = "KM305"
+
+
 class HashMismatchError(KmodelError):
     code = "KM301"
 

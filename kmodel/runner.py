@@ -7,7 +7,10 @@
 from kmodel's core (only kmodel/io/hdf5.py, loaded by file path under a private name), so
 nothing of kmodel is installed into model envs. It builds the model from its entrypoint and
 hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
-on the whole input, then writes one .npy per weight; the host adds params.json).
+on the whole input, then saves its weights: the model's own native files through
+save(folder), else one .npy per weight of get_weights(), or one weights.safetensors where
+.npy files cannot hold them; then a fresh model loads them and must predict a sample of
+the training rows as the trained one does; the host adds params.json).
 
 The job (kmodel/job.py, also loaded by path) comes on stdin, read once numpy and h5py are
 imported: the host starts the runner early and checks its inputs meanwhile. An empty job
@@ -28,6 +31,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -74,19 +78,178 @@ def send(event: str, **fields: Any) -> None:
 
 
 def build_model(job: Any) -> Any:
-    model_dir = Path(job.model_dir)
-    file, func = job.entrypoint.split(":")
-    sys.path.insert(0, str(model_dir))
-    module = _load_module(f"kmodel_model_{Path(file).stem}", model_dir / file)
-    if not hasattr(module, func):
-        raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
-    model = getattr(module, func)(**job.args)
+    """The model from its entrypoint and hyperparameters, with its weights if the job
+    has a weights folder."""
+    model = _new_model(job)
     if job.weights_dir:
         folder = Path(job.weights_dir)
-        weights = {n[:-4]: np.load(folder / n, allow_pickle=False)
-                   for n in job.weights if n.endswith(".npy")}
-        model.set_weights(weights)
+        if _native(model):  # only files whose hashes the host checked may be read
+            extra = sorted(p.name for p in folder.iterdir()
+                           if p.name not in job.weights and p.name not in KMODEL_FILES)
+            if extra:
+                raise JobError("weights", f"{folder} holds {extra[0]}, which its hashes do "
+                               "not list; record it (`kmodel hash MODEL --write`) or remove "
+                               "it")
+        load_weights(model, folder, job.weights)
     return model
+
+
+def _new_model(job: Any) -> Any:
+    model_dir = Path(job.model_dir)
+    file, func = job.entrypoint.split(":")
+    if str(model_dir) not in sys.path:
+        sys.path.insert(0, str(model_dir))
+    name = f"kmodel_model_{Path(file).stem}"
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__file__", None) != str(model_dir / file):
+        module = _load_module(name, model_dir / file)
+    if not hasattr(module, func):
+        raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
+    return getattr(module, func)(**job.args)
+
+
+# --- weights: what a model gives and takes, and their files --------------------------
+
+#: kmodel's own files in a weights folder (the host writes them; a model may not)
+KMODEL_FILES = ("params.json", "provenance.json", "hashes.json")
+#: the one file of weights that .npy files cannot hold (names with "/" or ".", a list,
+#: bfloat16 and other ml_dtypes, torch tensors)
+SAFETENSORS = "weights.safetensors"
+#: weight names that make file names as they are (today's one .npy per weight)
+_FILE_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,199}$")
+
+
+def _native(model: Any) -> bool:
+    """The model saves and loads native files itself (save(folder), load(folder))."""
+    return callable(getattr(model, "save", None)) and callable(getattr(model, "load", None))
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biufc" and arr.dtype.type.__module__ != "ml_dtypes":
+        raise JobError("output", f"get_weights() returned {name!r} of dtype {arr.dtype}; "
+                       "weights are numeric arrays (no pickles)")
+    return arr
+
+
+def save_weights(model: Any, out: Path) -> None:
+    """The trained model's weights into ``out``: its own native files (save), else what
+    get_weights() returns: one .npy per weight for a dict of numeric numpy arrays with
+    file-safe names (as always), else one weights.safetensors (names as given, a list's
+    order, bfloat16, torch tensors)."""
+    if _native(model):
+        model.save(str(out))
+        entries = sorted(out.iterdir())
+        for entry in entries:
+            if entry.name in KMODEL_FILES:
+                raise JobError("output", f"save() wrote {entry.name}, a name kmodel keeps for "
+                               "its own file; give the file another name")
+            if entry.is_symlink() or not entry.is_file():
+                raise JobError("output", f"save() wrote {entry.name}, which is not a plain "
+                               "file; a weights folder holds files only (no folders or links)")
+        if not entries:
+            raise JobError("output", "save() wrote no file into the folder it was given")
+        return
+    given = model.get_weights()
+    container = "list" if isinstance(given, (list, tuple)) else "dict"
+    if container == "list":
+        given = {str(i): v for i, v in enumerate(given)}
+    elif not hasattr(given, "items"):
+        raise JobError("output", f"get_weights() returned {type(given).__name__}; return a "
+                       "dict of name -> array, or a list of arrays")
+    given = {str(k): v for k, v in given.items()}
+    torch = [k for k, v in given.items() if _is_torch(v)]
+    if torch and len(torch) != len(given):
+        plain = next(k for k in given if k not in torch)
+        raise JobError("output", f"get_weights() mixes torch tensors ({torch[0]!r}) and "
+                       f"arrays ({plain!r}); return one kind")
+    arrays = {} if torch else {k: _as_array(k, v) for k, v in given.items()}
+    if container == "dict" and not torch and all(
+            _FILE_SAFE.match(k) and a.dtype.kind in "biufc" for k, a in arrays.items()):
+        for name, arr in arrays.items():
+            np.save(out / f"{name}.npy", arr, allow_pickle=False)
+        return
+    meta = {"kmodel_container": container, "kmodel_framework": "torch" if torch else "numpy"}
+    try:
+        if torch:
+            from safetensors.torch import save_file as save_torch
+
+            save_torch({k: v.detach().cpu().contiguous() for k, v in given.items()},
+                       str(out / SAFETENSORS), metadata=meta)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file({k: np.ascontiguousarray(a) for k, a in arrays.items()},
+                      str(out / SAFETENSORS), metadata=meta)
+    except ImportError:
+        why = next((f"names like {k!r}" for k in given if not _FILE_SAFE.match(k)),
+                   "a list" if container == "list" else "torch tensors" if torch
+                   else "dtypes numpy files cannot hold (e.g. bfloat16)")
+        raise JobError("package", f"its weights ({why}) are stored in one {SAFETENSORS}, "
+                       "which needs the safetensors package in the model's env: add "
+                       "`safetensors` to the pip list of its env spec and relock "
+                       "(`kmodel env lock`)") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors of a safetensors file (torch tensors if kmodel saved torch tensors,
+    else numpy arrays) and its metadata."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise JobError("package", f"{path.name} needs the safetensors package in the "
+                       "model's env: add `safetensors` to the pip list of its env spec and "
+                       "relock (`kmodel env lock`)") from None
+    try:  # registers bfloat16 and the other ml_dtypes with numpy, if the env has them
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        pass
+    with safe_open(str(path), framework="np") as f:
+        meta = dict(f.metadata() or {})
+    if meta.get("kmodel_framework") == "torch":
+        from safetensors.torch import load_file as load_torch
+
+        return dict(load_torch(str(path), device="cpu")), meta
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(path))), meta
+
+
+def load_weights(model: Any, folder: Path, files: list[str]) -> None:
+    """Give ``model`` the weights of ``folder`` (``files``: those whose hashes the host
+    checked): load(folder) for a model with native files, else set_weights() with what
+    get_weights() gave: a dict of name -> array (or torch tensor, if it gave torch tensors),
+    or a list in its order."""
+    if _native(model):
+        model.load(str(folder))
+        return
+    weights: dict[str, Any] = {}
+    container = "dict"
+    for name in sorted(files):
+        path = folder / name
+        if name.endswith(".npy"):
+            found = {name[:-4]: np.load(path, allow_pickle=False)}
+        elif name.endswith(".safetensors"):
+            found, meta = _read_safetensors(path)
+            container = meta.get("kmodel_container", container)
+        elif name in KMODEL_FILES or name == "sources.json":  # (an older ensembler's)
+            continue
+        else:
+            raise JobError("weights", f"{path} is a native file, which set_weights() cannot "
+                           "take; a model with native weight files defines save(folder) and "
+                           "load(folder)")
+        if twice := sorted(set(found) & set(weights)):
+            raise JobError("weights", f"{folder} holds weight {twice[0]!r} twice (in "
+                           f"{name} and another file); keep one")
+        weights.update(found)
+    if container == "list":
+        model.set_weights([weights[str(i)] for i in range(len(weights))])
+    else:
+        model.set_weights(weights)
 
 
 def _as_outputs(result: Any, outputs: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
@@ -244,18 +407,60 @@ def train(job: Any, model: Any) -> None:
                                "drop or fix those rows before training")
     x = arrays[names[0]] if len(names) == 1 else arrays
     model.fit(x, targets[job.targets], **job.train_args, **_accepted(model.fit, job.fit_args))
-    weights = {str(k): np.asarray(v) for k, v in model.get_weights().items()}
     out = Path(job.weights_out)
     try:
-        for name, arr in weights.items():
-            if arr.dtype.kind not in "biufc":
-                raise JobError("output", f"get_weights() returned {name!r} of dtype "
-                               f"{arr.dtype}; weights are numeric arrays (no pickles)")
-            np.save(out / f"{name}.npy", arr, allow_pickle=False)
+        save_weights(model, out)
     except OSError as e:
         _write_failed(e, out)
-    send("done", weights=sorted(weights), column_weights=_column_weights(model),
-         fit_report=_fit_report(model))
+    if job.outputs:
+        _reload_check(job, model, x, out)
+    send("done", column_weights=_column_weights(model), fit_report=_fit_report(model))
+
+
+#: the reload check: at most this many training rows, evenly spaced (deterministic)
+RELOAD_ROWS = 256
+#: a prediction of the reloaded model matches the trained model's when
+#: |reloaded - trained| <= RELOAD_ATOL * scale + RELOAD_RTOL * |trained|, scale being the
+#: output's largest magnitude on the sample: rounding (another summation order, a
+#: float32 kernel) stays far below, any forgotten piece of state far above
+RELOAD_RTOL = 1e-4
+RELOAD_ATOL = 1e-6
+
+
+def _reload_check(job: Any, trained: Any, x: Any, out: Path) -> None:
+    """A fresh model (build(), then the weights just written) must predict a sample of
+    the training rows as the trained model does; else the saved weights miss something."""
+    rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    if not rows:
+        return
+    index = np.unique(np.linspace(0, rows - 1, min(rows, RELOAD_ROWS)).round().astype(np.int64))
+    sample = {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+    outputs = {k: (v[0], tuple(v[1]) if v[1] is not None else None)
+               for k, v in job.outputs.items()}
+    before = _as_outputs(trained.predict(sample), outputs, len(index))
+    fresh = _new_model(job)
+    load_weights(fresh, out, sorted(p.name for p in out.iterdir()))
+    after = _as_outputs(fresh.predict(sample), outputs, len(index))
+    for name, want in before.items():
+        a, b = np.asarray(want, np.float64), np.asarray(after[name], np.float64)
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        finite = np.abs(a[np.isfinite(a)])
+        scale = float(finite.max()) if finite.size else 0.0
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(b - a)
+            ok = same | (diff <= RELOAD_ATOL * scale + RELOAD_RTOL * np.abs(a))
+        if ok.all():
+            continue
+        bad = np.where(~ok, np.nan_to_num(diff, nan=np.inf), -1.0)
+        at = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        row = int(index[at[0]])
+        where = f"id {bytes(hdf5.read_ids(Path(job.input))[row]).decode(errors='replace')!r}"
+        raise JobError("reload", f"the weights it saved do not reproduce it: reloaded in a "
+                       f"fresh model, output {name!r} differs by up to {float(bad[at]):.4g} "
+                       f"(trained {a[at]:.6g}, reloaded {b[at]:.6g} at {where}; "
+                       f"{int((~ok).sum())} of {ok.size} values of {len(index)} training "
+                       f"rows beyond {RELOAD_RTOL:g} relative + {RELOAD_ATOL:g} x "
+                       f"{scale:.3g})")
 
 
 def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,8 @@ class ArraySpec:
 
 @dataclass(frozen=True, kw_only=True)
 class WeightsSpec:
-    """A folder holding params.json and one .npy per named weight, each with its sha256."""
+    """A folder holding params.json and weight files (one .npy per named weight, or native
+    files: kmodel/weight_formats.py), each with its sha256."""
 
     path: str = "weights"
     sha256: dict[str, str]

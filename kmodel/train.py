@@ -1,10 +1,13 @@
 """Training a model in its env: `kmodel train` and the ensembler's `kmodel compose train`.
 
 The host checks the input and targets, then the runner (kmodel/runner.py) fits the model in
-its own env and saves its weights (one .npy per weight) into a temporary folder; the host
-writes params.json, provenance.json (what made the weights and the rows they were trained
-on) and the manifest of every file (hashes.json), and renames the folder into place only
-when all of it is there.
+its own env, saves its weights (one .npy per weight, one weights.safetensors, or the model's
+own native files) into a temporary folder and checks that a fresh model loading them
+predicts a sample of the training rows as the trained model does (else KM304); the
+host refuses any pickle or file of an unknown format (KM305), writes params.json,
+provenance.json (what made the weights and the rows they were trained on) and the manifest
+of every file (hashes.json), and renames the folder into place only when all of it is
+there.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kmodel import _lock, provenance
+from kmodel import _lock, provenance, weight_formats
 from kmodel._fs import atomic_dir, guard_output, remove_stale_temps
 from kmodel.defaults import TARGET_NAME
 from kmodel.errors import (
@@ -92,11 +95,13 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                       inputs={i.name: i.dtype for i in model.spec.inputs}, targets=targets,
                       train_args=model.spec.train.args, fit_args=dict(fit_args or {}),
                       weights_out=str(tmp.resolve()), output_name=str(weights_out),
-                      columns=list(columns))
+                      columns=list(columns),
+                      outputs={o.name: [o.dtype, o.shape] for o in model.spec.outputs})
             outcome = run_job(env, job, progress)
             if outcome.error is not None:
                 raise outcome.error
-            names = [p.name[:-4] for p in tmp.iterdir() if p.name.endswith(".npy")]
+            weight_formats.check_folder(tmp, model.name)  # no pickles, nothing unknown
+            names = weight_formats.names_in(tmp)
             (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
                                                   model.spec.train.args, names))
             kept = replace(record or FolderRecord(), trained_on=_trained_on(

@@ -1,4 +1,5 @@
-"""Weights: params.json plus one .npy per named weight, each file with its sha256.
+"""Weights: params.json plus weight files (one .npy per named weight, or native files of
+the formats kmodel/weight_formats.py names), each file with its sha256.
 
 The one home of everything about weight files: which files a folder holds, their hashes,
 the one check of files against hashes (used by predict, status, verify, `kmodel hash` and
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmodel import formats
+from kmodel import formats, weight_formats
 from kmodel._fs import atomic_path, sha256_bytes, sha256_file
 from kmodel.errors import (
     HashMismatchError,
@@ -38,7 +39,7 @@ WEIGHTS_MANIFEST = "hashes.json"
 PARAMS = "params.json"
 #: what the folder's weights were trained from (kmodel/provenance.py writes it)
 RECORD = "provenance.json"
-#: the only files kmodel writes into a weights folder (besides the weights, NAME.npy)
+#: the only files kmodel writes into a weights folder (besides the weights)
 WRITTEN = {PARAMS, WEIGHTS_MANIFEST, RECORD}
 
 
@@ -139,17 +140,18 @@ def seal(folder: Path, write: bool = True) -> Weights:
 
 def params_text(model: str, args: dict[str, Any], train_args: dict[str, Any],
                 names: list[str]) -> str:
-    """params.json of weights kmodel trained."""
+    """params.json of weights kmodel trained; ``names``: the weights in the order the
+    folder holds them (a list's in its order), as weight_formats.names_in gives them."""
     return formats.dumps("params", {"model": model, "args": args, "train_args": train_args,
-                                    "weights": sorted(names)})
+                                    "weights": list(names)})
 
 
 def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> bool:
     """True if every entry of ``folder`` is a regular file that a manifest names (the
     folder's own hashes.json, or ``listed``: a spec's weights list), of a kind kmodel
-    writes (the weights' .npy and its own JSON files), with the params.json training
-    writes. Replacing such a folder loses nothing kmodel did not write; a folder of the
-    user's, even one with a checksum list, is never replaced."""
+    writes (weight files of the formats kmodel takes, and its own JSON files), with the
+    params.json training writes. Replacing such a folder loses nothing kmodel did not
+    write; a folder of the user's, even one with a checksum list, is never replaced."""
     names = set(listed or ()) | set(read_manifest(folder, verify=False) or ())
     if not names:
         return False
@@ -163,7 +165,8 @@ def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> boo
     legacy = "sources.json"  # an older kmodel's list of an ensembler's inputs
     for entry in folder.iterdir():
         if entry.name not in names or not stat.S_ISREG(entry.lstat().st_mode) \
-                or not (entry.name in WRITTEN | {legacy} or entry.name.endswith(".npy")):
+                or not (entry.name in WRITTEN | {legacy}
+                        or weight_formats.format_of(entry.name) is not None):
             return False
     return True
 
@@ -172,20 +175,23 @@ def written_by_kmodel(folder: Path, listed: dict[str, str] | None = None) -> boo
 
 
 def scan(model: str, folder: Path) -> dict[str, str]:
-    """sha256 of params.json, provenance.json (what the weights were trained on) and every
-    .npy in ``folder``: what `kmodel hash` records."""
+    """sha256 of every file in ``folder`` but a hashes.json: params.json, provenance.json
+    (what the weights were trained on) and the weight files (.npy and the native formats
+    of kmodel/weight_formats.py): what `kmodel hash` records. A pickle, or a file of no
+    format kmodel takes, is refused (KM305)."""
     if not (folder / PARAMS).is_file():
         raise WeightsMissingError(model, folder / PARAMS)
-    files = sorted(p for p in folder.iterdir()
-                   if p.name in (PARAMS, RECORD) or p.suffix == ".npy")
+    files = sorted(p for p in folder.iterdir() if p.name != WEIGHTS_MANIFEST)
     for p in files:
-        if not p.is_file():  # a FIFO or device would block the hash
-            raise WeightsMissingError(model, p, "replace it with the weight file",
-                                      problem="is not a regular file")
         if not p.resolve().is_relative_to(folder.resolve()):
             raise WeightsMissingError(model, p, "copy the file in instead of linking it",
                                       problem=f"links to {p.resolve()}, outside the weights "
                                       "folder")
+        if not p.is_file():  # a FIFO or device would block the hash
+            raise WeightsMissingError(model, p, "replace it with the weight file (a weights "
+                                      "folder holds files only)",
+                                      problem="is not a regular file")
+        weight_formats.check_file(p, model)
     return {p.name: sha256_file(p) for p in files}
 
 

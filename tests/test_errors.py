@@ -356,15 +356,16 @@ def test_km700_snakemake_failure_names_rule_and_log(project: Path) -> None:
     errors = [ln for ln in err.splitlines() if ln.startswith("Error [")]
     assert errors == [err.splitlines()[-1]], err
     line = errors[0]
-    m = re.fullmatch(r"Error \[KM700\]: Snakemake failed in rule 'predict_(?:fold|test)'; see "
-                     r"its log (out/small/logs/predict_mlp_(?:fold\d|test)\.log): Error \[KM500\]: "
-                     r"model 'mlp' raised OSError: disk on fire; run with -v for its traceback",
-                     line)
+    # (a fold's fit predicts too: its weights, reloaded, must reproduce the trained model)
+    m = re.fullmatch(r"Error \[KM700\]: Snakemake failed in rule '(?:predict_(?:fold|test)|"
+                     r"fit_fold)'; see its log (out/small/logs/(?:predict|fit)_mlp_(?:fold\d|"
+                     r"test)\.log): Error \[KM500\]: model 'mlp' raised OSError: disk on fire; "
+                     r"run with -v for its traceback", line)
     assert m, line
     assert (project / m.group(1)).is_file()
     assert "Traceback" not in err
     # kmodel's summary of Snakemake's log: the failed job, the end of its own log
-    assert any(re.fullmatch(r"FAILED predict_(fold mlp \d|test mlp)", ln)
+    assert any(re.fullmatch(r"FAILED (predict|fit)_(fold mlp \d|test mlp)", ln)
                for ln in err.splitlines()), err
     assert "    Error [KM500]: model 'mlp' raised OSError: disk on fire; run with -v for its " \
            "traceback" in err.splitlines()

@@ -18,7 +18,7 @@ FLOORS: list[set[str]] = [
     {"_version", "defaults", "job", "io", "io.hdf5", "runner", "_reaper", "metrics",
      "_signals"},
     {"errors"},
-    {"_fs", "_subprocess", "spec"},
+    {"_fs", "_subprocess", "spec", "weight_formats"},
     {"_lock", "formats", "_schema", "record", "envs.pip_sources", "datasets", "checksums"},
     {"loader"},
     {"registry"},
