@@ -203,8 +203,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 180.0) -> None:
 
 #: the test files that take longest, longest first: run first, so that the workers (a file
 #: each, `--dist loadfile`) finish together instead of one waiting for the last long file
-LONGEST = ["test_slurm.py", "test_status.py", "test_recovery.py", "test_stacking.py",
-           "test_workflow.py", "test_faults.py", "test_hostile.py", "test_bundle.py"]
+LONGEST = ["test_slurm.py", "test_status.py", "test_deep.py", "test_recovery.py",
+           "test_stacking.py", "test_workflow.py", "test_faults.py", "test_hostile.py",
+           "test_bundle.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
