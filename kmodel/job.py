@@ -60,6 +60,9 @@ class Job:
     fit_args: dict[str, Any] = field(default_factory=dict)
     weights_out: str = ""
     output_name: str = ""
+    #: where to write a sample of the training rows and the trained model's predictions
+    #: of them (the host's reload check); "" for none
+    reload_sample: str = ""
     version: int = VERSION
 
     def to_json(self) -> str:

@@ -28,7 +28,6 @@ from kmodel.errors import (
     RunnerError,
     RunnerKilledError,
     SpecError,
-    WeightsReloadError,
     write_error,
 )
 from kmodel.job import Job
@@ -216,10 +215,6 @@ def _reported(job: Job, current: int, error: dict[str, Any], text: str) -> Kmode
         "job": lambda: RunnerError(f"model {model!r}: {first}; reinstall kmodel",
                                    detail=detail),
         "finite": lambda: NotFiniteError(f"{where}{first}"),
-        "reload": lambda: WeightsReloadError(f"model {model!r}: {first}; make its "
-                                             "set_weights()/load() restore every piece of "
-                                             "state its predict uses (a normalization's mean, "
-                                             "say), then train again", detail=detail),
         "package": lambda: ModelContractError(f"model {model!r}: {first}", detail=detail),
         "weights": lambda: ModelContractError(f"model {model!r}: {first}", detail=detail),
         "inputs": lambda: InputSchemaError(f"{where}{first}"),

@@ -9,8 +9,9 @@ nothing of kmodel is installed into model envs. It builds the model from its ent
 hyperparameters, then either predicts (streaming batches into an HDF5 file) or trains (fit
 on the whole input, then saves its weights: the model's own native files through
 save(folder), else one .npy per weight of get_weights(), or one weights.safetensors where
-.npy files cannot hold them; then a fresh model loads them and must predict a sample of
-the training rows as the trained one does; the host adds params.json).
+.npy files cannot hold them, and a sample of the training rows with the trained model's
+predictions of them: the host has a fresh runner load the weights and predict the
+sample, which must match; the host adds params.json).
 
 The job (kmodel/job.py, also loaded by path) comes on stdin, read once numpy and h5py are
 imported: the host starts the runner early and checks its inputs meanwhile. An empty job
@@ -26,6 +27,7 @@ file itself; ``done`` is a claim, not a proof.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import json
@@ -36,6 +38,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -98,12 +101,8 @@ def build_model(job: Any) -> Any:
 def _new_model(job: Any) -> Any:
     model_dir = Path(job.model_dir)
     file, func = job.entrypoint.split(":")
-    if str(model_dir) not in sys.path:
-        sys.path.insert(0, str(model_dir))
-    name = f"kmodel_model_{Path(file).stem}"
-    module = sys.modules.get(name)
-    if module is None or getattr(module, "__file__", None) != str(model_dir / file):
-        module = _load_module(name, model_dir / file)
+    sys.path.insert(0, str(model_dir))
+    module = _load_module(f"kmodel_model_{Path(file).stem}", model_dir / file)
     if not hasattr(module, func):
         raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
     return getattr(module, func)(**job.args)
@@ -187,7 +186,8 @@ def save_weights(model: Any, out: Path) -> None:
         else:
             from safetensors.numpy import save_file
 
-            save_file({k: np.ascontiguousarray(a) for k, a in arrays.items()},
+            save_file({k: a if a.flags.c_contiguous else a.copy(order="C")  # (keeps 0-d)
+                       for k, a in arrays.items()},
                       str(out / SAFETENSORS), metadata=meta)
     except ImportError:
         why = next((f"names like {k!r}" for k in given if not _FILE_SAFE.match(k)),
@@ -223,13 +223,42 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return dict(load_file(str(path))), meta
 
 
+@contextlib.contextmanager
+def _keras_safe_mode(folder: Path) -> Iterator[None]:
+    """While a model loads a folder holding a .keras archive, Keras' safe mode is on
+    whatever the model asks (load_model(safe_mode=False), enable_unsafe_deserialization):
+    no Lambda layer's Python code is deserialized."""
+    if not any(p.name.lower().endswith(".keras") for p in folder.iterdir()):
+        yield
+        return
+    try:
+        from keras.src.saving import serialization_lib
+    except ImportError:  # no Keras 3 in the env: nothing can load the archive unsafely
+        yield
+        return
+    unsafe = serialization_lib.in_safe_mode
+    serialization_lib.in_safe_mode = lambda: True
+    try:
+        yield
+    except ValueError as e:
+        if "safe_mode" not in str(e):
+            raise
+        raise JobError("weights", "its .keras archive holds Python code (a Lambda layer's), "
+                       "which Keras' safe mode refuses to load; kmodel loads Keras archives "
+                       "in safe mode only, whatever load() asks: write the layer as a class "
+                       "in model.py (keras.saving.register_keras_serializable)") from None
+    finally:
+        serialization_lib.in_safe_mode = unsafe
+
+
 def load_weights(model: Any, folder: Path, files: list[str]) -> None:
     """Give ``model`` the weights of ``folder`` (``files``: those whose hashes the host
     checked): load(folder) for a model with native files, else set_weights() with what
     get_weights() gave: a dict of name -> array (or torch tensor, if it gave torch tensors),
     or a list in its order."""
     if _native(model):
-        model.load(str(folder))
+        with _keras_safe_mode(folder):
+            model.load(str(folder))
         return
     weights: dict[str, Any] = {}
     container = "dict"
@@ -416,55 +445,33 @@ def train(job: Any, model: Any) -> None:
         save_weights(model, out)
     except OSError as e:
         _write_failed(e, out)
-    if job.outputs:
-        _reload_check(job, model, x, out)
+    if job.reload_sample:
+        _write_sample(job, model, arrays, Path(job.reload_sample))
     send("done", column_weights=_column_weights(model), fit_report=_fit_report(model))
 
 
-#: the reload check: at most this many training rows, evenly spaced (deterministic)
+#: the reload check's sample: at most this many training rows, evenly spaced
 RELOAD_ROWS = 256
-#: a prediction of the reloaded model matches the trained model's when
-#: |reloaded - trained| <= RELOAD_ATOL * scale + RELOAD_RTOL * |trained|, scale being the
-#: output's largest magnitude on the sample: rounding (another summation order, a
-#: float32 kernel) stays far below, any forgotten piece of state far above
-RELOAD_RTOL = 1e-4
-RELOAD_ATOL = 1e-6
 
 
-def _reload_check(job: Any, trained: Any, x: Any, out: Path) -> None:
-    """A fresh model (build(), then the weights just written) must predict a sample of
-    the training rows as the trained model does; else the saved weights miss something."""
-    rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    if not rows:
-        return
+def _write_sample(job: Any, trained: Any, arrays: dict[str, np.ndarray], path: Path) -> None:
+    """For the host's reload check: up to RELOAD_ROWS training rows (evenly spaced, so
+    deterministic), their ids and the trained model's predictions of them, into ``path``
+    (/inputs, /trained). The host predicts the same rows with a fresh model, in a fresh
+    process, from the weights just saved, and compares."""
+    rows = len(next(iter(arrays.values())))
     index = np.unique(np.linspace(0, rows - 1, min(rows, RELOAD_ROWS)).round().astype(np.int64))
-    sample = {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+    sample = {k: v[index] for k, v in arrays.items()}
     outputs = {k: (v[0], tuple(v[1]) if v[1] is not None else None)
                for k, v in job.outputs.items()}
-    before = _as_outputs(trained.predict(sample), outputs, len(index))
-    fresh = _new_model(job)
-    load_weights(fresh, out, sorted(p.name for p in out.iterdir()))
-    after = _as_outputs(fresh.predict(sample), outputs, len(index))
-    for name, want in before.items():
-        a, b = np.asarray(want, np.float64), np.asarray(after[name], np.float64)
-        same = (a == b) | (np.isnan(a) & np.isnan(b))
-        finite = np.abs(a[np.isfinite(a)])
-        scale = float(finite.max()) if finite.size else 0.0
-        with np.errstate(invalid="ignore"):
-            diff = np.abs(b - a)
-            ok = same | (diff <= RELOAD_ATOL * scale + RELOAD_RTOL * np.abs(a))
-        if ok.all():
-            continue
-        bad = np.where(~ok, np.nan_to_num(diff, nan=np.inf), -1.0)
-        at = np.unravel_index(int(np.argmax(bad)), bad.shape)
-        row = int(index[at[0]])
-        where = f"id {bytes(hdf5.read_ids(Path(job.input))[row]).decode(errors='replace')!r}"
-        raise JobError("reload", f"the weights it saved do not reproduce it: reloaded in a "
-                       f"fresh model, output {name!r} differs by up to {float(bad[at]):.4g} "
-                       f"(trained {a[at]:.6g}, reloaded {b[at]:.6g} at {where}; "
-                       f"{int((~ok).sum())} of {ok.size} values of {len(index)} training "
-                       f"rows beyond {RELOAD_RTOL:g} relative + {RELOAD_ATOL:g} x "
-                       f"{scale:.3g})")
+    names = list(job.inputs)
+    result = trained.predict(sample[names[0]] if len(names) == 1 else sample) if rows else {}
+    preds = _as_outputs(result, outputs, len(index)) if rows else {}
+    ids = hdf5.read_ids(Path(job.input))[index]
+    try:
+        hdf5.write_table(path, {"inputs": sample, "trained": preds}, ids)
+    except OSError as e:
+        _write_failed(e, path)
 
 
 def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:

@@ -34,8 +34,15 @@ maths, keep the interface (the README's "The model interface"):
     build(**args)          -> the model (args: the spec's args)
     model.predict(x)       -> an array (one output) or a dict of arrays by output name
     model.fit(x, y, **a)   -> fit on a whole training set (a: the spec's train.args)
-    model.get_weights()    -> {{name: array}}: saved as weights/<name>.npy
-    model.set_weights(w)   <- the same dict, loaded before predict
+    model.get_weights()    -> {{name: array}}: saved as weights/<name>.npy (a list, names
+                              with "/" or ".", bfloat16 or torch tensors: one
+                              weights.safetensors; the env then needs safetensors)
+    model.set_weights(w)   <- the same dict (or list), loaded before predict
+    (or model.save(folder) / model.load(folder): native files such as .onnx, .keras,
+    .weights.h5, xgboost .json/.ubj, lightgbm .txt; never pickles)
+
+After every fit kmodel reloads the weights into a fresh model, which must predict the
+training rows as the trained one does.
 
 x is one array (rows, *shape) for a model with one input, a dict by input name for several.
 """

@@ -111,7 +111,7 @@ def content_problem(path: Path) -> str | None:
         head = f.read(64)
     if _is_pickle(head):
         return (f"a pickle inside (whatever its name says), which runs code when loaded, is "
-                f"refused; save {_BY_FRAMEWORK}")
+                f"refused; save a format kmodel takes instead ({_BY_FRAMEWORK})")
     if head[:4] == b"PK\x03\x04":
         try:
             member = _zip_pickles(path)
@@ -119,7 +119,8 @@ def content_problem(path: Path) -> str | None:
             member = None
         if member is not None:
             return (f"a zip holding a pickle ({member}, as torch.save writes), which runs "
-                    f"code when loaded, is refused; save {_BY_FRAMEWORK}")
+                    f"code when loaded, is refused; save a format kmodel takes instead "
+                    f"({_BY_FRAMEWORK})")
     why = _unlike(fmt, path, head)
     return f"{why}, though its name says {fmt}; save the file in that format" if why else None
 
@@ -209,22 +210,25 @@ def problem(path: Path) -> str | None:
     return name_problem(path.name) or content_problem(path)
 
 
-def check_file(path: Path, model: str | None = None) -> None:
-    """WeightFormatError (KM305) for a weight file kmodel does not take."""
+def check_file(path: Path, model: str | None = None, shown: Path | None = None) -> None:
+    """WeightFormatError (KM305) for a weight file kmodel does not take; ``shown``: the
+    name to give the file in the message (the final one, for a temporary folder's)."""
     why = problem(path)
     if why:
         who = f"model {model!r}: " if model else ""
-        raise WeightFormatError(f"{who}{path}: {why}")
+        raise WeightFormatError(f"{who}{shown or path}: {why}")
 
 
-def check_folder(folder: Path, model: str | None = None) -> None:
-    """Every entry of a weights folder is a plain file of a format kmodel takes."""
+def check_folder(folder: Path, model: str | None = None, shown: Path | None = None) -> None:
+    """Every entry of a weights folder is a plain file of a format kmodel takes
+    (``shown``: the folder's name in messages)."""
+    who = f"model {model!r}: " if model else ""
     for entry in sorted(folder.iterdir()):
+        name = (shown or folder) / entry.name
         if entry.is_symlink() or not entry.is_file():
-            who = f"model {model!r}: " if model else ""
-            raise WeightFormatError(f"{who}{entry} is not a plain file; a weights folder "
+            raise WeightFormatError(f"{who}{name} is not a plain file; a weights folder "
                                     "holds files only (no folders or links)")
-        check_file(entry, model)
+        check_file(entry, model, name)
 
 
 def names_in(folder: Path) -> list[str]:

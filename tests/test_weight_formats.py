@@ -283,7 +283,7 @@ def get_weights(self):
 def set_weights(self, w):
     assert sorted(w) == ["layer.0/bias", "layer.0/kernel", "layer.0/kernel_bf16"], w
     assert w["layer.0/kernel_bf16"].dtype.name == "bfloat16", w["layer.0/kernel_bf16"].dtype
-    assert w["layer.0/kernel"].dtype == np.float32
+    assert w["layer.0/kernel"].dtype == np.float32 and w["layer.0/bias"].shape == ()
     self.w, self.b = w["layer.0/kernel"], w["layer.0/bias"]
 """
 
@@ -295,6 +295,7 @@ def get_weights(self):
 def set_weights(self, w):
     assert isinstance(w, list) and len(w) == 12, type(w)
     assert [int(a[0]) for a in w[2:]] == list(range(2, 12)), [a[0] for a in w[2:]]
+    assert w[1].shape == (), w[1].shape  # a 0-d array stays 0-d
     self.w, self.b = w[0], w[1]
 """
 
@@ -315,3 +316,302 @@ def test_get_weights_round_trips(wf: Path, variant: str, files: list[str]) -> No
                                  SAFETENSORS: ["layer.0/bias", "layer.0/kernel",
                                                "layer.0/kernel_bf16"],
                                  LIST: [str(i) for i in range(12)]}[variant]
+
+
+#: style B: the model's own ONNX file, made with onnx.helper, run with onnxruntime
+ONNX = """\
+import numpy as np
+
+
+class OnnxLinear:
+    def fit(self, x, y):
+        coef = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)[0]
+        self.proto = self._graph(coef[:3].astype(np.float32), np.float32(coef[3]))
+        self._session(self.proto.SerializeToString())
+        return self
+
+    @staticmethod
+    def _graph(w, b):
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+            [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.asarray(b, np.float32), "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
+
+    def _session(self, data):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(data,
+                                                    providers=["CPUExecutionProvider"])
+
+    def predict(self, x):
+        return self.session.run(["y"], {"x": np.asarray(x, np.float32)})[0]
+
+    def save(self, folder):
+        import onnx
+
+        onnx.save(self.proto, folder + "/linear.onnx")
+
+    def load(self, folder):
+        with open(folder + "/linear.onnx", "rb") as f:
+            self._session(f.read())
+
+
+def build():
+    return OnnxLinear()
+"""
+
+#: style B: a LightGBM booster in its text format
+LIGHTGBM = """\
+import numpy as np
+
+
+class Gbm:
+    def fit(self, x, y):
+        import lightgbm
+
+        params = {"objective": "regression", "num_leaves": 7, "learning_rate": 0.2,
+                  "verbose": -1, "num_threads": 1, "deterministic": True, "seed": 0}
+        self.booster = lightgbm.train(params, lightgbm.Dataset(x, y), num_boost_round=20)
+        return self
+
+    def predict(self, x):
+        return self.booster.predict(x).astype(np.float32)
+
+    def save(self, folder):
+        self.booster.save_model(folder + "/model.txt")
+
+    def load(self, folder):
+        import lightgbm
+
+        self.booster = lightgbm.Booster(model_file=folder + "/model.txt")
+
+
+def build():
+    return Gbm()
+"""
+
+
+@pytest.mark.slow
+def test_an_onnx_model_round_trips(wf: Path) -> None:
+    add_model(wf, "lin", ONNX)
+    preds = train_and_predict(wf, "lin")
+    np.testing.assert_allclose(preds, expected(*inputs(wf)), rtol=1e-5, atol=1e-5)
+    folder = wf / "w" / "lin"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "hashes.json", "linear.onnx", "params.json", "provenance.json"]
+    assert json.loads((folder / "params.json").read_text())["weights"] == ["linear.onnx"]
+    assert "linear.onnx" in json.loads((folder / "hashes.json").read_text())["files"]
+
+
+def env_python(model: str) -> str:
+    res = kmodel("env", "path", model)
+    assert res.returncode == 0, res.stderr
+    return str(Path(res.stdout.strip()) / "bin" / "python")
+
+
+@pytest.mark.slow
+def test_a_lightgbm_model_is_hashed_in_its_spec_and_checked(wf: Path) -> None:
+    """Trained into its own folder: the spec lists model.txt's sha256; `kmodel hash` and
+    predict check it; the booster, loaded by LightGBM itself, predicts as kmodel did."""
+    folder = add_model(wf, "gbm", LIGHTGBM)
+    res = kmodel("train", "gbm", "-i", "train.h5", "-o", str(folder / "weights"))
+    assert res.returncode == 0, res.stderr
+    listed = (folder / "model.yaml").read_text()
+    assert "model.txt:" in listed and "params.json:" in listed
+    res = kmodel("hash", "gbm")
+    assert res.returncode == 0 and "ok" in res.stdout and "model.txt" in res.stdout, res
+    res = kmodel("predict", "gbm", "-i", "in.h5", "-o", "gbm.h5")
+    assert res.returncode == 0, res.stderr
+    with h5py.File(wf / "gbm.h5") as f:
+        preds = f["preds/y"][()]
+    _, _, x_in = inputs(wf)
+    np.save(wf / "x_in.npy", x_in)
+    script = ("import lightgbm, numpy as np, sys; b = lightgbm.Booster(model_file=sys.argv[1]);"
+              " np.save(sys.argv[3], b.predict(np.load(sys.argv[2])))")
+    subprocess.run([env_python("gbm"), "-c", script, str(folder / "weights" / "model.txt"),
+                    str(wf / "x_in.npy"), str(wf / "bare.npy")], check=True)
+    np.testing.assert_allclose(preds, np.load(wf / "bare.npy"), rtol=1e-6, atol=1e-6)
+    assert preds.std() > 0.5  # a booster that learnt something, not a constant
+    # a changed model.txt: hash says so, predict refuses
+    with open(folder / "weights" / "model.txt", "a") as f:
+        f.write("\n")
+    res = kmodel("hash", "gbm")
+    assert res.returncode != 0 and "CHANGED" in res.stdout + res.stderr, res
+    one_error(kmodel("predict", "gbm", "-i", "in.h5", "-o", "gbm2.h5"), "KM301", "model.txt")
+
+
+@pytest.mark.slow
+def test_native_folders_kmodel_trained_are_replaced_a_users_never(wf: Path) -> None:
+    add_model(wf, "gbm", LIGHTGBM)
+    for _ in range(2):  # the second replaces the first: kmodel wrote every file
+        res = kmodel("train", "gbm", "-i", "train.h5", "-o", "w/gbm")
+        assert res.returncode == 0, res.stderr
+    # a file nobody hashed beside a model that reads its folder itself: refused
+    (wf / "w" / "gbm" / "notes.txt").write_text("tree\nmine\n")
+    one_error(kmodel("predict", "gbm", "-i", "in.h5", "-o", "p.h5", "--weights", "w/gbm"),
+              "KM503", "notes.txt", "do not list")
+    assert not (wf / "p.h5").exists()
+    res = kmodel("train", "gbm", "-i", "train.h5", "-o", "w/gbm")
+    assert res.returncode != 0 and (wf / "w" / "gbm" / "notes.txt").is_file()  # not kmodel's
+    user = wf / "w" / "user"
+    user.mkdir()
+    (user / "model.txt").write_text("tree\nthe user's own\n")
+    res = kmodel("train", "gbm", "-i", "train.h5", "-o", "w/user")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert (user / "model.txt").read_text() == "tree\nthe user's own\n"
+    assert sorted(p.name for p in user.iterdir()) == ["model.txt"]
+
+
+#: forgets the normalization's mean: the reloaded model predicts differently
+STALE = """\
+import numpy as np
+
+
+class Standardized:
+    def __init__(self):
+        self.mean, self.w = np.zeros(3, np.float32), np.zeros(3, np.float32)
+
+    def fit(self, x, y):
+        self.mean = x.mean(axis=0)
+        self.w = np.linalg.lstsq(x - self.mean, y - y.mean(), rcond=None)[0]
+        self.b = y.mean()
+        return self
+
+    def predict(self, x):
+        return ((x - self.mean) @ self.w + self.b).astype(np.float32)
+
+    def get_weights(self):
+        return {"w": self.w, "b": np.asarray(self.b)}
+
+    def set_weights(self, w):
+        self.w, self.b = w["w"], w["b"]
+
+
+def build():
+    return Standardized()
+"""
+
+
+@pytest.mark.slow
+def test_weights_that_forget_state_are_refused_and_nothing_is_written(wf: Path) -> None:
+    # the training rows' mean far from 0, so a forgotten mean shows
+    from kmodel.io import hdf5
+
+    x, y, _ = inputs(wf)
+    hdf5.write_table(wf / "train.h5", {"inputs": {"x": x + 5}, "targets": {"y": y}},
+                     [f"r{i}" for i in range(len(x))])
+    add_model(wf, "stale", STALE)
+    line = one_error(kmodel("train", "stale", "-i", "train.h5", "-o", "w/stale"), "KM304",
+                     "model 'stale'", "output 'y'", "differs by up to", "256 training rows")
+    assert "set_weights" in line
+    assert not (wf / "w").exists() or list((wf / "w").iterdir()) == []
+    # with the mean among its weights, the same model trains
+    (wf / "model_specs" / "stale" / "model.py").write_text(STALE.replace(
+        '"b": np.asarray(self.b)}', '"b": np.asarray(self.b), "mean": self.mean}').replace(
+        'self.w, self.b = w["w"], w["b"]', 'self.w, self.b, self.mean = w["w"], w["b"], '
+        'w["mean"]'))
+    res = kmodel("train", "stale", "-i", "train.h5", "-o", "w/stale")
+    assert res.returncode == 0, res.stderr
+
+
+#: keeps the mean in a module global: the trained process has it, a fresh one has not
+GLOBAL = """\
+import numpy as np
+
+MEAN = {}
+
+
+class Global:
+    def fit(self, x, y):
+        MEAN["x"] = x.mean(axis=0)
+        self.w = np.linalg.lstsq(x - MEAN["x"], y, rcond=None)[0]
+        return self
+
+    def predict(self, x):
+        return ((x - MEAN.get("x", 0.0)) @ self.w).astype(np.float32)
+
+    def get_weights(self):
+        return {"w": self.w}
+
+    def set_weights(self, w):
+        self.w = w["w"]
+
+
+def build():
+    return Global()
+"""
+
+
+@pytest.mark.slow
+def test_the_reload_check_runs_in_a_fresh_process(wf: Path) -> None:
+    """State outside the model object (a module global the fit set) is not in a fresh
+    process either, as at predict time: refused, as is a model that cannot load."""
+    add_model(wf, "glob", GLOBAL)
+    one_error(kmodel("train", "glob", "-i", "train.h5", "-o", "w/glob"), "KM304",
+              "model 'glob'", "output 'y'", "differs by up to")
+    add_model(wf, "bad", GLOBAL.replace('self.w = w["w"]', 'self.w = w["kernel"]'))
+    one_error(kmodel("train", "bad", "-i", "train.h5", "-o", "w/bad"), "KM304",
+              "model 'bad': loading the weights it saved into a fresh model failed: raised "
+              "KeyError: 'kernel'")
+    assert not (wf / "w").exists() or list((wf / "w").iterdir()) == []
+
+
+PICKLING = """\
+import pickle
+
+import numpy as np
+
+
+class Pickling:
+    def fit(self, x, y):
+        self.w = np.linalg.lstsq(x, y, rcond=None)[0]
+        return self
+
+    def predict(self, x):
+        return (x @ self.w).astype(np.float32)
+
+    def save(self, folder):
+        with open(folder + "/{file}", "wb") as f:
+            pickle.dump(self.w, f)
+
+    def load(self, folder):
+        with open(folder + "/{file}", "rb") as f:
+            self.w = pickle.load(f)
+
+
+def build():
+    return Pickling()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("file", "code", "parts"), [
+    ("model.pkl", "KM305", ["model.pkl", "a pickle (.pkl)", "onnx"]),
+    ("model.safetensors", "KM305", ["model.safetensors", "pickle inside"]),
+    ("weights.bin", "KM305", ["weights.bin", "safetensors"]),
+    ("params.json", "KM503", ["save() wrote params.json"])])
+def test_a_model_that_saves_a_pickle_or_kmodels_name_is_refused_at_train(
+        wf: Path, file: str, code: str, parts: list[str]) -> None:
+    add_model(wf, "pk", PICKLING.replace("{file}", file))
+    one_error(kmodel("train", "pk", "-i", "train.h5", "-o", "w/pk"), code, "'pk'", *parts)
+    assert not (wf / "w").exists() or list((wf / "w").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_names_for_safetensors_in_an_env_without_it_say_what_to_add(wf: Path) -> None:
+    add_model(wf, "nost", linear('def get_weights(self):\n'
+                                 '    return {"layer.0/kernel": self.w, "b": self.b}\n'),
+              env="numpy2")
+    one_error(kmodel("train", "nost", "-i", "train.h5", "-o", "w/nost"), "KM503",
+              "model 'nost'", "names like 'layer.0/kernel'", "add `safetensors` to the pip "
+              "list")
