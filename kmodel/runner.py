@@ -88,7 +88,8 @@ def build_model(job: Any) -> Any:
         folder = Path(job.weights_dir)
         if _native(model):  # only files whose hashes the host checked may be read
             extra = sorted(p.name for p in folder.iterdir()
-                           if p.name not in job.weights and p.name not in KMODEL_FILES)
+                           if p.name not in job.weights and p.name not in KMODEL_FILES
+                           and p.name != SNAKEMAKE_MARK)
             if extra:
                 raise JobError("weights", f"{folder} holds {extra[0]}, which its hashes do "
                                "not list; record it (`kmodel hash MODEL --write`) or remove "
@@ -115,6 +116,9 @@ def _new_model(job: Any) -> Any:
 
 #: kmodel's own files in a weights folder (the host writes them; a model may not)
 KMODEL_FILES = ("params.json", "provenance.json", "hashes.json")
+#: the empty file Snakemake puts in a directory() output (a fold's weights under `kmodel
+#: run`): not the model's, never read
+SNAKEMAKE_MARK = ".snakemake_timestamp"
 #: the one file of weights that .npy files cannot hold (names with "/" or ".", a list,
 #: bfloat16 and other ml_dtypes, torch tensors)
 SAFETENSORS = "weights.safetensors"

@@ -22,15 +22,16 @@ import kmodel
 
 HERE = Path(__file__).parent
 BASE = ["logreg", "gnb", "mlp"]
+DEEP = ["torch-mlp", "keras-mlp", "lgbm"]  # workflows/deep.yaml's, not in the stacker's example
 ROWS = 20
 
 
 def main() -> None:
-    model = {name: kmodel.get_model(name, specs=[HERE]) for name in [*BASE, "stacker"]}
+    model = {name: kmodel.get_model(name, specs=[HERE]) for name in [*BASE, *DEEP, "stacker"]}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         kmodel.example_data(t / "train.h5", t / "test.h5", seed=0, test_fraction=0.3)
-        for name in BASE:
+        for name in [*BASE, *DEEP]:
             folder = HERE / name / "example"
             folder.mkdir(exist_ok=True)
             first_rows(t / "test.h5", folder / "in.h5")

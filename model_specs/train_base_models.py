@@ -2,9 +2,10 @@
 
     python model_specs/train_base_models.py [MODEL ...]
 
-Writes model_specs/<model>/weights/ (params.json + one .npy per weight) and records the
-files' sha256 in each model.yaml. The split is the one workflows/demo.yaml uses (seed 0,
-30 % test), so the demo's base models never saw its test rows.
+Writes model_specs/<model>/weights/ (params.json + one .npy per weight, or the model's own
+native files for the deep workflow's models: safetensors, .weights.h5, LightGBM text) and
+records the files' sha256 in each model.yaml. The split is the one workflows/demo.yaml and
+deep.yaml use (seed 0, 30 % test), so their base models never saw its test rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import kmodel
 
 HERE = Path(__file__).parent
 BASE_MODELS = ["logreg", "gnb", "mlp"]
+#: the deep workflow's models: native weight files (safetensors, .weights.h5, LightGBM text)
+DEEP_MODELS = ["torch-mlp", "keras-mlp", "lgbm"]
 
 
 def main(models: list[str]) -> None:
@@ -31,4 +34,4 @@ def main(models: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or BASE_MODELS)
+    main(sys.argv[1:] or BASE_MODELS + DEEP_MODELS)

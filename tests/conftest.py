@@ -116,11 +116,20 @@ stacking: {folds: 2}
 batch_size: 64
 """
 
-def make_project(folder: Path) -> Path:
-    """A project folder with the repo's envs and models plus a toy model."""
-    shutil.copytree(REPO / "envs", folder / "envs")
+#: workflows/deep.yaml's framework models and their envs (torch, Keras on JAX, LightGBM):
+#: about 1.6 GB of envs, built only by the tests that ask for them (tests/test_deep.py)
+DEEP_MODELS = ["torch-mlp", "keras-mlp", "lgbm"]
+DEEP_ENVS = ["torch-cpu", "keras-jax", "lightgbm"]
+
+
+def make_project(folder: Path, deep: bool = False) -> Path:
+    """A project folder with the repo's envs and models plus a toy model; the framework
+    models of workflows/deep.yaml and their envs only if ``deep``."""
+    skip = [] if deep else [f"{e}.{ext}" for e in DEEP_ENVS for ext in ("yaml", "lock")]
+    shutil.copytree(REPO / "envs", folder / "envs", ignore=shutil.ignore_patterns(*skip))
+    skip = ["__pycache__", *([] if deep else DEEP_MODELS)]
     shutil.copytree(REPO / "model_specs", folder / "model_specs",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=shutil.ignore_patterns(*skip))
     toy = folder / "model_specs" / "toy"
     (toy / "weights").mkdir(parents=True)
     (toy / "model.py").write_text(TOY_MODEL)
@@ -194,9 +203,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 180.0) -> None:
 
 #: the test files that take longest, longest first: run first, so that the workers (a file
 #: each, `--dist loadfile`) finish together instead of one waiting for the last long file
-LONGEST = ["test_slurm.py", "test_slurm_nodes.py", "test_status.py", "test_recovery.py",
-           "test_stacking.py", "test_workflow.py", "test_faults.py", "test_hostile.py",
-           "test_bundle.py"]
+LONGEST = ["test_slurm.py", "test_slurm_nodes.py", "test_deep.py", "test_status.py",
+           "test_recovery.py", "test_weight_formats.py", "test_stacking.py", "test_workflow.py",
+           "test_faults.py", "test_hostile.py", "test_bundle.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
