@@ -61,7 +61,7 @@ def test_every_format_kmodel_takes_passes_by_name_and_content(tmp_path: Path) ->
     weight_formats.check_folder(tmp_path)
     assert weight_formats.format_of("m.weights.h5") == "keras"
     assert weight_formats.names_in(tmp_path) == [
-        "b.json", "b.ubj", "m.keras", "m.onnx", "m.weights.h5", "model.txt", "a/b.c", "w"]
+        "w", "a/b.c", "b.json", "b.ubj", "m.keras", "m.onnx", "m.weights.h5", "model.txt"]
 
 
 @pytest.mark.parametrize(("name", "advice"), [
