@@ -358,14 +358,14 @@ def test_km700_snakemake_failure_names_rule_and_log(project: Path) -> None:
     line = errors[0]
     # (a fold's fit predicts too: its weights, reloaded, must reproduce the trained model)
     m = re.fullmatch(r"Error \[KM700\]: Snakemake failed in rule '(?:predict_(?:fold|test)|"
-                     r"fit_fold)'; see its log (out/small/logs/(?:predict|fit)_mlp_(?:fold\d|"
-                     r"test)\.log): Error \[KM500\]: model 'mlp' raised OSError: disk on fire; "
-                     r"run with -v for its traceback", line)
+                     r"fit_(?:fold|full))'; see its log (out/small/logs/(?:predict|fit)_mlp_"
+                     r"(?:fold\d|test|full)\.log): Error \[KM500\]: model 'mlp' raised OSError: "
+                     r"disk on fire; run with -v for its traceback", line)
     assert m, line
     assert (project / m.group(1)).is_file()
     assert "Traceback" not in err
     # kmodel's summary of Snakemake's log: the failed job, the end of its own log
-    assert any(re.fullmatch(r"FAILED (predict|fit)_(fold mlp \d|test mlp)", ln)
+    assert any(re.fullmatch(r"FAILED (predict|fit)_(fold mlp \d|test mlp|full mlp)", ln)
                for ln in err.splitlines()), err
     assert "    Error [KM500]: model 'mlp' raised OSError: disk on fire; run with -v for its " \
            "traceback" in err.splitlines()
