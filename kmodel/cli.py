@@ -265,7 +265,10 @@ def info(ctx: click.Context, model: str, as_json: bool) -> None:
 def hash_(ctx: click.Context, model: str, write: bool) -> None:
     """Compare a model's weight files with the hashes in its spec (or update them).
 
-    Exits 1 when they differ, unless --write records the files as they are now.
+    Every file of the weights folder counts: params.json, provenance.json and the weight
+    files (.npy, .safetensors, .onnx, .keras, .weights.h5, .json, .ubj, .txt); a pickle or
+    a file of another format is refused (KM305). Exits 1 when they differ, unless --write
+    records the files as they are now.
     """
     from kmodel.weights import check_compare, compare, write_hashes
 
@@ -696,14 +699,19 @@ def assemble(sources: tuple[str, ...], ids_from: Path, targets_from: Path | None
 @click.option("--target-name", default=defaults.TARGET_NAME, show_default=True,
               help="Dataset in /targets.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Weights folder to write (params.json, *.npy, hashes.json); an existing "
-                   "folder is replaced only if kmodel wrote it.")
+              help="Weights folder to write (params.json, the weights: *.npy, "
+                   "weights.safetensors or the model's own native files, hashes.json); an "
+                   "existing folder is replaced only if kmodel wrote it.")
 @job_options
 @click.pass_context
 def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
           output: Path, threads: int | None, device: str | None,
           log_file: Path | None) -> None:
-    """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights."""
+    """Fit MODEL on /inputs and /targets of INPUT in its own env; write its weights.
+
+    A fresh model then loads the weights and must predict a sample of the training rows
+    as the trained model does (else KM304, nothing is written); pickles are refused (KM305).
+    """
     from kmodel.api import ModelHandle
 
     handle = ModelHandle(model, _registry(ctx))

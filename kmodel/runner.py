@@ -185,8 +185,14 @@ def save_weights(model: Any, out: Path) -> None:
         if torch:
             from safetensors.torch import save_file as save_torch
 
-            save_torch({k: v.detach().cpu().contiguous() for k, v in given.items()},
-                       str(out / SAFETENSORS), metadata=meta)
+            tensors, seen = {}, set()
+            for k, v in given.items():  # tied weights share memory: safetensors wants copies
+                t = v.detach().cpu().contiguous()
+                if t.numel() and t.data_ptr() in seen:
+                    t = t.clone()
+                seen.add(t.data_ptr())
+                tensors[k] = t
+            save_torch(tensors, str(out / SAFETENSORS), metadata=meta)
         else:
             from safetensors.numpy import save_file
 

@@ -23,7 +23,6 @@ from typing import Any
 from kmodel import _lock, provenance, weight_formats
 from kmodel._fs import atomic_dir, guard_output, remove_stale_temps
 from kmodel.defaults import TARGET_NAME
-from kmodel.envs import Env
 from kmodel.errors import (
     InputSchemaError,
     ModelContractError,
@@ -34,7 +33,7 @@ from kmodel.errors import (
     WeightsReloadError,
 )
 from kmodel.job import Job, Task
-from kmodel.launch import Progress, run_job
+from kmodel.launch import Progress, Runner, run_job, started
 from kmodel.predict import check_input, ensure_env, model_files
 from kmodel.provenance import FolderRecord, TrainedOn
 from kmodel.registry import Model, Registry
@@ -110,11 +109,14 @@ def train(registry: Registry, name: str, input_path: Path, weights_out: Path, *,
                       columns=list(columns), reload_sample=str(sample),
                       outputs={o.name: [o.dtype, o.shape] for o in model.spec.outputs},
                       threads=placement.threads or 0, device=placement.device)
+            # the reload check's runner starts now (with the job's threads): its start-up
+            # overlaps the fit
+            checker = stack.enter_context(started(env, placement, options))
             outcome = run_job(env, job, progress, options=options)
             if outcome.error is not None:
                 raise outcome.error
             weight_formats.check_folder(tmp, model.name, weights_out)  # no pickles
-            reload_check(env, model, tmp, sample, columns, like=job, options=options)
+            reload_check(checker, model, tmp, sample, columns, like=job)
             names = weight_formats.names_in(tmp)
             (tmp / PARAMS).write_text(params_text(model.name, model.spec.args,
                                                   model.spec.train.args, names))
@@ -141,15 +143,15 @@ RELOAD_RTOL = 1e-4
 RELOAD_ATOL = 1e-6
 
 
-def reload_check(env: Env, model: Model, folder: Path, sample: Path,
-                 columns: Sequence[str] = (), like: Job | None = None,
-                 options: JobOptions | None = None) -> None:
-    """A fresh runner (a fresh process: no state of the fit survives) builds the model,
+def reload_check(runner: Runner, model: Model, folder: Path, sample: Path,
+                 columns: Sequence[str] = (), like: Job | None = None) -> None:
+    """A fresh runner (``runner``, started in the model's env and not used yet: a fresh
+    process, so no state of the fit survives) builds the model,
     loads the weights of ``folder`` and predicts the training rows of ``sample`` (which
     the training runner wrote with the trained model's predictions, /trained); any value
     beyond the tolerance is WeightsReloadError (KM304), naming the output, the largest
-    difference and its row. The runner has the threads and device of the training job
-    ``like``; its output goes where ``options`` say."""
+    difference and its row. The job has the threads and device of the training job
+    ``like`` (the runner was started with them)."""
     import numpy as np
 
     from kmodel.io import hdf5
@@ -168,7 +170,7 @@ def reload_check(env: Env, model: Model, folder: Path, sample: Path,
               tasks=[Task(input=str(sample), output=str(out), output_name=str(out), start=0,
                           stop=rows)],
               threads=like.threads if like else 0, device=like.device if like else "cpu")
-    outcome = run_job(env, job, options=options)
+    outcome = runner.run(job)
     if outcome.error is not None:
         e = outcome.error
         if isinstance(e, (ModelError, ModelContractError)):

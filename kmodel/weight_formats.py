@@ -232,18 +232,19 @@ def check_folder(folder: Path, model: str | None = None, shown: Path | None = No
 
 
 def names_in(folder: Path) -> list[str]:
-    """The weights a folder holds, as params.json lists them: a .npy's name without its
-    suffix, a safetensors file's tensor names, any other native file's name."""
-    names: list[str] = []
+    """The weights a folder holds, as params.json lists them: the .npy files' names
+    without their suffix (sorted, as always), then each safetensors file's tensor names
+    (a list's in its order), then any other native file's name."""
+    npy, tensors, native = [], [], []
     for entry in sorted(folder.iterdir()):
         fmt = format_of(entry.name)
         if fmt == "npy":
-            names.append(entry.name[:-4])
+            npy.append(entry.name[:-4])
         elif fmt == "safetensors":
-            names.extend(_tensor_names(entry))
+            tensors.extend(_tensor_names(entry))
         elif fmt not in (None, "kmodel"):
-            names.append(entry.name)
-    return names
+            native.append(entry.name)
+    return sorted(npy) + tensors + native
 
 
 def _tensor_names(path: Path) -> list[str]:
