@@ -68,7 +68,7 @@ ENVS = "envs"  # a spec folder's own env specs
 class Registry:
     specs: list[Path] = field(default_factory=list)
     #: folders of env specs, first wins (empty: KMODEL_ENVS's, else ./envs)
-    envs: Sequence[Path] = ()
+    envs: Sequence[Path] | Path = ()
 
     @cached_property
     def spec_dirs(self) -> list[Path]:
@@ -84,6 +84,8 @@ class Registry:
     @cached_property
     def env_path(self) -> list[Path]:
         """The env folders asked for, in order: ``envs``, else KMODEL_ENVS, else ./envs."""
+        if isinstance(self.envs, (str, Path)):  # one folder (or an os.pathsep list)
+            return [Path(p) for p in str(self.envs).split(os.pathsep) if p] or [Path(ENVS)]
         if self.envs:
             return [Path(p) for p in self.envs]
         listed = [Path(p) for p in os.environ.get("KMODEL_ENVS", "").split(os.pathsep) if p]

@@ -152,8 +152,8 @@ def test_seeded_script_reproduces_the_shipped_weights(project: Path) -> None:
                       for f in folder.iterdir()}
         for f in folder.iterdir():
             f.unlink()
-    proc = subprocess.run([sys.executable, str(specs / "train_base_models.py")],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(specs / "train_base_models.py"), *shipped],
+                          capture_output=True, text=True)  # (not the framework models)
     assert proc.returncode == 0, proc.stderr
     for m, files in shipped.items():
         folder = specs / m / "weights"

@@ -9,6 +9,7 @@ CPU run for real here; the GPU path itself (a model on cuda) cannot run here.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from kmodel.io import hdf5
 from kmodel.loader import load_compose_config, load_model_spec
 from kmodel.resources import THREAD_VARS, JobOptions, Placement, place, visible_gpus
 
-from .conftest import make_input
+from .conftest import REPO, make_input
 
 PROBE = """\
 import os
@@ -515,6 +516,8 @@ resources: {threads: 2}
                     reason="no torch env spec (envs/torch-cpu.yaml) in this checkout")
 def test_torch_gets_the_jobs_threads(project: Path) -> None:
     """torch's intra-op threads follow the spec's resources.threads and --threads."""
+    for suffix in ("yaml", "lock"):  # (the project leaves the framework envs out)
+        shutil.copy(REPO / "envs" / f"torch-cpu.{suffix}", project / "envs")
     folder = project / "model_specs" / "tprobe"
     folder.mkdir()
     (folder / "model.py").write_text(TORCH_PROBE)

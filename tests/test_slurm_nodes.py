@@ -367,7 +367,7 @@ from kmodel.envs import backend_for
 from kmodel.errors import UsageError
 from kmodel.registry import Registry
 
-(ref,) = Registry([Path("model_specs")], Path("envs")).env_refs([sys.argv[1]])
+(ref,) = Registry([Path("model_specs")], [Path("envs")]).env_refs([sys.argv[1]])
 backend = backend_for(ref)
 prefix = backend.prefix(ref, backend.key(ref))
 with _lock.held(Path(f"{prefix}.lock"), lambda who: UsageError(who)):

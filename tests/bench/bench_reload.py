@@ -79,7 +79,7 @@ def main() -> None:
         y = (x @ rng.normal(size=30) + 1.0).astype(np.float32)
         hdf5.write_table(root / "train.h5", {"inputs": {"x": x}, "targets": {"y": y}},
                          np.arange(args.rows))
-        registry = Registry([root / "specs"], envs_dir=root / "envs")
+        registry = Registry([root / "specs"], [root / "envs"])
         ref = registry.env("numpy2")
         backend_for(ref).ensure(ref)
         spent: list[float] = []

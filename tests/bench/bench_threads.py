@@ -115,7 +115,7 @@ def main() -> None:
             (specs / "blas" / "model.py").write_text(BLAS_MODEL)
             (specs / "blas" / "model.yaml").write_text(BLAS_SPEC.format(
                 width=args.width, layers=args.layers, features=args.features))
-        registry = Registry([specs] if specs else [], envs)
+        registry = Registry([specs] if specs else [], [envs] if envs else [])
         model = registry.model(args.model)
         where = [*(["--specs", str(specs)] if specs else []),
                  *(["--envs", str(envs)] if envs else [])]
