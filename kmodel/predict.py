@@ -315,13 +315,13 @@ def predict_many(registry: Registry, name: str, pairs: Sequence[tuple[Path, Path
     placement = place_model(model, options)
     weights = weights or Weights.of(model)
     outputs = [o for _, o in pairs]
-    _guard_outputs(registry, model, weights, pairs)
     with contextlib.ExitStack() as deferred, contextlib.ExitStack() as held:
         # the runner starts now when its env is built: it imports numpy and h5py while
-        # the inputs, weights and locks are checked here
+        # the outputs, inputs, weights and locks are checked here (it waits for its job)
         ready = ready_env(registry, model)
         early = (held.enter_context(launch.started(ready, placement, options))
                  if ready is not None else None)
+        _guard_outputs(registry, model, weights, pairs)
         totals = [check_input(model, i) for i, _ in pairs]
         ranges = [row_range(i, n, size, rows, shard)
                   for (i, _), n in zip(pairs, totals, strict=True)]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kmodel import checksums, formats
+from kmodel import formats
 from kmodel._fs import cached_sha256, check_input_file, sha256_file
 from kmodel._version import __version__
 from kmodel.errors import InputSchemaError, KmodelError, ValuesChangedError
@@ -265,6 +265,8 @@ def verify(registry: Registry, path: Path) -> list[Check]:
     problem = whole(path, record, model)
     checks = [("complete", problem is None,
                problem or f"{record.rows_done} rows, every output of the spec")]
+    from kmodel import checksums  # (h5py: not before a predict's runner has started)
+
     changed = checksums.problems(path)
     checks.append(("values", not changed, "; ".join(changed) if changed else
                    "every dataset matches the checksum recorded as it was written"))
