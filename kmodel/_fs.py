@@ -336,6 +336,23 @@ def guard_output(output: Path, inputs: Iterable[Path] = (), *, folder: bool = Fa
     ensure_parent(output)
 
 
+def guard_log(log: Path, keep: Iterable[Path]) -> None:
+    """Refuse a log file (a model's own output, ``--log``) that is, or lies inside, one of
+    ``keep``: the command's inputs and outputs, a model's folder, a spec, an env or a lock.
+    A log is emptied before it is written: it must never be a file kmodel reads or writes.
+    The parent folder is created."""
+    _check_name(log, False)
+    if log.is_dir():
+        raise OutputNotWritableError(log, "it is a folder", "give a file name for the log")
+    for path in keep:
+        if _same(log, path) or _inside(log, path):
+            what = "is" if _same(log, path) else "lies inside"
+            raise OutputNotWritableError(log, f"as the log it would be emptied, and it {what} "
+                                         f"{path}, which this command reads or writes",
+                                         "give the log a file of its own")
+    ensure_parent(log)
+
+
 def _replaceable(path: Path, check: Callable[[Path], bool]) -> bool:
     try:
         return check(path)

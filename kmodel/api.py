@@ -44,6 +44,20 @@ if TYPE_CHECKING:
 PathLike = str | Path
 
 
+def checked_log(reg: Registry, log: PathLike, given: Sequence[PathLike | None] = ()) -> Path:
+    """A log file for a model's own output, refused (KM402) when it is, or lies inside, a
+    path the command was ``given`` (its inputs, outputs, weights) or a file of the search
+    path's models (their folders, specs, env specs and locks): a log is emptied or appended
+    to, and must never be a file kmodel reads or writes."""
+    from kmodel._fs import guard_log
+
+    path = _path(log, "log")
+    keep = [Path(p) for p in given if p is not None]
+    keep += [spec.parent for spec in reg.model_paths().values()] + reg.owned_files()
+    guard_log(path, keep)
+    return path
+
+
 def search_path(specs: Sequence[PathLike] = (),
                 envs: PathLike | Sequence[PathLike] | None = None) -> Registry:
     """Where models and envs are found: ``specs`` folders first, then KMODEL_PATH and
@@ -157,8 +171,9 @@ class ModelHandle:
         return predict(self.registry, self.name, _path(input, "input"), _path(output, "output"),
                        batch_size=size, resume=resume,
                        weights=Weights.from_folder(Path(weights)) if weights else None,
-                       options=JobOptions(threads, device,
-                                          _path(log, "log") if log is not None else None))
+                       options=JobOptions(threads, device, None if log is None else checked_log(
+                           self.registry, log, [input, output, f"{output}.partial",
+                                                f"{output}.lock", weights])))
 
     @property
     def own_weights(self) -> Path:
@@ -182,7 +197,8 @@ class ModelHandle:
         mine = out.resolve() == self.own_weights.resolve()
         train(self.registry, self.name, _path(input, "input"), out, targets=targets,
               manifest=not mine, options=JobOptions(
-                  threads, device, _path(log, "log") if log is not None else None, echo))
+                  threads, device,
+                  None if log is None else checked_log(self.registry, log, [input, out]), echo))
         if mine:
             write_hashes(self.registry.model(self.name))
         return out

@@ -491,15 +491,18 @@ def job_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(ctx: click.Context, threads: int | None, device: str | None,
-             log_file: Path | None) -> Any:
+             log_file: Path | None, given: Sequence[Path | str | None] = ()) -> Any:
     """The job options of a command: its --threads, --device, --log, and -v (the model's
-    output also on stderr). The log file starts empty."""
+    output also on stderr). The log file starts empty: it may not be any path the command
+    was ``given`` (its inputs, outputs, weights), nor a file of the search path's models
+    (their folders, specs, env specs and locks)."""
+    from kmodel.api import checked_log
     from kmodel.errors import write_error
     from kmodel.resources import JobOptions
 
     if log_file is not None:
+        checked_log(_registry(ctx), log_file, given)
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
             log_file.write_bytes(b"")
         except OSError as e:
             raise write_error(log_file, e) from None
@@ -552,7 +555,9 @@ def predict(ctx: click.Context, model: str, inputs: tuple[Path, ...], outputs: t
     if rows is not None and shard is not None:
         raise UsageError("give --rows or --shard, not both")
     t0 = time.perf_counter()
-    options = _options(ctx, threads, device, log_file)
+    beside = [o.with_name(o.name + suffix) for o in outputs for suffix in (".partial", ".lock")]
+    options = _options(ctx, threads, device, log_file, [
+        *inputs, *outputs, *beside, weights, *([model] if Path(model).is_file() else [])])
     if is_bundle(model):
         from kmodel import bundle
 
@@ -715,7 +720,7 @@ def train(ctx: click.Context, model: str, input_path: Path, target_name: str,
     from kmodel.api import ModelHandle
 
     handle = ModelHandle(model, _registry(ctx))
-    options = _options(ctx, threads, device, log_file)
+    options = _options(ctx, threads, device, log_file, [input_path, output])
     handle.train(input_path, output, targets=target_name, threads=options.threads,
                  device=options.device, log=options.log, echo=options.echo)
     own, spec = handle.own_weights, handle.registry.model(model).path
@@ -779,7 +784,8 @@ def compose_train(ctx: click.Context, ensembler: str, preds: tuple[Path, ...], t
                       target_name=target_name, task=task, outputs=chosen,
                       passthrough=passthrough, stacking=stacking,
                       allow_mixed_inputs=allow_mixed_inputs, progress=progress,
-                      options=_options(ctx, threads, device, log_file))
+                      options=_options(ctx, threads, device, log_file,
+                                       [*preds, targets, output]))
     click.echo(f"trained {ensembler} on {len(preds)} prediction files -> {w.folder}")
 
 
@@ -805,7 +811,8 @@ def compose_predict(ctx: click.Context, ensembler: str, preds: tuple[Path, ...],
     with _progress(ensembler) as progress:
         apply(_registry(ctx), ensembler, preds, weights, output, data=data,
               allow_mixed_inputs=allow_mixed_inputs, progress=progress,
-              options=_options(ctx, threads, device, log_file))
+              options=_options(ctx, threads, device, log_file,
+                               [*preds, weights, output, data]))
     click.echo(f"wrote {output}")
 
 

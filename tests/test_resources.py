@@ -321,6 +321,42 @@ def test_model_output_goes_to_the_log_and_with_v_to_stderr(project: Path) -> Non
     assert "probe stdout: 5 rows" in res.stderr and "probe stderr: on cpu" in res.stderr
 
 
+@pytest.mark.parametrize("log", ["in.h5", "o.h5", "o.h5.partial", "model_specs/probe/model.yaml",
+                                 "model_specs/probe/weights/new.log", "envs/numpy2.lock",
+                                 "w/fit.log"])
+def test_a_log_never_empties_what_the_command_reads_or_writes(project: Path, log: str) -> None:
+    """--log FILE starts FILE empty: an input, an output (or its .partial), a model's own
+    files, an env's lock, or a place inside an output folder is refused before anything is
+    touched."""
+    add_probe(project)
+    make_input(project / "in.h5", rows=5, targets=np.arange(5, dtype=np.float32))
+    (project / "o.h5.partial").write_bytes(b"rows of an interrupted run")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    cmd = ("train", "probe", "-i", "in.h5", "-o", "w") if log.startswith("w/") else \
+        ("predict", "probe", "-i", "in.h5", "-o", "o.h5")
+    res = kmodel(*cmd, "--log", log, env=no_gpu_env())
+    assert res.returncode == 1
+    assert res.stderr.startswith("Error [KM402]: ") and "give the log a file of its own" in \
+        res.stderr, res.stderr
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+    assert not (project / "w").exists()
+
+
+def test_the_api_refuses_the_same_logs(project: Path) -> None:
+    import kmodel as api
+    from kmodel.errors import OutputNotWritableError
+
+    add_probe(project)
+    make_input(project / "in.h5", rows=5, targets=np.arange(5, dtype=np.float32))
+    before = (project / "in.h5").read_bytes()
+    handle = api.get_model("probe")
+    with pytest.raises(OutputNotWritableError, match="give the log a file of its own"):
+        handle.predict_file("in.h5", "o.h5", log="in.h5")
+    with pytest.raises(OutputNotWritableError, match="lies inside"):
+        handle.train("in.h5", "w", log="w/fit.log")
+    assert (project / "in.h5").read_bytes() == before and not (project / "o.h5").exists()
+
+
 def test_train_takes_threads_and_log(project: Path) -> None:
     add_probe(project)
     make_input(project / "t.h5", rows=12, targets=np.arange(12, dtype=np.float32))
