@@ -82,6 +82,10 @@ class WeightsSpec(StrictModel):
         if v and "params.json" not in v:  # {}: not hashed yet (`kmodel hash MODEL --write`)
             raise ValueError("must list params.json; run `kmodel hash MODEL --write`")
         for name in v:
+            if "/" in name or "\\" in name:
+                raise ValueError(f"{name!r}: weight files lie in the weights folder itself "
+                                 "(no subfolders); move the file up and run `kmodel hash "
+                                 "MODEL --write`")
             if name == "hashes.json" or (why := weight_formats.name_problem(name)):
                 raise ValueError(f"{name!r}: {why or 'a manifest kmodel keeps, not a weight'}")
         return v

@@ -194,3 +194,12 @@ def test_loader_never_raises_anything_but_spec_errors(tmp_path: Path, doc: objec
                 load(path)
             except SpecError as e:
                 assert str(e).startswith(str(path))
+
+
+@pytest.mark.parametrize("name", ["sub/x.npy", "sub\\x.safetensors", "../other/w.npy"])
+def test_weight_files_lie_in_the_weights_folder_itself(tmp_path: Path, name: str) -> None:
+    digest = "ab" * 32
+    path = write(tmp_path, TOY_SPEC + f"weights:\n  path: weights\n  sha256:\n    params.json: "
+                 f"{digest}\n    '{name}': {digest}\n")
+    with pytest.raises(SpecError, match="no subfolders"):
+        load_model_spec(path)
