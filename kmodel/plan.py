@@ -184,8 +184,10 @@ class Plan:
     def device(self, registry: Registry, model: str) -> str:
         """The device ``model``'s jobs ask for: its spec's ``device:``, else cuda when its
         resources (the composition's over its spec's) give it GPUs."""
-        return registry.model(model).spec.device or (
-            "cuda" if self.resources(registry, model).gpus else "cpu")
+        from kmodel.resources import default_device
+
+        return default_device(registry.model(model).spec.device,
+                              self.resources(registry, model).gpus)
 
     def model_log(self, *parts: str) -> Path:
         """The log of a model's own stdout and stderr in a job (beside the job's log)."""

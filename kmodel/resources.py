@@ -96,6 +96,12 @@ def _nvidia_devices() -> int:
         return 0
 
 
+def default_device(spec_device: str | None, gpus: int | None) -> str:
+    """The device a model's jobs ask for: its spec's ``device:``, else cuda when it is
+    given GPUs, else cpu."""
+    return spec_device or ("cuda" if gpus else "cpu")
+
+
 def place_model(model: Any, options: JobOptions | None = None,
                 environ: Mapping[str, str] | None = None) -> Placement:
     """The placement of a job of ``model`` (a registry's Model: its name, path and spec)
@@ -117,7 +123,7 @@ def place(model: str, spec_path: Path, *, threads: int | None, gpus: int,
     see."""
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: give 1 or more")
-    wanted = device or spec_device or ("cuda" if gpus > 0 else "cpu")
+    wanted = device or default_device(spec_device, gpus)
     check_device(wanted)
     if wanted == "cpu":
         return Placement(threads, "cpu")

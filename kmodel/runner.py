@@ -106,8 +106,7 @@ def _new_model(job: Any) -> Any:
     if not hasattr(module, func):
         raise JobError("entrypoint", f"{model_dir / file} defines no function {func!r}")
     build = getattr(module, func)
-    extra = {"device": job.device} if _takes(build, "device") else {}
-    model = build(**job.args, **extra)
+    model = build(**job.args, **_accepted(build, {"device": job.device}))
     _set_threads(job.threads)
     return model
 
@@ -293,18 +292,6 @@ def load_weights(model: Any, folder: Path, files: list[str]) -> None:
         model.set_weights([weights[str(i)] for i in range(len(weights))])
     else:
         model.set_weights(weights)
-
-
-def _takes(func: Any, name: str) -> bool:
-    """Whether ``func`` takes the keyword ``name`` (by name, or through **kwargs)."""
-    import inspect
-
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (
-        p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) for p in params)
 
 
 def _set_threads(threads: int) -> None:
@@ -505,8 +492,9 @@ def _write_sample(job: Any, trained: Any, arrays: dict[str, np.ndarray], path: P
 
 
 def _accepted(fit: Any, offered: dict[str, Any]) -> dict[str, Any]:
-    """What the composer tells an ensembler's fit (task, classes, ...), as far as fit takes
-    it: a keyword it names, or all of them if it takes **kwargs."""
+    """Of the keywords ``offered`` (what the composer tells an ensembler's fit: task,
+    classes...; the job's device to build()), those ``fit`` takes: a keyword it names, or
+    all of them if it takes **kwargs."""
     import inspect
 
     try:

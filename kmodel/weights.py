@@ -40,7 +40,8 @@ PARAMS = "params.json"
 #: what the folder's weights were trained from (kmodel/provenance.py writes it)
 RECORD = "provenance.json"
 #: the only files kmodel writes into a weights folder (besides the weights)
-WRITTEN = {PARAMS, WEIGHTS_MANIFEST, RECORD}
+WRITTEN = set(weight_formats.KMODEL_FILES)
+assert WRITTEN == {PARAMS, WEIGHTS_MANIFEST, RECORD}
 
 
 @dataclass(frozen=True)
